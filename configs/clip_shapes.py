@@ -1,0 +1,57 @@
+"""A small CLIP trained on the embedded shapes dataset (64x64 scenes), then evaluated zero-shot on
+colour-shape combinations never seen in training.
+
+    python -m mmjax.train --config=configs/clip_shapes.py --workdir=runs/clip_shapes
+    python -m mmjax.train --config=configs/clip_shapes.py:tiny --workdir=/tmp/t   # seconds, for tests
+"""
+
+import ml_collections
+
+from mmjax import models
+
+
+def get_config(arg=None):
+    tiny = arg == "tiny"
+    if arg not in (None, "tiny"):
+        raise ValueError(f"configs/clip_shapes.py: unknown argument {arg!r}; use no argument or ':tiny'")
+    c = ml_collections.ConfigDict()
+    c.task = "contrastive"
+    c.seed = 0
+    c.total_steps = 20 if tiny else 1200
+    c.batch_size = 32 if tiny else 256
+    c.log_every = 5 if tiny else 50
+    c.checkpoint_every = 10 if tiny else 400
+    c.keep_checkpoints = 2
+    c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+
+    c.model = models.model_config("clip-shapes")
+    if tiny:
+        c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+        c.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+        c.model.embed_dim = 32
+
+    c.data = dict(
+        name="shapes",
+        data_dir=None,  # None: $MMJAX_DATA_DIR or ~/.cache/mmjax/tensorflow_datasets
+        seed=0,
+        image_size=64,
+        num_train=512 if tiny else 20000,
+        num_validation=64 if tiny else 1000,
+        num_test=64 if tiny else 1000,
+        tokenizer="shapes_words",
+        max_len=32,
+        flip_prob=0.5,
+        caption_sampling="random",
+        worker_count=0,
+    )
+    c.optimizer = dict(
+        name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
+        warmup_steps=5 if tiny else 100, end_lr_factor=0.0, grad_clip_norm=1.0,
+        # Decay matrices and embeddings only (not biases, norms, temperature), as in CLIP.
+        weight_decay_regex=(r".*/kernel", r".*/embedding"),
+        freeze_regex=(),
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.sharding = dict(strategy="dp", rules=())
+    c.eval = dict(split="test", num_examples=1000, batch_size=250 if not tiny else 32)
+    return c

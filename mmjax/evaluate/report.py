@@ -1,0 +1,76 @@
+"""``report.md`` for a run: final metrics, a loss curve, and the image-text similarity matrix of a few
+evaluation examples (with their zero-shot predictions)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curve(path: str, history: list[dict]) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in history if "loss" in r]
+    ax.plot(steps, [r["loss"] for r in history if "loss" in r])
+    ax.set(xlabel="step", ylabel="training loss", title="Training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def similarity_matrix(path: str, images: np.ndarray, captions: list[str], similarity: np.ndarray,
+                      predictions: list[str]) -> None:
+    """Rows: captions; columns: images (with the zero-shot prediction under each)."""
+    plt = _pyplot()
+    n = len(images)
+    fig = plt.figure(figsize=(2 + 1.2 * n, 1.6 + 0.9 * n))
+    grid = fig.add_gridspec(2, n + 1, height_ratios=[1.3, n], width_ratios=[4.5] + [1] * n, hspace=0.05)
+    for j in range(n):
+        ax = fig.add_subplot(grid[0, j + 1])
+        ax.imshow(np.clip((images[j] + 1) / 2, 0, 1))
+        ax.set_axis_off()
+        ax.set_title(textwrap.fill(predictions[j], 12), fontsize=7)
+    ax = fig.add_subplot(grid[1, 1:])
+    ax.imshow(similarity, cmap="viridis")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{similarity[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_xticks([])
+    ax.set_yticks(range(n), [textwrap.shorten(c, 60) for c in captions], fontsize=7)
+    fig.suptitle("Cosine similarity: captions (rows) x images (columns); titles: zero-shot class", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write(workdir: str, results: dict, history: list[dict], *, images, captions, similarity, predictions) -> str:
+    loss_curve(os.path.join(workdir, "loss.png"), history)
+    similarity_matrix(os.path.join(workdir, "similarity.png"), images, captions, similarity, predictions)
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    text = f"""# mmjax run report
+
+| metric | value |
+|---|---|
+{rows}
+
+## Training loss
+![loss curve](loss.png)
+
+## Image-text similarity ({len(images)} evaluation examples)
+![similarity matrix](similarity.png)
+"""
+    path = os.path.join(workdir, "report.md")
+    with open(path, "w") as f:
+        f.write(text)
+    return path

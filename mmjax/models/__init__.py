@@ -1,0 +1,73 @@
+"""Named models. ``list_models()`` names them; ``model_config(name)`` gives a plain dict that
+configs copy and override; ``build(cfg)`` turns such a dict into a linen module.
+
+A model config is ``{"type": "two_tower", "image_size", "embed_dim", "image": {ViT fields},
+"text": {TextTransformer fields}}`` (plus optional ``temperature_init``, ``bias_init``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+from mmjax.models import vit as vit_lib
+
+_CLIP_VISION = dict(pool="cls", patch_bias=False, pre_norm=True, activation="quick_gelu")
+_CLIP_TEXT = dict(vocab_size=49408, max_len=77, pool="argmax", activation="quick_gelu")
+
+
+def _clip(vision: str, image_size: int, embed_dim: int, text_width: int, text_heads: int) -> dict:
+    return dict(
+        type="two_tower", image_size=image_size, embed_dim=embed_dim,
+        image=dict(**vit_lib.variant(vision), **_CLIP_VISION),
+        text=dict(width=text_width, depth=12, num_heads=text_heads, mlp_dim=4 * text_width, **_CLIP_TEXT),
+    )
+
+
+_MODELS: dict[str, dict] = {
+    # OpenAI CLIP architectures (parameter counts match the released checkpoints exactly).
+    "clip-vit-b32": _clip("B/32", 224, 512, 512, 8),
+    "clip-vit-b16": _clip("B/16", 224, 512, 512, 8),
+    "clip-vit-l14": _clip("L/14", 224, 768, 768, 12),
+    # Small two-tower model for the embedded 64x64 shapes dataset (trains on a laptop CPU).
+    "clip-shapes": dict(
+        type="two_tower", image_size=64, embed_dim=128,
+        image=dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8,
+                   pool="gap", patch_bias=True, pre_norm=False, activation="gelu"),
+        text=dict(vocab_size=128, max_len=32, width=128, depth=2, num_heads=4, mlp_dim=512,
+                  eot_id=2, pool="eot", activation="gelu"),
+    ),
+}
+
+
+def list_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def model_config(name: str) -> dict:
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    return copy.deepcopy(_MODELS[name])
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build(cfg: Mapping[str, Any], dtype: str = "float32"):
+    """Build the linen module described by a model config (a dict or ConfigDict)."""
+    from mmjax.models.text import TextTransformer
+    from mmjax.models.two_tower import TwoTower
+
+    cfg = dict(cfg)
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    kind = cfg.pop("type", "two_tower")
+    if kind != "two_tower":
+        raise ValueError(f"unknown model type {kind!r}; known types: two_tower")
+    dt = DTYPES[dtype]
+    image = vit_lib.ViT(**dict(cfg.pop("image")), dtype=dt)
+    text = TextTransformer(**dict(cfg.pop("text")), dtype=dt)
+    cfg.pop("image_size", None)
+    return TwoTower(image=image, text=text, dtype=dt, **cfg)

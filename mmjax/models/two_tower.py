@@ -1,0 +1,69 @@
+"""CLIP / SigLIP two-tower model: image and text towers, linear projections, L2 normalisation and a
+learned temperature (and, for SigLIP, a learned bias).
+
+``TwoTower(...)(images, tokens) -> (out, extras)`` with ``out = {"image": [B, D], "text": [B, D],
+"logit_scale": [], "logit_bias": [] (SigLIP only)}``; embeddings are L2-normalised float32.
+``encode_image`` / ``encode_text`` run one tower (use them with ``model.apply(..., method=...)``).
+
+The temperature is stored as ``log(scale)``, initialised to ``log(1/0.07)`` and clipped at
+``max_scale`` (100) in the forward pass, as in CLIP.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models import layers
+from mmjax.models.text import TextTransformer
+from mmjax.models.vit import ViT
+
+
+def _l2_normalize(x):
+    x = x.astype(jnp.float32)
+    return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+class TwoTower(nn.Module):
+    image: ViT
+    text: TextTransformer
+    embed_dim: int
+    temperature_init: float = 1 / 0.07
+    max_scale: float = 100.0
+    bias_init: float | None = None  # set (e.g. -10) for SigLIP's sigmoid loss
+    dtype: layers.Dtype = jnp.float32
+
+    def setup(self):
+        proj = lambda name: nn.Dense(  # noqa: E731
+            self.embed_dim, use_bias=False, dtype=self.dtype, name=name,
+            kernel_init=layers.dense_init(("embed", "proj"), nn.initializers.normal(0.02)))
+        self.image_proj = proj("image_proj")
+        self.text_proj = proj("text_proj")
+        self.logit_scale = self.param(
+            "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(self.temperature_init)), ()),
+            ())
+        if self.bias_init is not None:
+            self.logit_bias = self.param(
+                "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(self.bias_init), ()), ())
+
+    def encode_image(self, images):
+        pooled, extras = self.image(images)
+        return _l2_normalize(self.image_proj(pooled)), extras
+
+    def encode_text(self, tokens):
+        pooled, extras = self.text(tokens)
+        return _l2_normalize(self.text_proj(pooled)), extras
+
+    def __call__(self, images, tokens):
+        img, img_extras = self.encode_image(images)
+        txt, txt_extras = self.encode_text(tokens)
+        out = {
+            "image": img,
+            "text": txt,
+            "logit_scale": jnp.exp(jnp.minimum(self.logit_scale, math.log(self.max_scale))),
+        }
+        if self.bias_init is not None:
+            out["logit_bias"] = self.logit_bias
+        return out, {"image": img_extras, "text": txt_extras}

@@ -1,0 +1,85 @@
+"""Tasks: what ``train.py``'s single train step needs to know about a kind of training.
+
+A task bundles a model, how a batch is fed to it, the loss and its metrics, the data, and the final
+evaluation. ``train.py`` builds one jitted ``train_step(state, batch)`` from any task, so CLIP,
+SigLIP and the fusion models share one loop instead of forked trainers.
+
+Interface (duck-typed):
+  model                                   linen module
+  batch_spec(batch_size) -> dict          ShapeDtypeStructs of one global batch (for init/compile)
+  init(rng) -> params                     logically boxed parameters
+  loss(params, batch, rng) -> (loss, metrics)
+  train_loader(global_batch_size, seed)   Grain loader of process-local numpy batches
+  evaluate(params, workdir, history) -> results dict (and writes the report)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mmjax import losses, models
+from mmjax.config import ConfigError
+
+
+class ContrastiveTask:
+    """CLIP-style image-text contrastive training on an image/caption dataset."""
+
+    def __init__(self, config):
+        self.config = config
+        self.model = models.build(config.model, config.dtype)
+        from mmjax.data import tokenizer as tok_lib
+
+        self.tokenizer = tok_lib.get_tokenizer(config.data.tokenizer)
+        if self.tokenizer.vocab_size > config.model.text.vocab_size:
+            raise ConfigError(
+                f"tokenizer {config.data.tokenizer!r} has {self.tokenizer.vocab_size} tokens but "
+                f"model.text.vocab_size is {config.model.text.vocab_size}; raise model.text.vocab_size")
+        if config.data.max_len > config.model.text.max_len:
+            raise ConfigError(f"data.max_len {config.data.max_len} exceeds model.text.max_len "
+                              f"{config.model.text.max_len}; lower data.max_len or raise the model's")
+        if config.data.image_size != config.model.image_size:
+            raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
+                              f"{config.model.image_size}; make them equal")
+        # Impossible sizes fail here, before any data is built.
+        self.model.image.check((config.model.image_size,) * 2)
+        self.model.text.check(config.data.max_len)
+
+    def batch_spec(self, batch_size: int) -> dict:
+        s, length = self.config.data.image_size, self.config.data.max_len
+        return {
+            "image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+            "text": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
+        }
+
+    def init(self, rng):
+        spec = self.batch_spec(1)
+        return self.model.init(rng, jnp.zeros(spec["image"].shape), jnp.zeros(spec["text"].shape, jnp.int32))[
+            "params"]
+
+    def loss(self, params, batch, rng):
+        del rng  # deterministic forward pass
+        out, _ = self.model.apply({"params": params}, batch["image"], batch["text"])
+        loss, metrics = losses.softmax_contrastive_loss(out["image"], out["text"], out["logit_scale"])
+        metrics["logit_scale"] = out["logit_scale"]
+        return loss, metrics
+
+    def train_loader(self, global_batch_size: int, seed: int):
+        from mmjax.data import pipeline
+
+        return pipeline.train_loader(self.config.data, tokenizer=self.tokenizer,
+                                     global_batch_size=global_batch_size, seed=seed)
+
+    def evaluate(self, params, workdir: str, history: list[dict]) -> dict:
+        from mmjax.evaluate import contrastive
+
+        return contrastive.evaluate(self, params, workdir, history)
+
+
+TASKS = {"contrastive": ContrastiveTask}
+
+
+def get_task(config):
+    if config.task not in TASKS:
+        raise ConfigError(f"unknown task {config.task!r}; known tasks: {', '.join(TASKS)}")
+    return TASKS[config.task](config)

@@ -1,0 +1,169 @@
+"""Shapes, dtypes, parameter counts and properties of the model modules."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mmjax import models, profile
+from mmjax.models import layers, text, vit
+
+TINY = dict(
+    type="two_tower", image_size=32, embed_dim=24,
+    image=dict(width=24, depth=2, num_heads=3, mlp_dim=48, patch_size=8, pool="cls"),
+    text=dict(vocab_size=50, max_len=12, width=24, depth=2, num_heads=3, mlp_dim=48, eot_id=2),
+)
+
+
+def count(tree):
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = models.build(TINY)
+    images = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    tokens = jnp.array([[1, 5, 6, 2] + [0] * 8] * 4, jnp.int32)
+    params = model.init(jax.random.key(0), images, tokens)["params"]
+    return model, nn.unbox(params), images, tokens
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("clip-vit-b32", 151_277_313), ("clip-vit-b16", 149_620_737), ("clip-vit-l14", 427_616_513)])
+def test_clip_parameter_counts_match_openai(name, expected):
+    assert profile.param_counts(models.model_config(name))["params"] == expected
+
+
+def test_open_clip_flops_reference():
+    row = profile.profile("clip-vit-b16")
+    assert row["gflops"] == pytest.approx(41.09, abs=0.01)
+    assert row["image_gflops"] == pytest.approx(35.13, abs=0.01)
+    assert row["text_gflops"] == pytest.approx(5.96, abs=0.01)
+
+
+def test_analytic_flops_match_xla_cost_analysis():
+    """The analytic count equals XLA's count of the dot/convolution FLOPs of the tiny image tower."""
+    cfg = dict(TINY, image=dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu"))
+    model = models.build(cfg)
+    images = jnp.zeros((1, 32, 32, 3))
+    params = nn.unbox(model.init(jax.random.key(0), images, jnp.zeros((1, 12), jnp.int32)))
+    fn = lambda p, x: model.apply(p, x, method="encode_image")[0]  # noqa: E731
+    xla = jax.jit(fn).lower(params, images).compile().cost_analysis()
+    xla = xla[0] if isinstance(xla, list) else xla
+    # XLA also counts elementwise ops (a few per activation); at this width matmuls dominate.
+    assert profile.image_flops(cfg) == pytest.approx(xla["flops"], rel=0.03)
+
+
+def test_two_tower_shapes_dtypes_and_normalisation(tiny):
+    model, params, images, tokens = tiny
+    out, extras = model.apply({"params": params}, images, tokens)
+    chex.assert_shape([out["image"], out["text"]], (4, 24))
+    chex.assert_type([out["image"], out["text"], out["logit_scale"]], jnp.float32)
+    np.testing.assert_allclose(jnp.linalg.norm(out["image"], axis=-1), 1, atol=1e-5)
+    np.testing.assert_allclose(jnp.linalg.norm(out["text"], axis=-1), 1, atol=1e-5)
+    np.testing.assert_allclose(out["logit_scale"], 1 / 0.07, rtol=1e-5)
+    chex.assert_shape(extras["image"]["patch_tokens"], (4, 1 + 16, 24))
+    chex.assert_shape(extras["text"]["tokens"], (4, 12, 24))
+    assert "logit_bias" not in out
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+    model = models.build(TINY, dtype="bfloat16")
+    images, tokens = jnp.zeros((2, 32, 32, 3)), jnp.ones((2, 12), jnp.int32)
+    params = nn.unbox(model.init(jax.random.key(0), images, tokens))
+    assert {x.dtype for x in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+    out, extras = model.apply(params, images, tokens)
+    assert extras["image"]["patch_tokens"].dtype == jnp.bfloat16
+    assert out["image"].dtype == jnp.float32
+
+
+def test_temperature_is_clipped_at_max_scale(tiny):
+    model, params, images, tokens = tiny
+    params = dict(params, logit_scale=jnp.array(10.0))
+    out, _ = model.apply({"params": params}, images, tokens)
+    np.testing.assert_allclose(out["logit_scale"], 100.0, rtol=1e-6)
+
+
+def test_siglip_bias_parameter():
+    model = models.build(dict(TINY, bias_init=-10.0, temperature_init=10.0))
+    out, _ = model.apply(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32)),
+                         jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32))
+    np.testing.assert_allclose(out["logit_bias"], -10.0)
+    np.testing.assert_allclose(out["logit_scale"], 10.0, rtol=1e-5)
+
+
+def test_text_pooling_ignores_padding_and_later_tokens(tiny):
+    """Causal attention + EOT pooling: what follows the EOT never changes the embedding."""
+    model, params, _, tokens = tiny
+    other = tokens.at[:, 4:].set(7)
+    a = model.apply({"params": params}, tokens, method="encode_text")[0]
+    b = model.apply({"params": params}, other, method="encode_text")[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    changed = tokens.at[:, 1].set(9)
+    c = model.apply({"params": params}, changed, method="encode_text")[0]
+    assert np.abs(a - c).max() > 1e-4
+
+
+def test_text_pool_modes():
+    t = text.TextTransformer(vocab_size=10, max_len=5, width=8, depth=1, num_heads=2, mlp_dim=8, eot_id=2)
+    tokens = jnp.array([[1, 4, 2, 0, 0], [1, 9, 3, 2, 0]])
+    np.testing.assert_array_equal(t.pool_index(tokens), [2, 3])
+    np.testing.assert_array_equal(t.clone(pool="argmax").pool_index(tokens), [1, 1])
+    np.testing.assert_array_equal(t.clone(pool="last").pool_index(tokens), [4, 4])
+
+
+def test_causal_attention_matches_explicit_mask():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 3, 4)) for i in range(3))
+    mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
+    np.testing.assert_allclose(layers.attention(q, k, v, causal=True), layers.attention(q, k, v, mask=mask),
+                               atol=1e-6)
+    # Position 0 attends only to itself.
+    np.testing.assert_allclose(layers.attention(q, k, v, causal=True)[:, 0], v[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["Ti/16", "S/32", "B/14", "L/8"])
+def test_vit_variants(name):
+    hp = vit.variant(name)
+    assert hp["width"] % hp["num_heads"] == 0
+    assert hp["patch_size"] == int(name.split("/")[1])
+
+
+@pytest.mark.parametrize("pool,tokens", [("cls", 5), ("gap", 4)])
+def test_vit_pooling_and_head(pool, tokens):
+    m = vit.ViT(width=8, depth=1, num_heads=2, mlp_dim=16, patch_size=4, pool=pool, num_classes=3)
+    x = jnp.ones((2, 8, 8, 3))
+    (logits, extras), _ = m.init_with_output(jax.random.key(0), x)
+    chex.assert_shape(logits, (2, 3))
+    chex.assert_shape(extras["patch_tokens"], (2, tokens, 8))
+    if pool == "gap":
+        np.testing.assert_allclose(extras["pre_logits"], extras["patch_tokens"].mean(1), atol=1e-6)
+
+
+def test_every_weight_has_logical_axis_names(tiny):
+    model, _, images, tokens = tiny
+    boxed = model.init(jax.random.key(0), images, tokens)["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    for leaf in leaves:
+        assert len(leaf.names) == leaf.value.ndim
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(image=dict(TINY["image"], width=25)), "width 25 is not divisible by num_heads 3"),
+    (dict(image=dict(TINY["image"], patch_size=7)), "not divisible by patch size 7"),
+    (dict(text=dict(TINY["text"], width=20)), "width 20 is not divisible by num_heads 3"),
+])
+def test_impossible_sizes_raise_one_line(change, message):
+    model = models.build(dict(TINY, **change))
+    with pytest.raises(ValueError, match=message) as e:
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32))
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_names_raise():
+    with pytest.raises(ValueError, match="unknown model 'clip-foo'; known models: clip-shapes"):
+        models.model_config("clip-foo")
+    with pytest.raises(ValueError, match="unknown ViT variant 'X/16'"):
+        vit.variant("X/16")
