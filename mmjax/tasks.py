@@ -10,7 +10,7 @@ Interface (duck-typed):
   init(rng) -> params                     logically boxed parameters
   loss(params, batch, rng) -> (loss, metrics)
   train_loader(global_batch_size, seed)   Grain loader of process-local numpy batches
-  evaluate(params, workdir, history) -> results dict (and writes the report)
+  evaluate(params, workdir, history, run_info) -> results dict (and writes the report)
 """
 
 from __future__ import annotations
@@ -70,10 +70,10 @@ class ContrastiveTask:
         return pipeline.train_loader(self.config.data, tokenizer=self.tokenizer,
                                      global_batch_size=global_batch_size, seed=seed)
 
-    def evaluate(self, params, workdir: str, history: list[dict]) -> dict:
+    def evaluate(self, params, workdir: str, history: list[dict], run_info: dict) -> dict:
         from mmjax.evaluate import contrastive
 
-        return contrastive.evaluate(self, params, workdir, history)
+        return contrastive.evaluate(self, params, workdir, history, run_info)
 
 
 TASKS = {"contrastive": ContrastiveTask}

@@ -106,8 +106,12 @@ def check_workdir(workdir: str) -> str:
     return workdir
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir`` (resuming if a checkpoint is there), evaluate, report."""
+def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
+    """Train ``config`` in ``workdir`` (resuming if a checkpoint is there), evaluate, report.
+
+    ``stop_at`` ends the run early after that step with a checkpoint, as a preemption would (tests);
+    the final evaluation then does not run and ``None`` is returned.
+    """
     from tqdm.auto import tqdm
 
     from mmjax.checkpoint import Checkpointer
@@ -152,17 +156,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 log.write(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}")
                 t_log, n_log = now, 0
-            if step % config.checkpoint_every == 0 or step == config.total_steps:
+            if step % config.checkpoint_every == 0 or step in (config.total_steps, stop_at):
                 ckpt.save(step, state, data_iter, config.to_dict())
             bar.update(1)
             train_seconds += time.perf_counter() - t0
+            if step == stop_at:
+                break
         bar.close()
         ckpt.wait()
         ckpt.close()
         log.close()
-
-        results = task.evaluate(state.params, workdir, log.history)
-    results.update(steps=int(config.total_steps), train_seconds=round(train_seconds, 2))
+        if stop_at is not None and stop_at < config.total_steps:
+            return None
+        done = {"steps": int(config.total_steps), "train_seconds": round(train_seconds, 2)}
+        results = task.evaluate(state.params, workdir, log.history, done)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

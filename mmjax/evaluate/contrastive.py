@@ -21,7 +21,7 @@ def batched(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def evaluate(task, params, workdir: str, history: list[dict]) -> dict:
+def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) -> dict:
     from mmjax.data import pipeline
 
     cfg = task.config
@@ -52,6 +52,7 @@ def evaluate(task, params, workdir: str, history: list[dict]) -> dict:
         "zero_shot_classes": len(class_names),
         "zero_shot_top1_split_classes_only": restricted["top1"],
         **retrieval.retrieval_metrics(image_emb, text_emb, keys=data["caption"]),
+        **run_info,
     }
     if jax.process_index() == 0:
         n = min(8, len(labels))

@@ -1,0 +1,173 @@
+"""Grain input pipelines over TFDS array_record sources (no TensorFlow).
+
+Training (``train_loader``) is a Grain dataset pipeline over ``builder.as_data_source("train")``:
+``MapDataset.source`` -> this process's contiguous shard (``len // shard_count`` records each; the
+remainder is dropped) -> ``shuffle(seed)`` -> ``repeat(num_epochs)`` (infinite by default; a new order
+each epoch) -> ``random_map`` (per example: decode the PNG, pick a caption -- 'random': one of the K per
+example and epoch, 'canonical': caption 0 -- and flip left-right with ``flip_prob`` together with
+``shapes.flip_text`` on the caption, then tokenize) -> [``mp_prefetch`` workers] -> ``batch`` of the
+local batch ``global_batch_size // shard_count`` (drop remainder) -> normalise. The random_map rng is
+seeded from (seed, element index), so the same seed gives the same batches, and since batching happens
+after the workers, ``worker_count`` does not change them.
+
+Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
+  ``image`` float32 [B, H, W, 3] in [-1, 1] (``normalize``: x / 127.5 - 1; ``denormalize`` inverts),
+  ``text`` int32 [B, L] (``[BOS] ... [EOT] PAD``, see ``mmjax.data.tokenizer``), ``label`` int32 [B],
+  ``id`` int32 [B] (index of the example in its split), ``truncated`` bool [B] (caption cut to fit L).
+
+Checkpointing: ``it = iter(train_loader(...))`` is a ``grain.DatasetIterator``; ``it.get_state()`` (a
+JSON-able dict) and ``it.set_state(state)`` on a fresh iterator of an identically configured pipeline
+(same worker_count too: the state's layout depends on it) resume exactly. With Orbax (0.12) save it
+as one item of a composite checkpoint, ``ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it),
+...)``, and restore in place with ``grain.checkpoint.CheckpointRestore(it)``; the handler registered for
+these args is ``grain.checkpoint.CheckpointHandler``. Iterators with workers should be ``close()``d.
+
+``worker_count > 0`` runs the per-example work in that many Grain processes, each keeping
+``worker_buffer_size`` (default 16) examples ready. Grain's workers need parsed absl flags; we mark them
+parsed when they are not (e.g. under pytest). Workers are started with "spawn", so scripts need an
+``if __name__ == "__main__":`` guard (absl's ``app.run`` style is fine).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+
+import grain
+import numpy as np
+from PIL import Image
+
+from mmjax.data import shapes, shapes_builder
+from mmjax.data.tokenizer import Tokenizer
+
+SPLITS = ("train", "validation", "test")
+
+
+def normalize(image_uint8: np.ndarray) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return np.asarray(image_uint8, np.float32) / 127.5 - 1.0
+
+
+def denormalize(image: np.ndarray) -> np.ndarray:
+    """float32 [-1, 1] -> uint8 [0, 255] (for display)."""
+    return np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def prompt_templates() -> list[str]:
+    """Zero-shot prompts; ``template.format(class_name)``. Every word is in the shapes vocabulary."""
+    return list(shapes.PROMPT_TEMPLATES)
+
+
+def class_names(data_cfg) -> list[str]:
+    _check_name(data_cfg)
+    return list(shapes.CLASS_NAMES)
+
+
+def _check_name(data_cfg) -> None:
+    name = data_cfg.get("name", "shapes")
+    if name != "shapes":
+        raise ValueError(f"unknown dataset {name!r}; valid names: shapes")
+
+
+def _data_source(data_cfg, split: str):
+    _check_name(data_cfg)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    builder = shapes_builder.ensure_built(
+        data_cfg.get("data_dir", None), seed=data_cfg.get("seed", 0),
+        image_size=data_cfg.get("image_size", 64), num_train=data_cfg.get("num_train", 20_000),
+        num_validation=data_cfg.get("num_validation", 1_000), num_test=data_cfg.get("num_test", 1_000))
+    return builder.as_data_source(split)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def decode_image(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+class TrainPreprocess(grain.transforms.RandomMap):
+    """Record -> {image uint8, text, label, id, truncated}: caption sampling and a consistent flip."""
+
+    def __init__(self, tokenizer: Tokenizer, max_len: int, flip_prob: float, caption_sampling: str):
+        if caption_sampling not in ("random", "canonical"):
+            raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
+        self.tokenizer, self.max_len = tokenizer, max_len
+        self.flip_prob, self.caption_sampling = flip_prob, caption_sampling
+
+    def random_map(self, record, rng: np.random.Generator):
+        image = decode_image(record["image_png"])
+        captions = record["captions"]
+        caption = _text(captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0])
+        if rng.random() < self.flip_prob:
+            image, caption = np.ascontiguousarray(image[:, ::-1]), shapes.flip_text(caption)
+        text, truncated = self.tokenizer.tokenize([caption], self.max_len, return_truncated=True)
+        return {"image": image, "text": text[0], "label": np.int32(record["label"]),
+                "id": np.int32(record["id"]), "truncated": truncated[0]}
+
+
+def _normalize_batch(batch: dict) -> dict:
+    return {**batch, "image": normalize(batch["image"])}
+
+
+def _ensure_absl_flags_parsed() -> None:
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def train_loader(data_cfg, *, tokenizer: Tokenizer, global_batch_size: int, seed: int,
+                 shard_index: int | None = None, shard_count: int | None = None,
+                 num_epochs: int | None = None) -> grain.IterDataset:
+    """Shuffled, augmented, sharded training batches; ``iter()`` it (see the module docstring)."""
+    if shard_index is None or shard_count is None:
+        import jax
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    if global_batch_size % shard_count:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by the number of "
+                         f"data shards (processes) {shard_count}")
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is outside [0, shard_count={shard_count})")
+    source = _data_source(data_cfg, "train")
+    per_shard = len(source) // shard_count  # every shard gets the same number of records
+    preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
+                                 data_cfg.get("caption_sampling", "random"))
+    ds = grain.MapDataset.source(source)[shard_index * per_shard:(shard_index + 1) * per_shard]
+    ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
+    # Reading threads beyond the core count only contend for the GIL (decoding is Python-heavy).
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1)))
+    worker_count = data_cfg.get("worker_count", 0) or 0
+    if worker_count > 0:  # workers prepare examples; batching stays here, so batches don't depend on it
+        _ensure_absl_flags_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=worker_count, per_worker_buffer_size=data_cfg.get("worker_buffer_size", None) or 16))
+    return ds.batch(global_batch_size // shard_count, drop_remainder=True).map(_normalize_batch)
+
+
+def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int | None = None) -> dict:
+    """A whole split in memory, in order, unaugmented; ``text`` holds the canonical captions."""
+    source = _data_source(data_cfg, split)
+    n = len(source) if max_examples is None else min(max_examples, len(source))
+    records = [source[i] for i in range(n)]
+    captions = [[_text(c) for c in r["captions"]] for r in records]
+    texts = [c[0] for c in captions]
+    size = data_cfg.get("image_size", 64)
+    images = np.stack([normalize(decode_image(r["image_png"])) for r in records]) if records \
+        else np.zeros((0, size, size, 3), np.float32)
+    return {
+        "image": images,
+        "text": tokenizer.tokenize(texts, data_cfg.get("max_len", 32)),
+        "caption": texts,
+        "captions": captions,
+        "label": np.array([r["label"] for r in records], np.int32),
+        "id": np.array([r["id"] for r in records], np.int32),
+        "questions": [[_text(q) for q in r["questions"]] for r in records],
+        "answers": [[_text(a) for a in r["answers"]] for r in records],
+        "question_types": [[_text(t) for t in r["question_types"]] for r in records],
+        "class_names": class_names(data_cfg),
+    }

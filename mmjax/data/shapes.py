@@ -1,0 +1,332 @@
+"""The embedded "shapes" dataset: scenes, captions and question-answer pairs (numpy + Pillow only).
+
+A scene holds 1-3 objects (colour x shape x size) in distinct cells of a 3x3 grid on a muted background
+(solid, gradient or light noise). The first object is the *main* object: its size class is strictly
+larger than every other object's, and it defines the class label
+``label = COLOURS.index(colour) * len(SHAPES) + SHAPES.index(shape)`` (name ``CLASS_NAMES[label]``).
+
+Text is lowercase words from a closed vocabulary (``vocabulary()``); questions end in "?", which
+tokenizers strip. The article is always "a" (also "a orange circle"), as in the prompt templates.
+``captions(scene, rng)[0]`` is the canonical caption: every object, main first, as
+"a <size> <colour> <shape> in the <position>", joined by "and", then "on a <background> background";
+no caption exceeds 30 words, so 32 tokens with BOS and EOT never truncate. Positions are "top left",
+"top middle", ..., "center", ..., "bottom right". Answers are single words (a colour, a shape, a
+number, "yes" or "no").
+
+Held-out combinations (``HELD_OUT_COMBOS``, 25 % of colour x shape) never occur in the train and
+validation splits (neither as main object nor as distractor, so never in their text); in the test split
+every main object is held out. Example ``i`` of a split is a pure function of (seed, split, i, image_size).
+
+Flips: every shape is left-right symmetric (masks are symmetrised) and the grid is symmetric, so
+``render(flip_scene(s)) == np.fliplr(render(s))`` exactly, and ``flip_text`` (left <-> right) turns the
+text of a scene into the text of its mirror image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+COLOUR_RGB = ((220, 30, 30), (30, 170, 40), (30, 60, 220), (240, 210, 20),
+              (140, 40, 180), (245, 130, 20), (250, 250, 250), (15, 15, 15))
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
+SIZES = ("small", "medium", "large")
+SIZE_FRACTION = (0.16, 0.23, 0.31)  # side of an object's box, as a fraction of the image side
+ROWS = ("top", "middle", "bottom")
+COLS = ("left", "middle", "right")
+BACKGROUNDS = ("grey", "brown", "beige", "teal")
+BACKGROUND_RGB = ((128, 128, 128), (130, 95, 70), (205, 190, 155), (70, 125, 125))
+BACKGROUND_JITTER = 16  # gradients span +-16 levels, noise +-12: far from every object colour
+NUMBERS = ("zero", "one", "two", "three")
+QUESTION_TYPES = ("colour", "shape", "count", "exists", "position")
+SPLITS = ("train", "validation", "test")
+NUM_CAPTIONS = 5
+
+CLASS_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+# Colour i is held out with shapes (3 * s + k) % 8 == i for k in {0, 5}: two colours per shape, two
+# shapes per colour (3 is invertible mod 8), so every colour and shape keeps 6 seen partners.
+HELD_OUT_COMBOS = tuple(sorted(
+    (COLOURS[(3 * s + k) % len(COLOURS)], SHAPES[s]) for s in range(len(SHAPES)) for k in (0, 5)))
+_HELD_OUT_IDS = frozenset((COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_COMBOS)
+_ALL_IDS = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
+_SEEN_IDS = [cs for cs in _ALL_IDS if cs not in _HELD_OUT_IDS]
+
+PROMPT_TEMPLATES = ("a {}", "a picture of a {}", "a photo of a {}", "an image of a {}",
+                    "there is a {} in the image", "a {} on a background")
+
+
+def is_held_out(colour: str, shape: str) -> bool:
+    return (colour, shape) in HELD_OUT_COMBOS
+
+
+def label_of(colour: str, shape: str) -> int:
+    return COLOURS.index(colour) * len(SHAPES) + SHAPES.index(shape)
+
+
+@dataclasses.dataclass(frozen=True)
+class Obj:
+    colour: int  # index into COLOURS
+    shape: int   # index into SHAPES
+    size: int    # index into SIZES
+    row: int
+    col: int
+    x: int       # top-left corner of the object's px x px box
+    y: int
+    px: int
+
+    @property
+    def name(self) -> str:
+        return f"{COLOURS[self.colour]} {SHAPES[self.shape]}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    objects: tuple[Obj, ...]  # objects[0] is the main object
+    background: int           # index into BACKGROUNDS
+    bg_kind: int              # 0 solid, 1 gradient, 2 noise
+    bg_seed: int
+    image_size: int
+    mirrored: bool = False    # background pattern flipped left-right
+
+    @property
+    def label(self) -> int:
+        return self.objects[0].colour * len(SHAPES) + self.objects[0].shape
+
+
+def _cell_bounds(index: int, image_size: int) -> tuple[int, int]:
+    return round(index * image_size / 3), round((index + 1) * image_size / 3)
+
+
+def sample_scene(rng: np.random.Generator, split: str, image_size: int = 64) -> Scene:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    n = int(rng.integers(1, 4))
+    cells = rng.permutation(9)[:n]
+    main_size = int(rng.integers(0, 3)) if n == 1 else int(rng.integers(1, 3))
+    sizes = [main_size] + [int(rng.integers(0, main_size)) for _ in range(n - 1)]
+    main_pool = sorted(_HELD_OUT_IDS) if split == "test" else _SEEN_IDS
+    other_pool = _ALL_IDS if split == "test" else _SEEN_IDS
+    combos = [main_pool[rng.integers(len(main_pool))]]
+    while len(combos) < n:  # distinct (colour, shape) pairs, so "the red circle" is unambiguous
+        cs = other_pool[rng.integers(len(other_pool))]
+        if cs not in combos:
+            combos.append(cs)
+    objects = []
+    for (colour, shape), size, cell in zip(combos, sizes, cells):
+        row, col = divmod(int(cell), 3)
+        px = max(4, round(SIZE_FRACTION[size] * image_size))
+        (x0, x1), (y0, y1) = _cell_bounds(col, image_size), _cell_bounds(row, image_size)
+        x = x0 + round(rng.random() * max(0, x1 - x0 - px))
+        y = y0 + round(rng.random() * max(0, y1 - y0 - px))
+        objects.append(Obj(colour, shape, size, row, col, x, y, px))
+    return Scene(tuple(objects), int(rng.integers(len(BACKGROUNDS))), int(rng.integers(3)),
+                 int(rng.integers(2**31)), image_size)
+
+
+def flip_scene(scene: Scene) -> Scene:
+    """The scene mirrored left-right (columns, pixel positions and background pattern)."""
+    w = scene.image_size
+    objects = tuple(dataclasses.replace(o, col=2 - o.col, x=w - o.x - o.px) for o in scene.objects)
+    return dataclasses.replace(scene, objects=objects, mirrored=not scene.mirrored)
+
+
+def _outline(shape: str, s: float) -> list[tuple[float, float]] | None:
+    """Polygon of ``shape`` in the box [0, s]^2 (None: ellipse)."""
+    c, r = s / 2, s / 2
+    if shape == "circle":
+        return None
+    if shape == "square":
+        m = 0.1 * s
+        return [(m, m), (s - m, m), (s - m, s - m), (m, s - m)]
+    if shape == "triangle":
+        return [(c, 0), (s, s), (0, s)]
+    if shape == "diamond":
+        return [(c, 0), (s, c), (c, s), (0, c)]
+    if shape == "cross":
+        a, b = s / 3, 2 * s / 3
+        return [(a, 0), (b, 0), (b, a), (s, a), (s, b), (b, b), (b, s), (a, s), (a, b), (0, b), (0, a), (a, a)]
+    if shape == "star":
+        angles = -np.pi / 2 + np.arange(10) * np.pi / 5
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
+        return [(c + q * np.cos(t), c + 0.1 * r + q * np.sin(t)) for q, t in zip(radii, angles)]
+    if shape == "hexagon":
+        angles = np.arange(6) * np.pi / 3
+        return [(c + r * np.cos(t), c + r * np.sin(t)) for t in angles]
+    if shape == "heart":
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        hx, hy = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        hx, hy = (hx + 17) / 34 * s, (hy - hy.min()) / (hy.max() - hy.min()) * s
+        return list(zip(hx, hy))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def shape_mask(shape: str, px: int) -> np.ndarray:
+    """Boolean [px, px] mask, exactly left-right symmetric."""
+    img = Image.new("L", (px, px), 0)
+    draw = ImageDraw.Draw(img)
+    outline = _outline(shape, px - 1)
+    if outline is None:
+        draw.ellipse([0, 0, px - 1, px - 1], fill=255)
+    else:
+        draw.polygon(outline, fill=255)
+    mask = np.asarray(img) > 127
+    mask = mask | mask[:, ::-1]
+    mask.setflags(write=False)
+    return mask
+
+
+def render(scene: Scene) -> np.ndarray:
+    """uint8 [H, W, 3] image of ``scene``."""
+    w = scene.image_size
+    base = np.array(BACKGROUND_RGB[scene.background], np.float32)
+    bg_rng = np.random.default_rng(scene.bg_seed)
+    if scene.bg_kind == 1:  # linear gradient in a random direction
+        a, b = bg_rng.uniform(-1, 1, size=2)
+        ys, xs = np.mgrid[0:w, 0:w] / max(1, w - 1) * 2 - 1
+        ramp = (a * xs + b * ys) / max(abs(a) + abs(b), 1e-6) * BACKGROUND_JITTER
+        image = base + ramp[..., None]
+    elif scene.bg_kind == 2:  # light noise
+        image = base + bg_rng.integers(-12, 13, size=(w, w, 1))
+    else:
+        image = np.broadcast_to(base, (w, w, 3))
+    image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    image = np.ascontiguousarray(image[:, ::-1] if scene.mirrored else image)
+    for o in scene.objects:
+        patch = image[o.y:o.y + o.px, o.x:o.x + o.px]
+        patch[shape_mask(SHAPES[o.shape], o.px)] = COLOUR_RGB[o.colour]
+    return image
+
+
+# ----------------------------------------------------------------------------------------- text
+def flip_text(text: str) -> str:
+    """Swap "left" and "right": the text of a scene becomes the text of its mirror image."""
+    return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", text)
+
+
+def _noun(o: Obj, size: bool = True) -> str:
+    return f"a {SIZES[o.size]} {o.name}" if size else f"a {o.name}"
+
+
+def _where(o: Obj) -> str:
+    if (o.row, o.col) == (1, 1):
+        return "in the center"
+    return f"in the {ROWS[o.row]} {COLS[o.col]}"
+
+
+def _relation(a: Obj, b: Obj) -> str:
+    if a.col != b.col:
+        return "to the left of" if a.col < b.col else "to the right of"
+    return "above" if a.row < b.row else "below"
+
+
+def canonical_caption(scene: Scene) -> str:
+    parts = " and ".join(f"{_noun(o)} {_where(o)}" for o in scene.objects)
+    return f"{parts} on a {BACKGROUNDS[scene.background]} background"
+
+
+def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
+    """``NUM_CAPTIONS`` captions; [0] canonical, the rest paraphrases (word choice, order, relations)."""
+    objs, bg = scene.objects, BACKGROUNDS[scene.background]
+    shuffled = [objs[i] for i in rng.permutation(len(objs))]
+    lead = ("a picture of", "a photo of", "an image of")[rng.integers(3)]
+    main = objs[0]
+    if len(objs) == 1:
+        relational = f"there is a single {main.name} {_where(main)}"
+    else:
+        relational = f"{_noun(main)} " + " and ".join(f"{_relation(main, o)} {_noun(o, False)}" for o in objs[1:])
+    return [
+        canonical_caption(scene),
+        "there is " + " and ".join(f"{_noun(o)} {_where(o)}" for o in objs),
+        f"{lead} " + " and ".join(_noun(o, False) for o in shuffled) + f" on a {bg} background",
+        relational,
+        f"a {bg} background with " + " and ".join(f"{_noun(o, bool(rng.integers(2)))} {_where(o)}"
+                                                 for o in shuffled),
+    ]
+
+
+def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
+    """(questions, answers, question_types): one colour, shape, count and position question and two
+    existence questions (one "yes", one "no"). Objects are named only where the name is unique."""
+    objs = scene.objects
+    qs, ans, types = [], [], []
+
+    def add(q, a, t):
+        qs.append(q), ans.append(a), types.append(t)
+
+    by_shape = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+    if by_shape and rng.random() < 0.8:
+        o = by_shape[rng.integers(len(by_shape))]
+        add(f"what colour is the {SHAPES[o.shape]}?", COLOURS[o.colour], "colour")
+    else:
+        add("what colour is the biggest object?", COLOURS[objs[0].colour], "colour")
+    by_colour = [o for o in objs if sum(p.colour == o.colour for p in objs) == 1]
+    if by_colour and rng.random() < 0.8:
+        o = by_colour[rng.integers(len(by_colour))]
+        add(f"what shape is the {COLOURS[o.colour]} object?", SHAPES[o.shape], "shape")
+    else:
+        add("what shape is the biggest object?", SHAPES[objs[0].shape], "shape")
+    add("how many objects are there?", NUMBERS[len(objs)], "count")
+
+    present = objs[rng.integers(len(objs))]
+    add(f"is there a {present.name}?", "yes", "exists")
+    absent_pool = [cs for cs in _SEEN_IDS if cs not in {(o.colour, o.shape) for o in objs}]
+    colour, shape = absent_pool[rng.integers(len(absent_pool))]
+    add(f"is there a {COLOURS[colour]} {SHAPES[shape]}?", "no", "exists")
+
+    if len(objs) >= 2:  # the yes/no draw comes first, so the question of a mirrored scene is mirrored
+        i, j = rng.permutation(len(objs))[:2]
+        a, b, yes = objs[i], objs[j], bool(rng.random() < 0.5)
+        if a.col != b.col:
+            side = ("left", "right")[(a.col < b.col) != yes]
+            add(f"is the {a.name} to the {side} of the {b.name}?", "yes" if yes else "no", "position")
+        else:
+            rel = ("above", "below")[(a.row < b.row) != yes]
+            add(f"is the {a.name} {rel} the {b.name}?", "yes" if yes else "no", "position")
+    else:
+        o = objs[0]
+        sides = {"on the left": o.col == 0, "on the right": o.col == 2, "at the top": o.row == 0,
+                 "at the bottom": o.row == 2}
+        true = [s for s, v in sides.items() if v]
+        pool = true if true and rng.random() < 0.5 else [s for s, v in sides.items() if not v]
+        side = pool[rng.integers(len(pool))]
+        add(f"is the {o.name} {side}?", "yes" if sides[side] else "no", "position")
+    return qs, ans, types
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption, question, answer or prompt template can contain (sorted)."""
+    fixed = """a an at and there is single picture photo image of in the on with background to above below
+        center what colour shape how many objects object are biggest yes no left right top bottom middle"""
+    words = set(fixed.split()) | set(COLOURS) | set(SHAPES) | set(SIZES) | set(ROWS) | set(COLS)
+    words |= set(BACKGROUNDS) | set(NUMBERS)
+    for template in PROMPT_TEMPLATES:
+        words |= set(template.replace("{}", " ").split())
+    return sorted(words)
+
+
+def generate_example(seed: int, split: str, index: int, image_size: int = 64) -> dict:
+    """Example ``index`` of ``split``: image (uint8 [H, W, 3]), label, captions, QA and object metadata."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    scene = sample_scene(rng, split, image_size)
+    qs, ans, types = questions(scene, rng)
+    return {
+        "id": index,
+        "image": render(scene),
+        "label": scene.label,
+        "captions": captions(scene, rng),
+        "questions": qs,
+        "answers": ans,
+        "question_types": types,
+        "background": scene.background,
+        "objects": {k: np.array([getattr(o, k) for o in scene.objects], np.int64)
+                    for k in ("colour", "shape", "size", "row", "col")},
+        "scene": scene,
+    }

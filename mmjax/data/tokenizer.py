@@ -1,0 +1,114 @@
+"""Tokenizers: one interface, a word-level vocabulary for the shapes grammar and a UTF-8 byte fallback.
+
+Conventions shared by every tokenizer (a later BPE tokenizer implements the same ``Tokenizer``):
+
+* ``PAD = 0``, then ``BOS = 1`` and ``EOT = 2`` (``UNK = 3`` for the word tokenizer); real tokens follow.
+* ``encode(text)`` returns the ids of the text only (no specials); ``decode(ids)`` drops specials/pads.
+* ``tokenize(texts, max_len)`` returns int32 ``[N, max_len]`` rows ``[BOS] tokens... [EOT] PAD...``.
+  Text too long for ``max_len`` is truncated so that the EOT is always present (in the last position);
+  ``return_truncated=True`` also returns a bool ``[N]`` saying which rows were cut.
+* The text tower pools at the EOT position: the index of the first ``eot_id`` in the row, i.e.
+  ``argmax(tokens == eot_id, axis=-1)``; attention masks are ``tokens != pad_id``.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from mmjax.data import shapes
+
+PAD_ID, BOS_ID, EOT_ID, UNK_ID = 0, 1, 2, 3
+
+
+class Tokenizer(abc.ABC):
+    """Subclasses set ``vocab_size``, ``pad_id``, ``bos_id``, ``eot_id`` and define encode/decode."""
+
+    vocab_size: int
+    pad_id: int = PAD_ID
+    bos_id: int = BOS_ID
+    eot_id: int = EOT_ID
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text``, without special tokens."""
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids``; special tokens and padding are dropped."""
+
+    def tokenize(self, texts: Sequence[str], max_len: int, *, return_truncated: bool = False):
+        """int32 ``[len(texts), max_len]`` of ``[BOS] tokens... [EOT] PAD...`` (see module docstring)."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a sequence of strings; wrap a single text in a list")
+        if max_len < 2:
+            raise ValueError(f"max_len must be at least 2 (BOS and EOT), got {max_len}")
+        out = np.full((len(texts), max_len), self.pad_id, np.int32)
+        truncated = np.zeros(len(texts), bool)
+        for row, text in enumerate(texts):
+            ids = self.encode(text)
+            if len(ids) > max_len - 2:
+                ids, truncated[row] = ids[:max_len - 2], True
+            out[row, 0] = self.bos_id
+            out[row, 1:len(ids) + 1] = ids
+            out[row, len(ids) + 1] = self.eot_id
+        return (out, truncated) if return_truncated else out
+
+
+class WordTokenizer(Tokenizer):
+    """Whitespace word tokenizer over a fixed vocabulary; lowercases and strips ``? , . ! ; :``."""
+
+    unk_id: int = UNK_ID
+    SPECIALS = ("[PAD]", "[BOS]", "[EOT]", "[UNK]")
+    _PUNCTUATION = re.compile(r"[?,.!;:]")
+
+    def __init__(self, words: Sequence[str]):
+        words = sorted(set(words) - set(self.SPECIALS))
+        self.itos = list(self.SPECIALS) + words
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.vocab_size = len(self.itos)
+
+    @classmethod
+    def for_shapes(cls) -> WordTokenizer:
+        """The vocabulary of the shapes grammar (captions, questions, answers, prompt templates)."""
+        return cls(shapes.vocabulary())
+
+    @classmethod
+    def normalize(cls, text: str) -> str:
+        """The text as this tokenizer sees it: lowercase, punctuation stripped, single spaces."""
+        return " ".join(cls._PUNCTUATION.sub(" ", text.lower()).split())
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi.get(w, self.unk_id) for w in self.normalize(text).split()]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        specials = (self.pad_id, self.bos_id, self.eot_id)
+        return " ".join(self.itos[i] for i in map(int, ids) if i not in specials)
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes shifted past the specials: id = byte + 3; handles any text."""
+
+    OFFSET = 3
+
+    def __init__(self):
+        self.vocab_size = 256 + self.OFFSET
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.OFFSET for b in text.encode("utf-8")]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        data = bytes(i - self.OFFSET for i in map(int, ids) if self.OFFSET <= i < self.vocab_size)
+        return data.decode("utf-8", errors="replace")
+
+
+_TOKENIZERS = {"shapes_words": WordTokenizer.for_shapes, "bytes": ByteTokenizer}
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+    if name not in _TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; valid names: {', '.join(sorted(_TOKENIZERS))}")
+    return _TOKENIZERS[name]()

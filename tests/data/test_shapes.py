@@ -1,0 +1,145 @@
+import re
+
+import numpy as np
+import pytest
+
+from mmjax.data import shapes as S
+
+
+def _examples(split, n, seed=0):
+    return [S.generate_example(seed, split, i) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def train_examples():
+    return _examples("train", 300) + _examples("validation", 100)
+
+
+@pytest.fixture(scope="module")
+def test_examples():
+    return _examples("test", 100)
+
+
+def _texts(ex):
+    return ex["captions"] + ex["questions"] + ex["answers"]
+
+
+def test_determinism():
+    a, b = S.generate_example(0, "train", 7), S.generate_example(0, "train", 7)
+    assert a["image"].tobytes() == b["image"].tobytes()
+    assert a["captions"] == b["captions"] and a["questions"] == b["questions"]
+    other = [S.generate_example(1, "train", i) for i in range(5)]
+    assert any(o["image"].tobytes() != S.generate_example(0, "train", i)["image"].tobytes()
+               for i, o in enumerate(other))
+    assert S.generate_example(0, "train", 7, image_size=32)["image"].shape == (32, 32, 3)
+
+
+def test_held_out_combos_cover_a_fifth_and_leave_every_colour_and_shape_seen():
+    total = len(S.COLOURS) * len(S.SHAPES)
+    assert len(S.HELD_OUT_COMBOS) >= 0.2 * total
+    seen = [(c, s) for c in S.COLOURS for s in S.SHAPES if not S.is_held_out(c, s)]
+    assert {c for c, _ in seen} == set(S.COLOURS) and {s for _, s in seen} == set(S.SHAPES)
+    assert len(S.SHAPES) >= 6 and len(S.COLOURS) >= 8
+
+
+def test_held_out_combos_never_in_train_or_validation(train_examples):
+    patterns = [re.compile(rf"\b{c} {s}\b") for c, s in S.HELD_OUT_COMBOS]
+    for ex in train_examples:
+        for c, s in zip(ex["objects"]["colour"], ex["objects"]["shape"]):
+            assert not S.is_held_out(S.COLOURS[c], S.SHAPES[s])
+        for text in _texts(ex):
+            assert not any(p.search(text) for p in patterns), text
+
+
+def test_test_split_main_objects_are_held_out(test_examples):
+    for ex in test_examples:
+        assert S.is_held_out(*S.CLASS_NAMES[ex["label"]].split())
+    assert len({ex["label"] for ex in test_examples}) > 5
+
+
+def test_labels_match_class_names_and_captions_mention_main_object(train_examples, test_examples):
+    assert len(S.CLASS_NAMES) == len(S.COLOURS) * len(S.SHAPES)
+    for ex in train_examples + test_examples:
+        colour, shape = S.COLOURS[ex["objects"]["colour"][0]], S.SHAPES[ex["objects"]["shape"][0]]
+        assert S.CLASS_NAMES[ex["label"]] == f"{colour} {shape}"
+        assert ex["label"] == S.label_of(colour, shape)
+        assert len(ex["captions"]) == S.NUM_CAPTIONS
+        assert all(f"{colour} {shape}" in c for c in ex["captions"])
+        assert ex["captions"][0] == S.canonical_caption(ex["scene"])
+
+
+def test_main_object_strictly_largest_and_cells_distinct(train_examples, test_examples):
+    for ex in train_examples + test_examples:
+        objs = ex["scene"].objects
+        assert 1 <= len(objs) <= 3
+        assert all(objs[0].size > o.size and objs[0].px > o.px for o in objs[1:])
+        assert len({(o.row, o.col) for o in objs}) == len(objs)
+        assert len({(o.colour, o.shape) for o in objs}) == len(objs)
+
+
+def test_background_far_from_object_colours():
+    for bg in S.BACKGROUND_RGB:
+        for obj in S.COLOUR_RGB:
+            distance = np.linalg.norm(np.subtract(bg, obj, dtype=float))
+            assert distance - np.sqrt(3) * S.BACKGROUND_JITTER > 60, (bg, obj)
+
+
+def test_questions_answered_correctly_on_hand_checked_scene():
+    red_circle = S.Obj(colour=0, shape=0, size=2, row=0, col=0, x=1, y=1, px=20)
+    blue_square = S.Obj(colour=2, shape=1, size=0, row=2, col=2, x=50, y=50, px=10)
+    scene = S.Scene((red_circle, blue_square), background=0, bg_kind=0, bg_seed=0, image_size=64)
+    expected = {
+        "what colour is the circle?": "red", "what colour is the square?": "blue",
+        "what colour is the biggest object?": "red", "what shape is the red object?": "circle",
+        "what shape is the blue object?": "square", "what shape is the biggest object?": "circle",
+        "how many objects are there?": "two", "is there a red circle?": "yes", "is there a blue square?": "yes",
+        "is the red circle to the left of the blue square?": "yes",
+        "is the red circle to the right of the blue square?": "no",
+        "is the blue square to the left of the red circle?": "no",
+        "is the blue square to the right of the red circle?": "yes",
+    }
+    asked = set()
+    for seed in range(60):
+        qs, ans, types = S.questions(scene, np.random.default_rng(seed))
+        assert sorted(types) == sorted(S.QUESTION_TYPES + ("exists",))
+        for q, a, t in zip(qs, ans, types):
+            if t == "exists" and a == "no":
+                assert q not in expected
+            else:
+                assert expected[q] == a, q
+            asked.add(q)
+    assert len(asked & set(expected)) >= 10
+    assert S.canonical_caption(scene) == ("a large red circle in the top left and a small blue square in the "
+                                          "bottom right on a grey background")
+
+
+def test_exists_balanced_and_position_not_degenerate(train_examples):
+    answers = [(t, a) for ex in train_examples for t, a in zip(ex["question_types"], ex["answers"])]
+    exists = [a for t, a in answers if t == "exists"]
+    assert exists.count("yes") == exists.count("no")
+    position = [a for t, a in answers if t == "position"]
+    assert 0.3 < position.count("yes") / len(position) < 0.7
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_flip_consistency(index):
+    rng = np.random.default_rng([5, index])
+    scene = S.sample_scene(rng, "train")
+    flipped = S.flip_scene(scene)
+    np.testing.assert_array_equal(S.render(flipped), np.fliplr(S.render(scene)))
+    assert S.flip_scene(flipped) == scene
+    assert S.canonical_caption(flipped) == S.flip_text(S.canonical_caption(scene))
+    caps, caps_flipped = S.captions(scene, np.random.default_rng(index)), S.captions(flipped, np.random.default_rng(index))
+    assert caps_flipped == [S.flip_text(c) for c in caps]
+    (q, a, _), (qf, af, _) = S.questions(scene, np.random.default_rng(index)), S.questions(flipped, np.random.default_rng(index))
+    assert qf == [S.flip_text(x) for x in q] and af == a
+
+
+def test_flip_text():
+    assert S.flip_text("a red circle in the top left to the right of a star?") == \
+        "a red circle in the top right to the left of a star?"
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        S.generate_example(0, "dev", 0)
