@@ -47,10 +47,13 @@ class ContrastiveTask:
 
     def batch_spec(self, batch_size: int) -> dict:
         s, length = self.config.data.image_size, self.config.data.max_len
-        return {
+        spec = {
             "image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
             "text": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
         }
+        if self.config.data.hard_negatives:
+            spec["text_neg"] = spec["text"]
+        return spec
 
     def init(self, rng):
         spec = self.batch_spec(1)
@@ -60,7 +63,10 @@ class ContrastiveTask:
     def loss(self, params, batch, rng):
         del rng  # deterministic forward pass
         out, _ = self.model.apply({"params": params}, batch["image"], batch["text"])
-        loss, metrics = losses.softmax_contrastive_loss(out["image"], out["text"], out["logit_scale"])
+        negatives = None
+        if "text_neg" in batch:
+            negatives, _ = self.model.apply({"params": params}, batch["text_neg"], method="encode_text")
+        loss, metrics = losses.softmax_contrastive_loss(out["image"], out["text"], out["logit_scale"], negatives)
         metrics["logit_scale"] = out["logit_scale"]
         return loss, metrics
 
@@ -82,4 +88,9 @@ TASKS = {"contrastive": ContrastiveTask}
 def get_task(config):
     if config.task not in TASKS:
         raise ConfigError(f"unknown task {config.task!r}; known tasks: {', '.join(TASKS)}")
-    return TASKS[config.task](config)
+    try:
+        return TASKS[config.task](config)
+    except ConfigError:
+        raise
+    except ValueError as e:  # impossible model sizes, unknown names: the user's config is at fault
+        raise ConfigError(str(e)) from None

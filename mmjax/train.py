@@ -142,7 +142,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         train_seconds = 0.0
         t_log, n_log = time.perf_counter(), 0
         bar = tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
         for step in range(start + 1, config.total_steps + 1):
             t0 = time.perf_counter()
             batch = sharding.global_batch(next(data_iter), mesh, rules)

@@ -47,3 +47,21 @@ def test_float32_for_bfloat16_inputs():
     assert loss.dtype == jnp.float32
     assert loss == pytest.approx(float(losses.softmax_contrastive_loss(a.astype(jnp.float32), a.astype(jnp.float32),
                                                                         jnp.float32(10.0))[0]), rel=1e-6)
+
+
+def test_hard_negatives_are_extra_image_to_text_candidates():
+    img = normalized(jax.random.normal(jax.random.key(0), (4, 8)))
+    txt = normalized(jax.random.normal(jax.random.key(1), (4, 8)))
+    neg = normalized(jax.random.normal(jax.random.key(2), (4, 8)))
+    scale = jnp.float32(5.0)
+    loss, _ = losses.softmax_contrastive_loss(img, txt, scale, neg)
+    logits = np.asarray(scale * img @ txt.T)
+    all_i2t = np.concatenate([logits, np.asarray(scale * img @ neg.T)], axis=1)
+    lse = lambda x: np.log(np.exp(x).sum(axis=1))  # noqa: E731
+    i2t = np.mean(lse(all_i2t) - np.diag(logits))
+    t2i = np.mean(lse(logits.T) - np.diag(logits))
+    np.testing.assert_allclose(loss, (i2t + t2i) / 2, rtol=1e-5)
+    # A negative identical to the true caption is as likely as the true one: the loss rises.
+    same, _ = losses.softmax_contrastive_loss(img, img, jnp.float32(50.0), img)
+    plain, _ = losses.softmax_contrastive_loss(img, img, jnp.float32(50.0))
+    assert same > plain + 0.3

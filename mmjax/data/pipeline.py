@@ -13,7 +13,8 @@ after the workers, ``worker_count`` does not change them.
 Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
   ``image`` float32 [B, H, W, 3] in [-1, 1] (``normalize``: x / 127.5 - 1; ``denormalize`` inverts),
   ``text`` int32 [B, L] (``[BOS] ... [EOT] PAD``, see ``mmjax.data.tokenizer``), ``label`` int32 [B],
-  ``id`` int32 [B] (index of the example in its split), ``truncated`` bool [B] (caption cut to fit L).
+  ``id`` int32 [B] (index of the example in its split), ``truncated`` bool [B] (caption cut to fit L),
+  and with ``hard_negatives`` ``text_neg`` int32 [B, L]: the caption with one shape word swapped.
 
 Checkpointing: ``it = iter(train_loader(...))`` is a ``grain.DatasetIterator``; ``it.get_state()`` (a
 JSON-able dict) and ``it.set_state(state)`` on a fresh iterator of an identically configured pipeline
@@ -91,11 +92,13 @@ def decode_image(png: bytes) -> np.ndarray:
 class TrainPreprocess(grain.transforms.RandomMap):
     """Record -> {image uint8, text, label, id, truncated}: caption sampling and a consistent flip."""
 
-    def __init__(self, tokenizer: Tokenizer, max_len: int, flip_prob: float, caption_sampling: str):
+    def __init__(self, tokenizer: Tokenizer, max_len: int, flip_prob: float, caption_sampling: str,
+                 hard_negatives: bool = False):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
         self.tokenizer, self.max_len = tokenizer, max_len
         self.flip_prob, self.caption_sampling = flip_prob, caption_sampling
+        self.hard_negatives = hard_negatives
 
     def random_map(self, record, rng: np.random.Generator):
         image = decode_image(record["image_png"])
@@ -104,8 +107,11 @@ class TrainPreprocess(grain.transforms.RandomMap):
         if rng.random() < self.flip_prob:
             image, caption = np.ascontiguousarray(image[:, ::-1]), shapes.flip_text(caption)
         text, truncated = self.tokenizer.tokenize([caption], self.max_len, return_truncated=True)
-        return {"image": image, "text": text[0], "label": np.int32(record["label"]),
-                "id": np.int32(record["id"]), "truncated": truncated[0]}
+        out = {"image": image, "text": text[0], "label": np.int32(record["label"]),
+               "id": np.int32(record["id"]), "truncated": truncated[0]}
+        if self.hard_negatives:
+            out["text_neg"] = self.tokenizer.tokenize([shapes.swap_shape_word(caption, rng)], self.max_len)[0]
+        return out
 
 
 def _normalize_batch(batch: dict) -> dict:
@@ -136,7 +142,7 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer, global_batch_size: int, seed
     source = _data_source(data_cfg, "train")
     per_shard = len(source) // shard_count  # every shard gets the same number of records
     preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
-                                 data_cfg.get("caption_sampling", "random"))
+                                 data_cfg.get("caption_sampling", "random"), data_cfg.get("hard_negatives", False))
     ds = grain.MapDataset.source(source)[shard_index * per_shard:(shard_index + 1) * per_shard]
     ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
     # Reading threads beyond the core count only contend for the GIL (decoding is Python-heavy).

@@ -34,9 +34,10 @@ from PIL import Image, ImageDraw
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 COLOUR_RGB = ((220, 30, 30), (30, 170, 40), (30, 60, 220), (240, 210, 20),
               (140, 40, 180), (245, 130, 20), (250, 250, 250), (15, 15, 15))
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond", "hexagon", "heart")
+# Six shapes that stay distinct at 13 px (a hexagon or a heart that small is hard to tell from a circle).
+SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 SIZES = ("small", "medium", "large")
-SIZE_FRACTION = (0.16, 0.23, 0.31)  # side of an object's box, as a fraction of the image side
+SIZE_FRACTION = (0.2, 0.26, 0.32)  # side of an object's box, as a fraction of the image side
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "middle", "right")
 BACKGROUNDS = ("grey", "brown", "beige", "teal")
@@ -45,11 +46,11 @@ BACKGROUND_JITTER = 16  # gradients span +-16 levels, noise +-12: far from every
 NUMBERS = ("zero", "one", "two", "three")
 QUESTION_TYPES = ("colour", "shape", "count", "exists", "position")
 SPLITS = ("train", "validation", "test")
-NUM_CAPTIONS = 5
+NUM_CAPTIONS = 6
 
 CLASS_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
-# Colour i is held out with shapes (3 * s + k) % 8 == i for k in {0, 5}: two colours per shape, two
-# shapes per colour (3 is invertible mod 8), so every colour and shape keeps 6 seen partners.
+# Shape s is held out with the colours (3 * s + k) % 8 for k in {0, 5}: two colours per shape and at most
+# two shapes per colour (12 of 48 combinations), so every shape keeps 6 and every colour >= 4 seen partners.
 HELD_OUT_COMBOS = tuple(sorted(
     (COLOURS[(3 * s + k) % len(COLOURS)], SHAPES[s]) for s in range(len(SHAPES)) for k in (0, 5)))
 _HELD_OUT_IDS = frozenset((COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_COMBOS)
@@ -154,14 +155,6 @@ def _outline(shape: str, s: float) -> list[tuple[float, float]] | None:
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
         return [(c + q * np.cos(t), c + 0.1 * r + q * np.sin(t)) for q, t in zip(radii, angles)]
-    if shape == "hexagon":
-        angles = np.arange(6) * np.pi / 3
-        return [(c + r * np.cos(t), c + r * np.sin(t)) for t in angles]
-    if shape == "heart":
-        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
-        hx, hy = 16 * np.sin(t) ** 3, -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
-        hx, hy = (hx + 17) / 34 * s, (hy - hy.min()) / (hy.max() - hy.min()) * s
-        return list(zip(hx, hy))
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -209,6 +202,23 @@ def flip_text(text: str) -> str:
     return re.sub(r"\b(left|right)\b", lambda m: "right" if m.group(1) == "left" else "left", text)
 
 
+def swap_shape_word(text: str, rng: np.random.Generator) -> str:
+    """A hard-negative caption: one shape word of ``text`` replaced by a different shape.
+
+    The result never describes the scene (one object's shape changes, so the multiset of shapes does),
+    which is what makes it a useful negative: matching it against the image needs shape, not just the
+    colours and positions that already tell most scenes apart (NegCLIP, Yuksekgonul et al. 2023).
+    """
+    words = text.split()
+    slots = [i for i, w in enumerate(words) if w in SHAPES]
+    if not slots:
+        return text
+    i = slots[rng.integers(len(slots))]
+    others = [s for s in SHAPES if s != words[i]]
+    words[i] = others[rng.integers(len(others))]
+    return " ".join(words)
+
+
 def _noun(o: Obj, size: bool = True) -> str:
     return f"a {SIZES[o.size]} {o.name}" if size else f"a {o.name}"
 
@@ -242,11 +252,12 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
         relational = f"{_noun(main)} " + " and ".join(f"{_relation(main, o)} {_noun(o, False)}" for o in objs[1:])
     return [
         canonical_caption(scene),
-        "there is " + " and ".join(f"{_noun(o)} {_where(o)}" for o in objs),
+        "there is " + " and ".join(_noun(o) for o in objs),  # what, without where
         f"{lead} " + " and ".join(_noun(o, False) for o in shuffled) + f" on a {bg} background",
         relational,
         f"a {bg} background with " + " and ".join(f"{_noun(o, bool(rng.integers(2)))} {_where(o)}"
                                                  for o in shuffled),
+        f"{lead} {_noun(main, bool(rng.integers(2)))}",  # short, alt-text style: the main object only
     ]
 
 

@@ -7,7 +7,7 @@ a split is example ``i`` (shuffling at write time is disabled).
 
 One ``ShapesConfig`` per (seed, image_size, num_train, num_validation, num_test); its name encodes them
 (``s0_px64_n20000_1000_1000``), so datasets of different sizes or seeds live in different directories:
-``<data_dir>/mmjax_shapes/<config>/1.0.0``. ``ensure_built`` prepares a config once and is a cheap no-op
+``<data_dir>/mmjax_shapes/<config>/<VERSION>``. ``ensure_built`` prepares a config once and is a cheap no-op
 afterwards. Default ``data_dir``: ``$MMJAX_DATA_DIR``, else ``~/.cache/mmjax/tensorflow_datasets``.
 """
 
@@ -73,8 +73,11 @@ def encode_example(seed: int, split: str, index: int, image_size: int) -> dict:
 class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
     """Synthetic scenes of coloured shapes with captions, class labels and question-answer pairs."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First version."}
+    # Bump the version whenever generated content changes, so stale data is never reused.
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "First version.",
+                     "1.1.0": "A short main-object caption among the paraphrases.",
+                     "1.2.0": "Six shapes (no hexagon, heart), larger objects, a caption without positions."}
     BUILDER_CONFIGS = [DEFAULT_CONFIG]
 
     @classmethod
@@ -142,6 +145,7 @@ def ensure_built(data_dir: str | None = None, *, seed: int = 0, image_size: int 
     start = time.perf_counter()
     config = tfds.download.DownloadConfig(try_download_gcs=False,
                                           compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    tfds.disable_progress_bar()  # one line here instead of TFDS's per-split bars
     builder.download_and_prepare(file_format="array_record", download_config=config)
     print(f"mmjax: shapes dataset ready in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     return builder

@@ -33,10 +33,10 @@ _MODELS: dict[str, dict] = {
     "clip-vit-l14": _clip("L/14", 224, 768, 768, 12),
     # Small two-tower model for the embedded 64x64 shapes dataset (trains on a laptop CPU).
     "clip-shapes": dict(
-        type="two_tower", image_size=64, embed_dim=128,
-        image=dict(width=128, depth=4, num_heads=4, mlp_dim=512, patch_size=8,
+        type="two_tower", image_size=64, embed_dim=64,
+        image=dict(width=64, depth=2, num_heads=2, mlp_dim=256, patch_size=8, stem_channels=(8, 16, 32),
                    pool="gap", patch_bias=True, pre_norm=False, activation="gelu"),
-        text=dict(vocab_size=128, max_len=32, width=128, depth=2, num_heads=4, mlp_dim=512,
+        text=dict(vocab_size=128, max_len=32, width=64, depth=2, num_heads=2, mlp_dim=256,
                   eot_id=2, pool="eot", activation="gelu"),
     ),
 }

@@ -8,6 +8,13 @@ intermediates by name: ``patch_tokens`` (encoder output for all tokens, after th
 Two flavours cover the common checkpoints:
 * OpenAI CLIP: ``patch_bias=False, pre_norm=True, pool="cls"``.
 * big_vision / Google ViT: ``patch_bias=True, pre_norm=False``, ``pool="cls"`` or ``"gap"``.
+
+``stem_channels=(c1, c2, ...)`` makes a *hybrid* ViT (as in the ViT paper's ResNet+ViT hybrids, and
+"Early convolutions help transformers see better", Xiao et al. 2021): each entry is a 3x3 convolution +
+ReLU + 2x2 max-pool before the patch embedding, which then covers ``patch_size / 2**len(stem_channels)``
+feature-map pixels, so the token grid is unchanged. Convolutions give the translation equivariance a
+small ViT trained from scratch on little data lacks (on the shapes dataset a plain 2-layer ViT needs
+~10x more steps to tell shapes apart).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class ViT(nn.Module):
     patch_bias: bool = True
     pre_norm: bool = False
     activation: str = "gelu"
+    stem_channels: tuple[int, ...] = ()  # hybrid: conv stages before the patch embedding
     num_classes: int | None = None  # optional linear head on the pooled features
     dtype: layers.Dtype = jnp.float32
 
@@ -62,17 +70,29 @@ class ViT(nn.Module):
                 f"ViT: image size {h}x{w} is not divisible by patch size {self.patch_size}; "
                 "choose a patch size that divides the image size"
             )
+        if self.patch_size % 2 ** len(self.stem_channels):
+            raise ValueError(f"ViT: patch size {self.patch_size} is not divisible by the stem's downsampling "
+                             f"{2 ** len(self.stem_channels)}; use fewer stem_channels or a larger patch")
+
+    def stem(self, x):
+        for i, channels in enumerate(self.stem_channels):
+            x = nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype, name=f"stem_{i}",
+                        kernel_init=layers.dense_init((None, None, None, None), nn.initializers.he_normal()),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        return x
 
     @nn.compact
     def __call__(self, images):
         self.check(images.shape[1:3])
-        p = self.patch_size
+        images = self.stem(images.astype(self.dtype))
+        p = self.patch_size // 2 ** len(self.stem_channels)
         # Patch embedding: a stride-p convolution, computed as patchify + one matmul (the same maths;
         # much faster than a strided convolution's gradient on CPU). Kernel layout (p, p, 3, width).
         kernel = self.param("patch_kernel", layers.dense_init((None, None, None, "embed"), nn.initializers.lecun_normal()),
                             (p, p, images.shape[-1], self.width))
         b, h, w, c = images.shape
-        patches = images.astype(self.dtype).reshape(b, h // p, p, w // p, p, c)
+        patches = images.reshape(b, h // p, p, w // p, p, c)
         x = jnp.einsum("bhpwqc,pqcd->bhwd", patches, kernel.astype(self.dtype)).reshape(b, -1, self.width)
         if self.patch_bias:
             bias = self.param("patch_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),

@@ -187,3 +187,13 @@ def test_prompt_templates_use_known_words(tok):
     assert len(templates) >= 4 and all("{}" in t for t in templates)
     for t in templates:
         assert tok.unk_id not in tok.encode(t.format("red circle"))
+
+
+def test_hard_negative_captions_differ_in_one_shape_word(data_dir, tok):
+    (batch,) = _batches(_cfg(data_dir, hard_negatives=True), tok, 1, batch=16)
+    shape_ids = {tok.encode(s)[0] for s in shapes.SHAPES}
+    for text, neg in zip(batch["text"], batch["text_neg"]):
+        changed = np.flatnonzero(text != neg)
+        assert len(changed) == 1 and text[changed[0]] in shape_ids and neg[changed[0]] in shape_ids
+    (plain,) = _batches(_cfg(data_dir), tok, 1, batch=16)
+    assert "text_neg" not in plain

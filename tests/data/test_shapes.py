@@ -143,3 +143,13 @@ def test_flip_text():
 def test_bad_split():
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         S.generate_example(0, "dev", 0)
+
+
+def test_swap_shape_word_changes_exactly_one_shape():
+    rng = np.random.default_rng(0)
+    text = "a large red circle in the top left and a small blue square in the center"
+    for _ in range(20):
+        swapped = S.swap_shape_word(text, rng)
+        diff = [(a, b) for a, b in zip(text.split(), swapped.split()) if a != b]
+        assert len(diff) == 1 and diff[0][0] in S.SHAPES and diff[0][1] in S.SHAPES
+    assert S.swap_shape_word("a picture of nothing", rng) == "a picture of nothing"

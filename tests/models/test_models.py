@@ -167,3 +167,16 @@ def test_unknown_names_raise():
         models.model_config("clip-foo")
     with pytest.raises(ValueError, match="unknown ViT variant 'X/16'"):
         vit.variant("X/16")
+
+
+def test_hybrid_stem_keeps_the_token_grid():
+    plain = vit.ViT(width=8, depth=1, num_heads=2, mlp_dim=16, patch_size=8, pool="gap")
+    hybrid = plain.clone(stem_channels=(4, 6))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    (_, e1), p1 = plain.init_with_output(jax.random.key(0), x)
+    (_, e2), p2 = hybrid.init_with_output(jax.random.key(0), x)
+    chex.assert_equal_shape([e1["patch_tokens"], e2["patch_tokens"]])  # 4x4 tokens either way
+    assert nn.unbox(p2)["params"]["patch_kernel"].shape == (2, 2, 6, 8)  # covers 8 px of the image
+    assert {"stem_0", "stem_1"} <= set(p2["params"])
+    with pytest.raises(ValueError, match="patch size 8 is not divisible by the stem's downsampling 16"):
+        plain.clone(stem_channels=(2, 2, 2, 2)).init(jax.random.key(0), x)

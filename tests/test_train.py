@@ -1,0 +1,120 @@
+"""End-to-end training on the tiny config: the loss falls, outputs are written, resume is exact,
+bad command lines fail with one clear line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmjax import config as config_lib
+from mmjax import train
+from mmjax.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, **overrides):
+    cfg = config_lib.load_file(os.path.join(ROOT, "configs/clip_shapes.py:tiny"))
+    config_lib.override(cfg, "data.data_dir", data_dir)
+    for key, value in overrides.items():
+        config_lib.override(cfg, key, str(value))
+    return cfg
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def trained(data_dir, tmp_path_factory):
+    """A 30-step run of the tiny config (shared by the tests below)."""
+    workdir = str(tmp_path_factory.mktemp("run"))
+    cfg = tiny_config(data_dir, total_steps=30, log_every=2, checkpoint_every=10)
+    results = train.train_and_evaluate(cfg, workdir)
+    return workdir, results
+
+
+def test_loss_falls(trained):
+    workdir, _ = trained
+    losses = [r["loss"] for r in read_metrics(workdir)]
+    assert len(losses) == 15
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2])
+
+
+def test_outputs_are_written(trained):
+    workdir, results = trained
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == results
+    for key in ("zero_shot_top1", "zero_shot_top5", "i2t_r1", "t2i_r1", "i2t_r10", "steps", "train_seconds"):
+        assert key in results
+    assert results["steps"] == 30
+    assert 0 <= results["zero_shot_top1"] <= results["zero_shot_top5"] <= 1
+    report = open(os.path.join(workdir, "report.md")).read()
+    assert "![loss curve](loss.png)" in report and "zero_shot_top1" in report
+    for png in ("loss.png", "similarity.png"):
+        with open(os.path.join(workdir, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(os.path.join(workdir, "tb")))
+    record = read_metrics(workdir)[-1]
+    assert record["step"] == 30 and {"loss", "lr", "grad_norm", "examples_per_sec"} <= set(record)
+
+
+def test_resume_continues_exactly(trained, data_dir, tmp_path):
+    """Stopped after step 10 and rerun, a run logs the same metrics as the uninterrupted one."""
+    workdir, _ = trained
+    cfg = tiny_config(data_dir, total_steps=30, log_every=2, checkpoint_every=10)
+    resumed = str(tmp_path / "resumed")
+    assert train.train_and_evaluate(cfg, resumed, stop_at=10) is None
+    assert [r["step"] for r in read_metrics(resumed)][-1] == 10
+    train.train_and_evaluate(cfg, resumed)
+    full, again = read_metrics(workdir), read_metrics(resumed)
+    assert [r["step"] for r in again] == [r["step"] for r in full]
+    for a, b in zip(full, again):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
+
+
+def test_rerun_of_a_finished_run_only_evaluates(trained, data_dir):
+    workdir, results = trained
+    cfg = tiny_config(data_dir, total_steps=30, log_every=2, checkpoint_every=10)
+    again = train.train_and_evaluate(cfg, workdir)
+    assert again["zero_shot_top1"] == results["zero_shot_top1"]
+    assert len(read_metrics(workdir)) == 15
+
+
+def test_batch_not_divisible_by_devices(data_dir, tmp_path):
+    cfg = tiny_config(data_dir, batch_size=12)
+    with pytest.raises(ConfigError, match="batch_size 12 is not divisible by the data-parallel size 8"):
+        train.train_and_evaluate(cfg, str(tmp_path / "w"))
+
+
+def run_cli(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, "-m", "mmjax.train", *args], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.optimizer.lrr=1"], "error: unknown config key 'optimizer.lrr': optimizer has keys"),
+    (["--config.model.image.patch_size=7"], "error: ViT: image size 64x64 is not divisible by patch size 7"),
+    (["--config.model.text.num_heads=3"], "error: TextTransformer: width 32 is not divisible by num_heads 3"),
+    (["--workdir=/nonexistent/parent/run"], "error: workdir parent '/nonexistent/parent' does not exist"),
+])
+def test_cli_errors_are_one_line(args, message, tmp_path):
+    base = ["--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}"]
+    if args[0].startswith("--workdir"):
+        base = base[:1]
+    proc = run_cli(*base, *args)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(message), proc.stderr
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert "Traceback" not in proc.stderr
