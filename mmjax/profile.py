@@ -8,6 +8,8 @@ open_clip's profile table; layer norms, softmax and activations are not counted)
 
   ViT (N tokens = patches [+1 cls], width D, MLP width M, depth L, patch p, embed dim E):
       patches * (3 p^2) * D  +  L * (4 N D^2 + 2 N^2 D + 2 N D M)  +  D E
+      (a hybrid stem adds, per 3x3 conv stage at resolution R: R^2 * 9 * C_in * C_out, and the patch
+      embedding then reads C_stem channels over a p / 2^stages patch)
   text (context T): L * (4 T D^2 + 2 T^2 D + 2 T D M)  +  D E
 
 (4 N D^2: q, k, v, out projections; 2 N^2 D: q.k^T and attention x v; 2 N D M: the MLP.)
@@ -34,7 +36,12 @@ def image_flops(cfg: dict) -> int:
     im, size = cfg["image"], cfg["image_size"]
     patches = (size // im["patch_size"]) ** 2
     tokens = patches + (1 if im.get("pool", "cls") == "cls" else 0)
-    macs = patches * 3 * im["patch_size"] ** 2 * im["width"]
+    macs, channels, resolution = 0, 3, size
+    for stage in im.get("stem_channels", ()):
+        macs += resolution**2 * 9 * channels * stage
+        channels, resolution = stage, resolution // 2
+    patch = im["patch_size"] // 2 ** len(im.get("stem_channels", ()))
+    macs += patches * channels * patch**2 * im["width"]
     macs += _encoder_macs(tokens, im["width"], im["mlp_dim"], im["depth"])
     macs += im["width"] * cfg["embed_dim"]
     return 2 * macs

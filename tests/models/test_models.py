@@ -43,9 +43,11 @@ def test_open_clip_flops_reference():
     assert row["text_gflops"] == pytest.approx(5.96, abs=0.01)
 
 
-def test_analytic_flops_match_xla_cost_analysis():
+@pytest.mark.parametrize("stem", [(), (8, 16)])
+def test_analytic_flops_match_xla_cost_analysis(stem):
     """The analytic count equals XLA's count of the dot/convolution FLOPs of the tiny image tower."""
-    cfg = dict(TINY, image=dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu"))
+    cfg = dict(TINY, image=dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu",
+                                stem_channels=stem))
     model = models.build(cfg)
     images = jnp.zeros((1, 32, 32, 3))
     params = nn.unbox(model.init(jax.random.key(0), images, jnp.zeros((1, 12), jnp.int32)))
