@@ -43,8 +43,7 @@ def get_config(arg=None):
         flip_prob=0.5,
         caption_sampling="random",
         # Per example, also its caption with one shape word swapped, as an extra negative text
-        # (NegCLIP). Off: in the 4-minute budget it raised shape accuracy on seen combinations but
-        # taught the model to avoid unseen ones (see README, "Results").
+        # (NegCLIP). Off: neutral in the 4-minute budget and 14 % slower (see README, "Results").
         hard_negatives=False,
         worker_count=0,
     )

@@ -208,13 +208,16 @@ def swap_shape_word(text: str, rng: np.random.Generator) -> str:
     The result never describes the scene (one object's shape changes, so the multiset of shapes does),
     which is what makes it a useful negative: matching it against the image needs shape, not just the
     colours and positions that already tell most scenes apart (NegCLIP, Yuksekgonul et al. 2023).
+    The new colour-shape pair is never a held-out combination: training text must not name those,
+    not even as a negative (that would teach the model that they never match).
     """
     words = text.split()
     slots = [i for i, w in enumerate(words) if w in SHAPES]
     if not slots:
         return text
     i = slots[rng.integers(len(slots))]
-    others = [s for s in SHAPES if s != words[i]]
+    colour = words[i - 1] if i and words[i - 1] in COLOURS else None
+    others = [s for s in SHAPES if s != words[i] and not (colour and is_held_out(colour, s))]
     words[i] = others[rng.integers(len(others))]
     return " ".join(words)
 
@@ -270,18 +273,15 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
     def add(q, a, t):
         qs.append(q), ans.append(a), types.append(t)
 
-    by_shape = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
-    if by_shape and rng.random() < 0.8:
-        o = by_shape[rng.integers(len(by_shape))]
-        add(f"what colour is the {SHAPES[o.shape]}?", COLOURS[o.colour], "colour")
-    else:
-        add("what colour is the biggest object?", COLOURS[objs[0].colour], "colour")
-    by_colour = [o for o in objs if sum(p.colour == o.colour for p in objs) == 1]
-    if by_colour and rng.random() < 0.8:
-        o = by_colour[rng.integers(len(by_colour))]
-        add(f"what shape is the {COLOURS[o.colour]} object?", SHAPES[o.shape], "shape")
-    else:
-        add("what shape is the biggest object?", SHAPES[objs[0].shape], "shape")
+    # Ask for one attribute of an object named by the other, when that names it uniquely.
+    for asked, names, by, describe in (("colour", COLOURS, "shape", lambda o: f"the {SHAPES[o.shape]}"),
+                                       ("shape", SHAPES, "colour", lambda o: f"the {COLOURS[o.colour]} object")):
+        unique = [o for o in objs if sum(getattr(p, by) == getattr(o, by) for p in objs) == 1]
+        if unique and rng.random() < 0.8:
+            o = unique[rng.integers(len(unique))]
+            add(f"what {asked} is {describe(o)}?", names[getattr(o, asked)], asked)
+        else:
+            add(f"what {asked} is the biggest object?", names[getattr(objs[0], asked)], asked)
     add("how many objects are there?", NUMBERS[len(objs)], "count")
 
     present = objs[rng.integers(len(objs))]

@@ -153,3 +153,12 @@ def test_swap_shape_word_changes_exactly_one_shape():
         diff = [(a, b) for a, b in zip(text.split(), swapped.split()) if a != b]
         assert len(diff) == 1 and diff[0][0] in S.SHAPES and diff[0][1] in S.SHAPES
     assert S.swap_shape_word("a picture of nothing", rng) == "a picture of nothing"
+
+
+def test_swapped_shapes_never_name_a_held_out_combination():
+    rng = np.random.default_rng(1)
+    colour, shape = S.HELD_OUT_COMBOS[0]
+    seen_shape = next(s for s in S.SHAPES if not S.is_held_out(colour, s))
+    for _ in range(50):
+        words = S.swap_shape_word(f"a small {colour} {seen_shape} in the center", rng).split()
+        assert not S.is_held_out(words[2], words[3])
