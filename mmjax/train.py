@@ -173,6 +173,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
+        print(f"results: {workdir}/results.json; report: {workdir}/report.md", file=sys.stderr)
     return results
 
 
