@@ -25,6 +25,7 @@ def get_config(arg=None):
     c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
 
     c.model = models.model_config("clip-shapes")
+    c.model.temperature_init = 1 / 0.07  # CLIP's initial logit scale (clipped at 100 in training)
     if tiny:
         c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
         c.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
