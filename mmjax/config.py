@@ -85,6 +85,3 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             rest.append(arg)
     return rest, overrides
 
-
-def to_dict(config: ml_collections.ConfigDict) -> dict:
-    return config.to_dict()

@@ -47,13 +47,10 @@ class ContrastiveTask:
 
     def batch_spec(self, batch_size: int) -> dict:
         s, length = self.config.data.image_size, self.config.data.max_len
-        spec = {
+        return {
             "image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
             "text": jax.ShapeDtypeStruct((batch_size, length), jnp.int32),
         }
-        if self.config.data.hard_negatives:
-            spec["text_neg"] = spec["text"]
-        return spec
 
     def init(self, rng):
         spec = self.batch_spec(1)

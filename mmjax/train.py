@@ -139,6 +139,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
 
         step_fn = jax.jit(make_train_step(task, tx, config.seed), in_shardings=(state_shardings, None),
                           out_shardings=(state_shardings, None), donate_argnums=0)
+        lr_schedule = optimizer_lib.schedule(config.optimizer, config.total_steps)
         train_seconds = 0.0
         t_log, n_log = time.perf_counter(), 0
         bar = tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
@@ -152,7 +153,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 metrics = jax.device_get(metrics)
                 now = time.perf_counter()
                 metrics["examples_per_sec"] = n_log * config.batch_size / (now - t_log)
-                metrics["lr"] = optimizer_lib.schedule(config.optimizer, config.total_steps)(step - 1)
+                metrics["lr"] = lr_schedule(step - 1)
                 log.write(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}")
                 t_log, n_log = now, 0
@@ -182,20 +183,19 @@ def main(argv: list[str]) -> int:
 
     try:
         rest, overrides = config_lib.split_overrides(argv[1:])
-        args = dict(a[2:].split("=", 1) for a in rest if a.startswith("--") and "=" in a)
-        unknown = [a for a in rest if not (a.startswith("--") and "=" in a) or a[2:].split("=")[0] not in
-                   ("config", "workdir")]
-        if unknown or "config" not in args or "workdir" not in args:
-            raise ConfigError("usage: python -m mmjax.train --config=configs/FILE.py[:ARG] --workdir=DIR "
-                              f"[--config.KEY=VALUE ...]" + (f"; unexpected {unknown[0]!r}" if unknown else ""))
+        usage = "usage: python -m mmjax.train --config=configs/FILE.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]"
+        args = {}
+        for arg in rest:
+            name, eq, value = arg.removeprefix("--").partition("=")
+            if not arg.startswith("--") or not eq or name not in ("config", "workdir"):
+                raise ConfigError(f"{usage}; unexpected {arg!r}")
+            args[name] = value
+        if set(args) != {"config", "workdir"}:
+            raise ConfigError(usage)
         config = config_lib.load_file(args["config"])
         for key, value in overrides:
             config_lib.override(config, key, value)
         config.lock()
-        from absl import flags
-
-        if not flags.FLAGS.is_parsed():  # Grain's worker processes read absl flags
-            flags.FLAGS(argv[:1])
         results = train_and_evaluate(config, args["workdir"])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

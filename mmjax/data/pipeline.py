@@ -41,9 +41,6 @@ from PIL import Image
 from mmjax.data import shapes, shapes_builder
 from mmjax.data.tokenizer import Tokenizer
 
-SPLITS = ("train", "validation", "test")
-
-
 def normalize(image_uint8: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [-1, 1]."""
     return np.asarray(image_uint8, np.float32) / 127.5 - 1.0
@@ -72,8 +69,8 @@ def _check_name(data_cfg) -> None:
 
 def _data_source(data_cfg, split: str):
     _check_name(data_cfg)
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    if split not in shapes.SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(shapes.SPLITS)}")
     builder = shapes_builder.ensure_built(
         data_cfg.get("data_dir", None), seed=data_cfg.get("seed", 0),
         image_size=data_cfg.get("image_size", 64), num_train=data_cfg.get("num_train", 20_000),

@@ -96,7 +96,8 @@ class Scene:
 
     @property
     def label(self) -> int:
-        return self.objects[0].colour * len(SHAPES) + self.objects[0].shape
+        main = self.objects[0]
+        return label_of(COLOURS[main.colour], SHAPES[main.shape])
 
 
 def _cell_bounds(index: int, image_size: int) -> tuple[int, int]:

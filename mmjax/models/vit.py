@@ -88,7 +88,7 @@ class ViT(nn.Module):
         images = self.stem(images.astype(self.dtype))
         p = self.patch_size // 2 ** len(self.stem_channels)
         # Patch embedding: a stride-p convolution, computed as patchify + one matmul (the same maths;
-        # much faster than a strided convolution's gradient on CPU). Kernel layout (p, p, 3, width).
+        # much faster than a strided convolution's gradient on CPU). Kernel layout (p, p, channels, width).
         kernel = self.param("patch_kernel", layers.dense_init((None, None, None, "embed"), nn.initializers.lecun_normal()),
                             (p, p, images.shape[-1], self.width))
         b, h, w, c = images.shape
