@@ -31,6 +31,8 @@ def get_config(arg=None):
         c.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
         c.model.embed_dim = 32
 
+    # softmax (CLIP) loss; under a mesh each device scores its rows against all gathered columns
+    c.loss = dict(kind="softmax", impl="gather")
     c.data = dict(
         name="shapes",
         data_dir=None,  # None: $MMJAX_DATA_DIR or ~/.cache/mmjax/tensorflow_datasets
@@ -55,6 +57,8 @@ def get_config(arg=None):
         weight_decay_regex=(r".*/kernel", r".*/embedding"),
         freeze_regex=(),
     )
+    # Devices along each mesh axis (-1: the rest) and a strategy: dp | fsdp | tp | fsdp_tp, or custom
+    # logical rules, e.g. rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")] (docs/sharding/).
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding = dict(strategy="dp", rules=())
     c.eval = dict(split="test", num_examples=1000, batch_size=250 if not tiny else 32)

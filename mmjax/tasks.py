@@ -23,10 +23,26 @@ from mmjax.config import ConfigError
 
 
 class ContrastiveTask:
-    """CLIP-style image-text contrastive training on an image/caption dataset."""
+    """CLIP (softmax) or SigLIP (sigmoid) image-text contrastive training on an image/caption dataset.
+
+    ``config.loss = dict(kind="softmax" | "sigmoid", impl="gather" | "ring")``; under a mesh the loss
+    runs sharded over the batch axes (see ``mmjax.losses``).
+    """
 
     def __init__(self, config):
         self.config = config
+        loss_cfg = config.get("loss", {})
+        self.loss_kind, self.loss_impl = loss_cfg.get("kind", "softmax"), loss_cfg.get("impl", "gather")
+        try:  # bad names fail now, not inside the first jitted step
+            losses.check_loss(self.loss_kind, self.loss_impl)
+        except ValueError as e:
+            raise ConfigError(f"config.loss: {e}") from None
+        if self.loss_kind == "sigmoid" and config.model.get("bias_init") is None:
+            raise ConfigError("config.loss.kind='sigmoid' needs a learned bias: set model.bias_init "
+                              "(SigLIP uses -10) and model.temperature_init (SigLIP uses 10)")
+        if self.loss_kind == "sigmoid" and config.data.get("hard_negatives"):
+            raise ConfigError("data.hard_negatives is only implemented for loss.kind='softmax'; "
+                              "set data.hard_negatives=False")
         self.model = models.build(config.model, config.dtype)
         from mmjax.data import tokenizer as tok_lib
 
@@ -63,8 +79,10 @@ class ContrastiveTask:
         negatives = None
         if "text_neg" in batch:
             negatives, _ = self.model.apply({"params": params}, batch["text_neg"], method="encode_text")
-        loss, metrics = losses.softmax_contrastive_loss(out["image"], out["text"], out["logit_scale"], negatives)
+        loss, metrics = losses.contrastive_loss(self.loss_kind, out, negatives, impl=self.loss_impl)
         metrics["logit_scale"] = out["logit_scale"]
+        if "logit_bias" in out:
+            metrics["logit_bias"] = out["logit_bias"]
         return loss, metrics
 
     def train_loader(self, global_batch_size: int, seed: int):

@@ -48,17 +48,29 @@ def make_train_step(task, tx, seed: int):
     return train_step
 
 
-def init_state(task, tx, seed: int, mesh, rules):
-    """Initialise the train state directly with its sharding; returns ``(state, shardings)``."""
-
+def _init_fn(task, tx):
     def init(rng):
         params = task.init(rng)  # logically boxed
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    rng = jax.random.key(seed)
-    abstract = jax.eval_shape(init, rng)
-    shardings = sharding.tree_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda r: nn.unbox(init(r)), out_shardings=shardings)(rng)
+    return init
+
+
+def abstract_state(task, tx, mesh, rules):
+    """``(abstract, shardings)``: the train state as ``jax.ShapeDtypeStruct`` s placed by ``rules`` on
+    ``mesh``, computed without initialising anything (a restore target for any mesh)."""
+    boxed = jax.eval_shape(_init_fn(task, tx), jax.random.key(0))
+    shardings = sharding.tree_shardings(boxed, mesh, rules)
+    values = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, boxed,
+                          is_leaf=lambda x: isinstance(x, nn.Partitioned))  # (nn.unbox would constrain)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), values, shardings)
+    return abstract, shardings
+
+
+def init_state(task, tx, seed: int, mesh, rules):
+    """Initialise the train state directly with its sharding; returns ``(state, shardings)``."""
+    _, shardings = abstract_state(task, tx, mesh, rules)
+    state = jax.jit(lambda r: nn.unbox(_init_fn(task, tx)(r)), out_shardings=shardings)(jax.random.key(seed))
     return state, shardings
 
 

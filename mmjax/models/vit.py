@@ -77,8 +77,8 @@ class ViT(nn.Module):
     def stem(self, x):
         for i, channels in enumerate(self.stem_channels):
             x = nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype, name=f"stem_{i}",
-                        kernel_init=layers.dense_init((None, None, None, None), nn.initializers.he_normal()),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)))(x)
+                        kernel_init=layers.dense_init((None, None, None, "embed"), nn.initializers.he_normal()),
+                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
             x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
         return x
 
