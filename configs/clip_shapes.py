@@ -62,4 +62,8 @@ def get_config(arg=None):
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding = dict(strategy="dp", rules=())
     c.eval = dict(split="test", num_examples=1000, batch_size=250 if not tiny else 32)
+    # Multi-host: HOST:PORT of process 0, the number of processes and this one's id (0 ..). None: from
+    # $MMJAX_COORDINATOR_ADDRESS, $MMJAX_NUM_PROCESSES, $MMJAX_PROCESS_ID, found by JAX on Cloud TPU,
+    # else one process. See mmjax/distributed.py.
+    c.distributed = dict(coordinator_address=None, num_processes=None, process_id=None)
     return c

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from mmjax import optimizer as optimizer_lib
-from mmjax import sharding, tasks
+from mmjax import distributed, sharding, tasks
 from mmjax.config import ConfigError
 
 
@@ -80,8 +80,8 @@ class MetricsLog:
     def __init__(self, workdir: str, resume_step: int):
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.active = jax.process_index() == 0
-        self.history = []
-        if os.path.exists(self.path):  # keep what was logged up to the restored checkpoint
+        self.history = []  # process 0's (it rewrites the file below: another process could read half)
+        if self.active and os.path.exists(self.path):  # keep what was logged up to the restored checkpoint
             with open(self.path) as f:
                 self.history = [r for r in map(json.loads, f) if r["step"] <= resume_step]
         self.tb = None
@@ -129,6 +129,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     from mmjax.checkpoint import Checkpointer
 
     workdir = check_workdir(workdir)
+    distributed.initialize(config.get("distributed"))  # before anything asks JAX for devices
     task = tasks.get_task(config)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config.sharding)

@@ -1,14 +1,18 @@
 """Grain input pipelines over TFDS array_record sources (no TensorFlow).
 
-Training (``train_loader``) is a Grain dataset pipeline over ``builder.as_data_source("train")``:
-``MapDataset.source`` -> this process's contiguous shard (``len // shard_count`` records each; the
-remainder is dropped) -> ``shuffle(seed)`` -> ``repeat(num_epochs)`` (infinite by default; a new order
-each epoch) -> ``random_map`` (per example: decode the PNG, pick a caption -- 'random': one of the K per
-example and epoch, 'canonical': caption 0 -- and flip left-right with ``flip_prob`` together with
-``shapes.flip_text`` on the caption, then tokenize) -> [``mp_prefetch`` workers] -> ``batch`` of the
-local batch ``global_batch_size // shard_count`` (drop remainder) -> normalise. The random_map rng is
-seeded from (seed, element index), so the same seed gives the same batches, and since batching happens
-after the workers, ``worker_count`` does not change them.
+Training (``train_loader``) is a Grain dataset pipeline over ``builder.as_data_source("train")``, built
+lazily on a ``MapDataset`` so that every process describes the same *global* sequence of examples but
+reads only its own: ``MapDataset.source`` -> ``shuffle(seed)`` -> ``repeat(num_epochs)`` (infinite by
+default; a new order each epoch) -> ``random_map`` (per example: decode the PNG, pick a caption --
+'random': one of the K per example and epoch, 'canonical': caption 0 -- and flip left-right with
+``flip_prob`` together with ``shapes.flip_text`` on the caption, then tokenize) -> ``batch`` into blocks of
+the local batch ``global_batch_size // shard_count`` rows (drop remainder) -> process ``p`` of ``n`` keeps
+blocks ``p, p + n, p + 2n, ...`` (``ds[p::n]``; every process the same number) -> [``mp_prefetch``
+workers] -> normalise. So global batch ``t`` is blocks ``t*n .. t*n + n - 1``: the processes' local
+batches, concatenated in process order, are exactly the one-process batch -- the same rows in the same
+order, whatever the number of processes -- and a process only reads and decodes its own rows. The
+random_map rng is seeded from (seed, global element index), so augmentation does not depend on the
+process count either, the same seed gives the same batches, and ``worker_count`` does not change them.
 
 Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
   ``image`` float32 [B, H, W, 3] in [-1, 1] (``normalize``: x / 127.5 - 1; ``denormalize`` inverts),
@@ -21,12 +25,13 @@ JSON-able dict) and ``it.set_state(state)`` on a fresh iterator of an identicall
 (same worker_count too: the state's layout depends on it) resume exactly. With Orbax (0.12) save it
 as one item of a composite checkpoint, ``ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it),
 ...)``, and restore in place with ``grain.checkpoint.CheckpointRestore(it)``; the handler registered for
-these args is ``grain.checkpoint.CheckpointHandler``. Iterators with workers should be ``close()``d.
+these args is ``grain.checkpoint.CheckpointHandler`` (with several processes each saves its own
+iterator's state). Iterators with workers should be ``close()``d.
 
-``worker_count > 0`` runs the per-example work in that many Grain processes, each keeping
-``worker_buffer_size`` (default 16) examples ready. Grain's workers need parsed absl flags; we mark them
-parsed when they are not (e.g. under pytest). Workers are started with "spawn", so scripts need an
-``if __name__ == "__main__":`` guard (absl's ``app.run`` style is fine).
+``worker_count > 0`` prepares batches in that many Grain processes, each keeping ``worker_buffer_size``
+(default 2) batches ready. Grain's workers need parsed absl flags; we mark them parsed when they are not
+(e.g. under pytest). Workers are started with "spawn", so scripts need an ``if __name__ == "__main__":``
+guard (absl's ``app.run`` style is fine).
 """
 
 from __future__ import annotations
@@ -125,7 +130,8 @@ def _ensure_absl_flags_parsed() -> None:
 def train_loader(data_cfg, *, tokenizer: Tokenizer, global_batch_size: int, seed: int,
                  shard_index: int | None = None, shard_count: int | None = None,
                  num_epochs: int | None = None) -> grain.IterDataset:
-    """Shuffled, augmented, sharded training batches; ``iter()`` it (see the module docstring)."""
+    """This process's share of the shuffled, augmented training batches; ``iter()`` it (see the module
+    docstring). ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``."""
     if shard_index is None or shard_count is None:
         import jax
 
@@ -137,19 +143,25 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer, global_batch_size: int, seed
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} is outside [0, shard_count={shard_count})")
     source = _data_source(data_cfg, "train")
-    per_shard = len(source) // shard_count  # every shard gets the same number of records
+    local_batch = global_batch_size // shard_count
     preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
                                  data_cfg.get("caption_sampling", "random"), data_cfg.get("hard_negatives", False))
-    ds = grain.MapDataset.source(source)[shard_index * per_shard:(shard_index + 1) * per_shard]
-    ds = ds.shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
-    # Reading threads beyond the core count only contend for the GIL (decoding is Python-heavy).
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1)))
+    # The global order, the same on every process; lazy, so nothing is read until an index is asked for.
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
+    ds = ds.batch(local_batch, drop_remainder=True)  # block k = rows [k * local_batch, (k + 1) * local_batch)
+    ds = ds[:len(ds) // shard_count * shard_count]  # every process gets the same number of blocks
+    ds = ds[shard_index::shard_count]  # this process's blocks: global batch t = blocks t*n .. t*n + n - 1
+    # Each element is a batch: one reading thread per core (decoding is Python-heavy; more threads only
+    # contend for the GIL), and a buffer of about 512 examples, as Grain's default of 500 elements was.
+    threads = min(16, os.cpu_count() or 1)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                              prefetch_buffer_size=max(threads, -(-512 // local_batch))))
     worker_count = data_cfg.get("worker_count", 0) or 0
-    if worker_count > 0:  # workers prepare examples; batching stays here, so batches don't depend on it
+    if worker_count > 0:  # workers prepare whole batches; which rows form a batch does not depend on them
         _ensure_absl_flags_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=data_cfg.get("worker_buffer_size", None) or 16))
-    return ds.batch(global_batch_size // shard_count, drop_remainder=True).map(_normalize_batch)
+            num_workers=worker_count, per_worker_buffer_size=data_cfg.get("worker_buffer_size", None) or 2))
+    return ds.map(_normalize_batch)
 
 
 def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int | None = None) -> dict:

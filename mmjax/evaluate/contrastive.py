@@ -9,6 +9,15 @@ import numpy as np
 from mmjax.evaluate import report, retrieval, zero_shot
 
 
+def to_host(x) -> np.ndarray:
+    """The whole value of ``x`` as numpy, also when it spans devices of several processes."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
 def batched(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
     """Apply a jitted ``fn`` over ``array`` in fixed-size batches (the last one padded: one compile)."""
     out = []
@@ -17,7 +26,7 @@ def batched(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(np.asarray(jax.device_get(fn(chunk)))[:batch_size - pad])
+        out.append(to_host(fn(chunk))[:batch_size - pad])
     return np.concatenate(out)
 
 

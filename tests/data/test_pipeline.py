@@ -98,6 +98,24 @@ def test_shards_are_disjoint(data_dir, tok):
     assert ids[0].shape == (32,) and set(ids[0]).isdisjoint(ids[1]) and len(set(ids[0]) | set(ids[1])) == 64
 
 
+def test_process_batches_concatenate_to_the_global_batch(data_dir, tok):
+    """Process p's local batch is the p-th block of rows of the one-process global batch (augmentation and
+    epoch boundaries included), so the global batches do not depend on the number of processes."""
+    cfg = _cfg(data_dir, hard_negatives=True)
+    want = _batches(cfg, tok, 5, seed=2)  # 5 x 16 rows: into the second epoch of 64
+    for n in (2, 4):
+        shards = [_batches(cfg, tok, 5, seed=2, shard_index=p, shard_count=n) for p in range(n)]
+        _assert_same(want, [{k: np.concatenate([s[t][k] for s in shards]) for k in want[t]} for t in range(5)])
+
+
+def test_shards_end_together(data_dir, tok):
+    """With a finite number of epochs every process gets as many batches as one process would."""
+    counts = [len(list(pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=24, seed=0,
+                                             shard_index=p, shard_count=n, num_epochs=1)))
+              for n in (1, 2) for p in range(n)]
+    assert counts == [2, 2, 2]
+
+
 def test_batch_not_divisible_by_shards(data_dir, tok):
     with pytest.raises(ValueError, match=r"global batch size 10 .* 4"):
         pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=10, seed=0,
