@@ -101,13 +101,16 @@ def sigmoid_loss(image_emb, text_emb, logit_scale, logit_bias, *, axis_name=None
     return _mean_over_devices(_sigmoid_terms(logits, is_pair) / b, axis_name), _mean_over_devices(metrics, axis_name)
 
 
-def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, axis_name):
+def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, axis_name=None):
     """SigLIP loss with the texts passed round the ring of ``axis_name`` devices (inside ``shard_map``).
 
     Step k (k = 0 .. n-1): device d holds the texts of device ``(d - k) mod n``, adds their ``b x b``
     block of the loss, and passes them on to ``d + 1``. Also tracks, per image and per travelling text,
-    the best score against a non-matching partner, for the in-batch accuracies.
+    the best score against a non-matching partner, for the in-batch accuracies. With ``axis_name=None``
+    (one device, no ring) it is :func:`sigmoid_loss`.
     """
+    if axis_name is None:
+        return sigmoid_loss(image_emb, text_emb, logit_scale, logit_bias, axis_name=None)
     image_emb, text_emb, scale, bias = _f32(image_emb, text_emb, logit_scale, logit_bias)
     b = image_emb.shape[0]
     n = jax.lax.axis_size(axis_name)
@@ -176,5 +179,5 @@ def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str 
         replicated["logit_bias"] = out["logit_bias"]
     axes = sharding.active_batch_axes()
     if not axes:
-        return (sigmoid_loss if fn is sigmoid_loss_ring else fn)(**batched, **replicated, axis_name=None)
+        return fn(**batched, **replicated, axis_name=None)
     return shard_over_batch(fn, axes, batched, replicated)

@@ -140,7 +140,7 @@ def tree_shardings(abstract_tree, mesh, rules):
 
 def batch_sharding(mesh, rules) -> NamedSharding:
     """Sharding of a batch array: the leading axis split like the logical ``batch`` axis."""
-    return NamedSharding(mesh, P(nn.logical_to_mesh_axes(("batch",), rules)[0]))
+    return NamedSharding(mesh, P(batch_axes(rules) or None))
 
 
 def batch_axes(rules=None) -> tuple[str, ...]:

@@ -149,3 +149,11 @@ def test_unknown_loss_and_impl():
         losses.contrastive_loss("cosine", out)
     with pytest.raises(ValueError, match="loss impl 'ring' is not available for the softmax loss"):
         losses.contrastive_loss("softmax", out, impl="ring")
+
+
+def test_ring_without_a_mesh_is_the_plain_sigmoid_loss():
+    img, txt, _ = embeddings()
+    out = {"image": img, "text": txt, "logit_scale": jnp.float32(7.0), "logit_bias": jnp.float32(-3.0)}
+    ring, _ = losses.contrastive_loss("sigmoid", out, impl="ring")
+    plain, _ = losses.sigmoid_loss(img, txt, out["logit_scale"], out["logit_bias"])
+    assert ring == plain
