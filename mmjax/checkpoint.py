@@ -4,14 +4,21 @@ Layout: ``WORKDIR/checkpoints/<step>/{state,data,config}``. ``state`` is the sha
 (restored onto whatever mesh the caller's target describes), ``data`` the Grain iterator state (so a
 resumed run sees exactly the batches an uninterrupted run would), ``config`` the run's config as JSON.
 Saving is asynchronous; ``max_to_keep`` old checkpoints are kept.
+
+``load_params`` starts a new run from another run's weights (``config.init_from``): the parameters whose
+path matches a regex are read from that run's latest checkpoint, nothing else (no optimizer state).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
+import flax
 import jax
 import orbax.checkpoint as ocp
+
+from mmjax.config import ConfigError
 
 
 class Checkpointer:
@@ -56,3 +63,42 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def load_params(source: str, params, patterns) -> dict:
+    """``params`` with every parameter whose path (``"image/encoder/block_0/attn/query/kernel"``) fully
+    matches one of ``patterns`` replaced by its value in the latest checkpoint of ``source`` (an mmjax
+    workdir, or its ``checkpoints`` directory). ``params`` may hold arrays or placed
+    ``jax.ShapeDtypeStruct`` s; loaded arrays take their shardings. Raises ``ConfigError`` naming the
+    key when a selected parameter is missing from the checkpoint or has another shape."""
+    directory = os.path.abspath(os.path.expanduser(source))
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+        directory = os.path.join(directory, "checkpoints")
+    step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
+    if step is None:
+        raise ConfigError(f"init_from: no checkpoint in {source!r}; train that run first or fix init_from.workdir")
+    path = os.path.join(directory, str(step), "state")
+    from etils import epath
+
+    stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree["params"]
+    stored = flax.traverse_util.flatten_dict(stored, sep="/")
+    target = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    regexes = [re.compile(p) for p in patterns]
+    chosen = [k for k in target if any(r.fullmatch(k) for r in regexes)]
+    if not chosen:
+        raise ConfigError(f"init_from.regex {tuple(patterns)} matches no parameter of the model; paths look like "
+                          f"{next(iter(target))!r}")
+    for key in chosen:
+        if key not in stored:
+            raise ConfigError(f"init_from: parameter {key!r} is not in checkpoint {path}; narrow init_from.regex")
+        if tuple(stored[key].shape) != tuple(target[key].shape):
+            raise ConfigError(f"init_from: parameter {key!r} has shape {tuple(stored[key].shape)} in {path} but "
+                              f"{tuple(target[key].shape)} in the model; make the model sizes match")
+    item = {"params": flax.traverse_util.unflatten_dict(
+        {k: jax.ShapeDtypeStruct(target[k].shape, target[k].dtype, sharding=target[k].sharding) for k in chosen},
+        sep="/")}
+    args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), item)
+    loaded = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(item, restore_args=args,
+                                                                               partial_restore=True))
+    merged = dict(target, **flax.traverse_util.flatten_dict(loaded["params"], sep="/"))
+    return flax.traverse_util.unflatten_dict(merged, sep="/")

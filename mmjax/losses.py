@@ -1,4 +1,5 @@
-"""Contrastive losses, single-device and sharded. Everything computes in float32.
+"""Losses: contrastive (single-device and sharded) and the masked LM cross-entropy. Everything
+computes in float32.
 
 Two losses on L2-normalised embeddings ``image [B, D]``, ``text [B, D]`` where row i of each is a pair:
 
@@ -21,6 +22,10 @@ Each comes in forms that give the same value and gradients:
     gradient too.
 
 :func:`contrastive_loss` picks the form from the active mesh and ``nn.logical_axis_rules``.
+
+:func:`lm_loss` is the token cross-entropy of the fusion models, averaged over the positions whose
+weight is non-zero (answer tokens; image and prompt positions get weight 0). It is per row, so plain
+GSPMD shards it over the batch.
 """
 
 from __future__ import annotations
@@ -181,3 +186,13 @@ def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str 
     if not axes:
         return fn(**batched, **replicated, axis_name=None)
     return shard_over_batch(fn, axes, batched, replicated)
+
+
+def lm_loss(logits, targets, weights):
+    """Mean cross-entropy of ``logits [B, S, V]`` against ``targets [B, S]`` over positions with
+    ``weights [B, S]`` > 0; returns ``(loss, {"token_accuracy", "target_tokens"})``."""
+    logits, w = _f32(logits, weights)
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    n = jnp.maximum(w.sum(), 1.0)
+    accuracy = ((jnp.argmax(logits, -1) == targets) * w).sum() / n
+    return (nll * w).sum() / n, {"token_accuracy": accuracy, "target_tokens": w.sum()}

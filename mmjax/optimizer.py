@@ -38,6 +38,11 @@ def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
         decay_steps=max(total_steps, warmup + 1), end_value=opt_cfg.lr * opt_cfg.end_lr_factor)
 
 
+def trainable(opt_cfg, params):
+    """A tree like ``params``: False for the frozen parameters (``freeze_regex``), True for the rest."""
+    return path_labels(params, opt_cfg.freeze_regex, False, True)
+
+
 def make(opt_cfg, total_steps: int, params) -> optax.GradientTransformation:
     """``params`` may be concrete, abstract or logically boxed: only its structure and paths are used."""
     if opt_cfg.name != "adamw":

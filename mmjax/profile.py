@@ -1,4 +1,4 @@
-"""Parameters and forward FLOPs of every named model, image and text tower separately.
+"""Parameters and forward FLOPs of every named two-tower model, image and text tower separately.
 
     python -m mmjax.profile            # a table
     python -m mmjax.profile --json     # one JSON object per model
@@ -81,7 +81,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"error: unexpected argument {unknown[0]!r}; usage: python -m mmjax.profile [--json]", file=sys.stderr)
         return 2
-    rows = [profile(name) for name in models.list_models()]
+    rows = [profile(name) for name in models.list_models("two_tower")]
     if as_json:
         for row in rows:
             print(json.dumps(row))

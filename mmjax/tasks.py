@@ -97,7 +97,63 @@ class ContrastiveTask:
         return contrastive.evaluate(self, params, workdir, history, run_info)
 
 
-TASKS = {"contrastive": ContrastiveTask}
+class VlmTask:
+    """Image-conditioned text generation: captioning and VQA with a fusion model (``model.type``
+    ``early_fusion``). A batch row is ``[BOS] [IMG]*N prompt [SEP] answer [EOT]`` (a caption prompt and a
+    caption, or a question and its answer; ``data.caption_prob`` mixes them); the loss is the token
+    cross-entropy on the answer only. Evaluation generates captions and answers (``mmjax.evaluate.vlm``).
+    """
+
+    def __init__(self, config):
+        from mmjax.data import pipeline
+        from mmjax.data import tokenizer as tok_lib
+
+        self.config = config
+        self.tokenizer = tok = tok_lib.get_tokenizer(config.data.tokenizer)
+        self.model = models.build(config.model, config.dtype, image_id=tok.image_id, sep_id=tok.sep_id,
+                                  pad_id=tok.pad_id)
+        if tok.vocab_size > config.model.lm.vocab_size:
+            raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tok.vocab_size} tokens but "
+                              f"model.lm.vocab_size is {config.model.lm.vocab_size}; raise model.lm.vocab_size")
+        if config.data.image_size != config.model.image_size:
+            raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
+                              f"{config.model.image_size}; make them equal")
+        self.num_image_tokens = self.model.num_image_tokens(config.model.image_size)  # checks the sizes
+        pipeline.encode_vlm(tok, self.num_image_tokens, config.data.caption_prompt, "", config.data.max_len)
+
+    def batch_spec(self, batch_size: int) -> dict:
+        s = self.config.data.image_size
+        return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+                "tokens": jax.ShapeDtypeStruct((batch_size, self.config.data.max_len), jnp.int32)}
+
+    def init(self, rng):
+        spec = self.batch_spec(1)
+        return self.model.init(rng, jnp.zeros(spec["image"].shape), jnp.zeros(spec["tokens"].shape, jnp.int32))[
+            "params"]
+
+    def loss(self, params, batch, rng):
+        del rng  # deterministic forward pass
+        from mmjax.models.early_fusion import answer_weights
+
+        tokens = batch["tokens"]
+        logits, _ = self.model.apply({"params": params}, batch["image"], tokens)
+        weights = answer_weights(tokens, self.tokenizer.sep_id, self.tokenizer.pad_id)
+        return losses.lm_loss(logits[:, :-1], tokens[:, 1:], weights)
+
+    def train_loader(self, global_batch_size: int, seed: int):
+        from mmjax.data import pipeline
+
+        return pipeline.train_loader(
+            self.config.data, tokenizer=self.tokenizer, global_batch_size=global_batch_size, seed=seed,
+            preprocess=pipeline.vlm_preprocess(self.config.data, self.tokenizer, self.num_image_tokens))
+
+    def evaluate(self, params, workdir: str, history: list[dict], run_info: dict) -> dict:
+        from mmjax.evaluate import vlm
+
+        return vlm.evaluate(self, params, workdir, history, run_info)
+
+
+TASKS = {"contrastive": ContrastiveTask, "vlm": VlmTask}
 
 
 def get_task(config):

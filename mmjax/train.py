@@ -34,12 +34,18 @@ class TrainState:
     opt_state: Any
 
 
-def make_train_step(task, tx, seed: int):
-    """``train_step(state, batch) -> (state, metrics)``: one optimizer step on a global batch."""
+def make_train_step(task, tx, seed: int, trainable=None):
+    """``train_step(state, batch) -> (state, metrics)``: one optimizer step on a global batch.
+
+    ``trainable`` (a tree of bools like the parameters, from ``optimizer.trainable``) marks frozen
+    parameters: their gradients are never computed (XLA drops the unused work) nor counted in
+    ``grad_norm``; the optimizer leaves them unchanged and keeps no state for them."""
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         (loss, metrics), grads = jax.value_and_grad(task.loss, has_aux=True)(state.params, batch, rng)
+        if trainable is not None:
+            grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -148,9 +154,15 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         if start:
             state = ckpt.restore(start, state, data_iter)
             print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
+        elif config.get("init_from", {}).get("workdir"):  # a fresh run that starts from another's weights
+            from mmjax.checkpoint import load_params
+
+            state = state.replace(params=load_params(config.init_from.workdir, state.params, config.init_from.regex))
+            print(f"loaded {config.init_from.regex} from {config.init_from.workdir}", file=sys.stderr)
         log = MetricsLog(workdir, start)
 
-        step_fn = jax.jit(make_train_step(task, tx, config.seed), in_shardings=(state_shardings, None),
+        trainable = optimizer_lib.trainable(config.optimizer, state.params)
+        step_fn = jax.jit(make_train_step(task, tx, config.seed, trainable), in_shardings=(state_shardings, None),
                           out_shardings=(state_shardings, None), donate_argnums=0)
         lr_schedule = optimizer_lib.schedule(config.optimizer, config.total_steps)
         train_seconds = 0.0

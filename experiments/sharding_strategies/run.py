@@ -318,7 +318,7 @@ def chart(rows: list[dict], title: str, path: str) -> None:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="clip-shapes", choices=models.list_models())
+    parser.add_argument("--model", default="clip-shapes", choices=models.list_models("two_tower"))
     parser.add_argument("--mesh", default="data=2,fsdp=2,tensor=2", help="mesh axis sizes, e.g. fsdp=8")
     parser.add_argument("--strategies", default=",".join(sharding.STRATEGIES))
     parser.add_argument("--batch", type=int, default=64, help="global batch size")

@@ -20,6 +20,13 @@ Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
   ``id`` int32 [B] (index of the example in its split), ``truncated`` bool [B] (caption cut to fit L),
   and with ``hard_negatives`` ``text_neg`` int32 [B, L]: the caption with one shape word swapped.
 
+Vision-language models (LLaVA-style) use the same loader with another per-example transform,
+``train_loader(..., preprocess=vlm_preprocess(data_cfg, tokenizer, num_image_tokens))``: each example is a
+caption (probability ``caption_prob``; prompt ``caption_prompt``) or one of the record's questions, flipped
+like the image, and ``encode_vlm`` lays it out as ``[BOS] [IMG]*n prompt [SEP] answer [EOT] PAD...``.
+Its batches: ``image`` as above, ``tokens`` int32 [B, L], ``kind`` int32 [B] (0 caption, 1 VQA), ``id``
+int32 [B], ``truncated`` bool [B] (answer cut to fit L).
+
 Checkpointing: ``it = iter(train_loader(...))`` is a ``grain.DatasetIterator``; ``it.get_state()`` (a
 JSON-able dict) and ``it.set_state(state)`` on a fresh iterator of an identically configured pipeline
 (same worker_count too: the state's layout depends on it) resume exactly. With Orbax (0.12) save it
@@ -116,6 +123,71 @@ class TrainPreprocess(grain.transforms.RandomMap):
         return out
 
 
+def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer: str | None,
+               max_len: int) -> tuple[np.ndarray, bool]:
+    """(ids, truncated) of a VLM example: with an answer, int32 [max_len] ``[BOS] [IMG]*num_image_tokens
+    prompt [SEP] answer [EOT] PAD...`` (answer ids cut to fit, the EOT always last, truncated=True);
+    with ``answer=None``, the generation prompt ``[BOS] [IMG]*n prompt [SEP]``, unpadded."""
+    prompt_ids = tokenizer.encode(prompt)
+    ids = [tokenizer.bos_id, *[tokenizer.image_id] * num_image_tokens, *prompt_ids, tokenizer.sep_id]
+    need = len(ids) + (answer is not None)  # + EOT
+    if need > max_len:
+        raise ValueError(f"VLM prompt does not fit in max_len={max_len}: {num_image_tokens} image tokens + "
+                         f"{len(prompt_ids)} prompt tokens + {need - num_image_tokens - len(prompt_ids)} "
+                         f"specials = {need}; raise data.max_len")
+    if answer is None:
+        return np.array(ids, np.int32), False
+    answer_ids = tokenizer.encode(answer)
+    room = max_len - need
+    out = np.full(max_len, tokenizer.pad_id, np.int32)
+    ids += answer_ids[:room] + [tokenizer.eot_id]
+    out[:len(ids)] = ids
+    return out, len(answer_ids) > room
+
+
+class VlmPreprocess(grain.transforms.RandomMap):
+    """Record -> {image uint8, tokens, kind (0 caption, 1 VQA), id, truncated}: a captioning example with
+    probability ``caption_prob`` (prompt ``caption_prompt``; caption 0 or, with 'random', any caption),
+    else one of the record's questions and its answer; flipped left-right with ``flip_prob``, text too."""
+
+    CAPTION, VQA = 0, 1
+
+    def __init__(self, tokenizer: Tokenizer, num_image_tokens: int, max_len: int, flip_prob: float,
+                 caption_prompt: str, caption_prob: float, caption_sampling: str):
+        if caption_sampling not in ("random", "canonical"):
+            raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
+        if caption_prob > 0:  # fail here, not in a Grain worker
+            encode_vlm(tokenizer, num_image_tokens, caption_prompt, "", max_len)
+        self.tokenizer, self.num_image_tokens, self.max_len = tokenizer, num_image_tokens, max_len
+        self.flip_prob, self.caption_prompt = flip_prob, caption_prompt
+        self.caption_prob, self.caption_sampling = caption_prob, caption_sampling
+
+    def random_map(self, record, rng: np.random.Generator):
+        kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
+        image = decode_image(record["image_png"])
+        if kind_u < self.caption_prob:
+            kind, prompt = self.CAPTION, self.caption_prompt
+            captions = record["captions"]
+            answer = _text(captions[int(pick_u * len(captions))] if self.caption_sampling == "random" else captions[0])
+        else:
+            kind, i = self.VQA, int(pick_u * len(record["questions"]))
+            prompt, answer = _text(record["questions"][i]), _text(record["answers"][i])
+        if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer
+            image = np.ascontiguousarray(image[:, ::-1])
+            prompt, answer = shapes.flip_text(prompt), shapes.flip_text(answer)
+        tokens, truncated = encode_vlm(self.tokenizer, self.num_image_tokens, prompt, answer, self.max_len)
+        return {"image": image, "tokens": tokens, "kind": np.int32(kind), "id": np.int32(record["id"]),
+                "truncated": np.bool_(truncated)}
+
+
+def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> VlmPreprocess:
+    """``VlmPreprocess`` from ``data_cfg`` (max_len, flip_prob, caption_prompt, caption_prob,
+    caption_sampling); pass it to ``train_loader(preprocess=...)``."""
+    return VlmPreprocess(tokenizer, num_image_tokens, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
+                         data_cfg.get("caption_prompt", "what is in the image"), data_cfg.get("caption_prob", 0.3),
+                         data_cfg.get("caption_sampling", "canonical"))
+
+
 def _normalize_batch(batch: dict) -> dict:
     return {**batch, "image": normalize(batch["image"])}
 
@@ -127,11 +199,20 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def train_loader(data_cfg, *, tokenizer: Tokenizer, global_batch_size: int, seed: int,
+def train_loader(data_cfg, *, tokenizer: Tokenizer | None = None, global_batch_size: int, seed: int,
                  shard_index: int | None = None, shard_count: int | None = None,
-                 num_epochs: int | None = None) -> grain.IterDataset:
+                 num_epochs: int | None = None,
+                 preprocess: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
     """This process's share of the shuffled, augmented training batches; ``iter()`` it (see the module
-    docstring). ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``."""
+    docstring). ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``.
+    ``preprocess`` is the per-example transform of a record; default: the contrastive ``TrainPreprocess``
+    built from ``data_cfg`` with ``tokenizer`` (only it needs the tokenizer)."""
+    if preprocess is None:
+        if tokenizer is None:
+            raise ValueError("train_loader needs a tokenizer or a preprocess transform")
+        preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
+                                     data_cfg.get("caption_sampling", "random"),
+                                     data_cfg.get("hard_negatives", False))
     if shard_index is None or shard_count is None:
         import jax
 
@@ -144,8 +225,6 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer, global_batch_size: int, seed
         raise ValueError(f"shard_index {shard_index} is outside [0, shard_count={shard_count})")
     source = _data_source(data_cfg, "train")
     local_batch = global_batch_size // shard_count
-    preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
-                                 data_cfg.get("caption_sampling", "random"), data_cfg.get("hard_negatives", False))
     # The global order, the same on every process; lazy, so nothing is read until an index is asked for.
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
     ds = ds.batch(local_batch, drop_remainder=True)  # block k = rows [k * local_batch, (k + 1) * local_batch)

@@ -3,7 +3,11 @@
 Conventions shared by every tokenizer (a later BPE tokenizer implements the same ``Tokenizer``):
 
 * ``PAD = 0``, then ``BOS = 1`` and ``EOT = 2`` (``UNK = 3`` for the word tokenizer); real tokens follow.
-* ``encode(text)`` returns the ids of the text only (no specials); ``decode(ids)`` drops specials/pads.
+* Two more specials for vision-language models come *after* every other id (so adding them changed no
+  existing id): ``image_id`` ("[IMG]", the placeholder of one image token) and ``sep_id`` ("[SEP]", end of
+  the prompt / start of the answer). Word tokenizer: the last two ids; byte tokenizer: 259 and 260.
+* ``encode(text)`` returns the ids of the text only (no specials, never IMG or SEP); ``decode(ids)``
+  drops every special (PAD, BOS, EOT, IMG, SEP).
 * ``tokenize(texts, max_len)`` returns int32 ``[N, max_len]`` rows ``[BOS] tokens... [EOT] PAD...``.
   Text too long for ``max_len`` is truncated so that the EOT is always present (in the last position);
   ``return_truncated=True`` also returns a bool ``[N]`` saying which rows were cut.
@@ -25,12 +29,20 @@ PAD_ID, BOS_ID, EOT_ID, UNK_ID = 0, 1, 2, 3
 
 
 class Tokenizer(abc.ABC):
-    """Subclasses set ``vocab_size``, ``pad_id``, ``bos_id``, ``eot_id`` and define encode/decode."""
+    """Subclasses set ``vocab_size``, ``pad_id``, ``bos_id``, ``eot_id``, ``image_id``, ``sep_id`` and
+    define encode/decode."""
 
     vocab_size: int
     pad_id: int = PAD_ID
     bos_id: int = BOS_ID
     eot_id: int = EOT_ID
+    image_id: int
+    sep_id: int
+
+    @property
+    def special_ids(self) -> frozenset[int]:
+        """The ids ``decode`` drops."""
+        return frozenset((self.pad_id, self.bos_id, self.eot_id, self.image_id, self.sep_id))
 
     @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
@@ -63,13 +75,15 @@ class WordTokenizer(Tokenizer):
 
     unk_id: int = UNK_ID
     SPECIALS = ("[PAD]", "[BOS]", "[EOT]", "[UNK]")
+    VLM_SPECIALS = ("[IMG]", "[SEP]")  # appended after the words: no earlier id depends on them
     _PUNCTUATION = re.compile(r"[?,.!;:]")
 
     def __init__(self, words: Sequence[str]):
-        words = sorted(set(words) - set(self.SPECIALS))
-        self.itos = list(self.SPECIALS) + words
+        words = sorted(set(words) - set(self.SPECIALS) - set(self.VLM_SPECIALS))
+        self.itos = list(self.SPECIALS) + words + list(self.VLM_SPECIALS)
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.vocab_size = len(self.itos)
+        self.image_id, self.sep_id = self.vocab_size - 2, self.vocab_size - 1
 
     @classmethod
     def for_shapes(cls) -> WordTokenizer:
@@ -82,26 +96,28 @@ class WordTokenizer(Tokenizer):
         return " ".join(cls._PUNCTUATION.sub(" ", text.lower()).split())
 
     def encode(self, text: str) -> list[int]:
+        # normalize lowercases, so the text "[IMG]" is the unknown word "[img]", never the special id.
         return [self.stoi.get(w, self.unk_id) for w in self.normalize(text).split()]
 
     def decode(self, ids: Sequence[int]) -> str:
-        specials = (self.pad_id, self.bos_id, self.eot_id)
+        specials = self.special_ids
         return " ".join(self.itos[i] for i in map(int, ids) if i not in specials)
 
 
 class ByteTokenizer(Tokenizer):
-    """UTF-8 bytes shifted past the specials: id = byte + 3; handles any text."""
+    """UTF-8 bytes shifted past the specials: id = byte + 3; handles any text. IMG = 259, SEP = 260."""
 
     OFFSET = 3
+    image_id, sep_id = 256 + OFFSET, 257 + OFFSET
 
     def __init__(self):
-        self.vocab_size = 256 + self.OFFSET
+        self.vocab_size = 258 + self.OFFSET
 
     def encode(self, text: str) -> list[int]:
         return [b + self.OFFSET for b in text.encode("utf-8")]
 
     def decode(self, ids: Sequence[int]) -> str:
-        data = bytes(i - self.OFFSET for i in map(int, ids) if self.OFFSET <= i < self.vocab_size)
+        data = bytes(i - self.OFFSET for i in map(int, ids) if self.OFFSET <= i < 256 + self.OFFSET)
         return data.decode("utf-8", errors="replace")
 
 

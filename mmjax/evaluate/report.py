@@ -54,6 +54,37 @@ def similarity_matrix(path: str, images: np.ndarray, captions: list[str], simila
     plt.close(fig)
 
 
+def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str) -> None:
+    """A grid (up to 4 columns) of images in [-1, 1], each with its lines of text (questions and answers,
+    a generated caption, ...) wrapped at 40 characters underneath."""
+    if len(images) != len(panels) or not len(images):
+        raise ValueError(f"need one panel of text per image; got {len(images)} images, {len(panels)} panels")
+    plt = _pyplot()
+    n, cols = len(images), min(4, len(images))
+    rows = -(-n // cols)
+    texts = ["\n".join(textwrap.fill(line, 40) for line in lines) for lines in panels]
+    side = 2.5  # inches per image; 40 characters of 6.5 pt monospace are about 2.2 inches wide
+    text_h = 0.12 * max(t.count("\n") + 1 for t in texts) + 0.1
+    height = rows * (side + text_h) + 0.4
+    fig = plt.figure(figsize=(side * cols + 0.2, height))
+    # Image and text rows alternate, so long text never runs into the next row's images.
+    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[side, text_h] * rows, left=0.02, right=0.98,
+                            bottom=0.01, top=1 - 0.4 / height, wspace=0.08, hspace=0.03)
+    for i in range(n):
+        row, col = divmod(i, cols)
+        ax = fig.add_subplot(grid[2 * row, col])
+        ax.imshow(np.clip((np.asarray(images[i], np.float32) + 1) / 2, 0, 1))
+        ax.set_anchor("S")
+        ax.set_axis_off()
+        ax = fig.add_subplot(grid[2 * row + 1, col])
+        ax.set_axis_off()
+        ax.text(0.0, 1.0, texts[i], transform=ax.transAxes, ha="left", va="top", fontsize=6.5,
+                family="monospace")
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def write(workdir: str, results: dict, history: list[dict], *, images, captions, similarity, predictions) -> str:
     loss_curve(os.path.join(workdir, "loss.png"), history)
     similarity_matrix(os.path.join(workdir, "similarity.png"), images, captions, similarity, predictions)

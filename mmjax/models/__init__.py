@@ -1,8 +1,13 @@
 """Named models. ``list_models()`` names them; ``model_config(name)`` gives a plain dict that
 configs copy and override; ``build(cfg)`` turns such a dict into a linen module.
 
-A model config is ``{"type": "two_tower", "image_size", "embed_dim", "image": {ViT fields},
-"text": {TextTransformer fields}}`` (plus optional ``temperature_init``, ``bias_init``).
+Model configs:
+
+* ``{"type": "two_tower", "image_size", "embed_dim", "image": {ViT fields}, "text": {TextTransformer
+  fields}}`` (plus optional ``temperature_init``, ``bias_init``): CLIP / SigLIP;
+* ``{"type": "early_fusion", "image_size", "image": {ViT fields}, "lm": {DecoderLM fields}, "projector",
+  "vision_tokens", "image_pool", "attn_mask"}``: LLaVA-style; the special token ids come from the
+  tokenizer (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from mmjax.models import lm as lm_lib
 from mmjax.models import vit as vit_lib
 
 _CLIP_VISION = dict(pool="cls", patch_bias=False, pre_norm=True, activation="quick_gelu")
@@ -41,9 +47,17 @@ _MODELS: dict[str, dict] = {
     ),
 }
 
+# The vision tower of "clip-shapes" (so its CLIP checkpoint loads into it) and a small decoder LM.
+_MODELS["llava-shapes"] = dict(
+    type="early_fusion", image_size=64, image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
+    lm=lm_lib.variant("lm-shapes", vocab_size=128), projector="mlp2x_gelu", vision_tokens="patches",
+    image_pool=2, attn_mask="prefix",
+)
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+
+def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config key's name)
+    """Names of the models (of one ``type``: "two_tower", "early_fusion"), sorted."""
+    return sorted(name for name, cfg in _MODELS.items() if type in (None, cfg["type"]))
 
 
 def model_config(name: str) -> dict:
@@ -55,8 +69,10 @@ def model_config(name: str) -> dict:
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def build(cfg: Mapping[str, Any], dtype: str = "float32"):
-    """Build the linen module described by a model config (a dict or ConfigDict)."""
+def build(cfg: Mapping[str, Any], dtype: str = "float32", **fields):
+    """Build the linen module described by a model config (a dict or ConfigDict); ``fields`` are extra
+    module fields that are not hyper-parameters (the early-fusion model's special token ids)."""
+    from mmjax.models.early_fusion import EarlyFusion
     from mmjax.models.text import TextTransformer
     from mmjax.models.two_tower import TwoTower
 
@@ -64,10 +80,11 @@ def build(cfg: Mapping[str, Any], dtype: str = "float32"):
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     kind = cfg.pop("type", "two_tower")
-    if kind != "two_tower":
-        raise ValueError(f"unknown model type {kind!r}; known types: two_tower")
     dt = DTYPES[dtype]
-    image = vit_lib.ViT(**dict(cfg.pop("image")), dtype=dt)
-    text = TextTransformer(**dict(cfg.pop("text")), dtype=dt)
     cfg.pop("image_size", None)
-    return TwoTower(image=image, text=text, dtype=dt, **cfg)
+    image = vit_lib.ViT(**dict(cfg.pop("image")), dtype=dt)
+    if kind == "two_tower":
+        return TwoTower(image=image, text=TextTransformer(**dict(cfg.pop("text")), dtype=dt), dtype=dt, **cfg, **fields)
+    if kind == "early_fusion":
+        return EarlyFusion(image=image, lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
+    raise ValueError(f"unknown model type {kind!r}; known types: two_tower, early_fusion")

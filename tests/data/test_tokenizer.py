@@ -31,7 +31,27 @@ def test_word_vocab_is_deterministic_with_specials_first(words):
     assert words.itos[:4] == ["[PAD]", "[BOS]", "[EOT]", "[UNK]"]
     assert (words.pad_id, words.bos_id, words.eot_id, words.unk_id) == (0, 1, 2, 3)
     assert words.itos == WordTokenizer.for_shapes().itos and words.vocab_size == len(words.itos)
-    assert words.itos[4:] == sorted(words.itos[4:])
+    assert words.itos[4:-2] == sorted(words.itos[4:-2])
+
+
+def test_vlm_specials_come_last_and_change_no_existing_id(words):
+    # The ids as they were before IMG and SEP existed (a CLIP model trained on them must keep working).
+    before = ["[PAD]", "[BOS]", "[EOT]", "[UNK]"] + sorted(shapes.vocabulary())
+    assert words.itos[:len(before)] == before and words.vocab_size == len(before) + 2
+    assert words.itos[words.image_id] == "[IMG]" and words.itos[words.sep_id] == "[SEP]"
+    assert (words.image_id, words.sep_id) == (len(before), len(before) + 1)
+    tok = ByteTokenizer()
+    assert (tok.image_id, tok.sep_id, tok.vocab_size) == (259, 260, 261)
+    assert tok.encode("a\u00ff") == [ord("a") + 3, 0xC3 + 3, 0xBF + 3]  # byte ids unchanged
+
+
+@pytest.mark.parametrize("tok", [WordTokenizer.for_shapes(), ByteTokenizer()], ids=["words", "bytes"])
+def test_vlm_specials_are_dropped_by_decode_and_never_encoded(tok):
+    ids = [tok.bos_id, tok.image_id, tok.image_id, *tok.encode("what colour"), tok.sep_id,
+           *tok.encode("red"), tok.eot_id, tok.pad_id]
+    assert tok.decode(ids) == ("what colour red" if isinstance(tok, WordTokenizer) else "what colourred")
+    for text in ["[IMG] [SEP]", "[img]", *_all_texts(5)]:
+        assert not {tok.image_id, tok.sep_id} & set(tok.encode(text))
 
 
 def test_unknown_word_maps_to_unk(words):

@@ -1,0 +1,138 @@
+"""Early fusion (LLaVA-style): a vision tower's patch tokens, projected into the language model's
+embedding space, replace the image placeholder tokens of the prompt; the decoder LM does the rest.
+
+A sequence is laid out as ``[BOS] [IMG] x N prompt... [SEP] answer... [EOT] PAD...`` (see
+``mmjax.data.pipeline.encode_vlm``): the ``N`` placeholders take the ``N`` projected image tokens, in
+order. ``attn_mask="prefix"`` makes image + prompt + ``[SEP]`` one bidirectional prefix (prefix-LM, as in
+PaliGemma); ``"causal"`` keeps every token causal (LLaVA). Only answer tokens carry a loss (the task's
+job, with ``answer_weights``).
+
+``EarlyFusion(...)(images, tokens) -> (logits [B, S, vocab], extras)`` for training and scoring;
+``prefill(images, prompts, max_new_tokens)`` and ``decode(token, state)`` generate with a KV cache
+(``mmjax.generate``). Both paths build their inputs with the same functions, so decoding with the
+cache gives the tokens of decoding by full recomputation.
+
+Projectors: ``linear`` or ``mlp{N}x_gelu`` (N linear layers with GELU between; LLaVA-1.5 uses
+``mlp2x_gelu``). ``vision_tokens``: ``"patches"`` (patch tokens only) or ``"all"`` (with the CLS token
+when the tower has one). ``image_pool=k`` averages k x k neighbouring patches first (k^2 fewer image
+tokens for the LM).
+"""
+
+from __future__ import annotations
+
+import re
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mmjax.models import layers
+from mmjax.models.lm import DecoderLM, attention_mask, init_cache, positions_of
+from mmjax.models.vit import ViT
+
+
+def answer_weights(tokens, sep_id: int, pad_id: int):
+    """float32 ``[B, S-1]``: 1 where the *next* token (the target of position i) is part of the answer,
+    i.e. follows ``[SEP]`` (answer words and the closing EOT); 0 on image, prompt and padding."""
+    after_sep = (jnp.cumsum(tokens == sep_id, axis=1) > 0) & (tokens != sep_id) & (tokens != pad_id)
+    return after_sep[:, 1:].astype(jnp.float32)
+
+
+class EarlyFusion(nn.Module):
+    image: ViT
+    lm: DecoderLM
+    image_id: int
+    sep_id: int
+    pad_id: int = 0
+    projector: str = "mlp2x_gelu"
+    vision_tokens: str = "patches"
+    image_pool: int = 1
+    attn_mask: str = "prefix"
+    dtype: layers.Dtype = jnp.float32
+
+    def projector_depth(self) -> int:
+        m = re.fullmatch(r"linear|mlp(\d+)x_gelu", self.projector)
+        if not m or (m.group(1) and int(m.group(1)) < 1):
+            raise ValueError(f"EarlyFusion: unknown projector {self.projector!r}; use 'linear' or 'mlp<N>x_gelu'")
+        return int(m.group(1) or 1)
+
+    def num_image_tokens(self, image_size: int) -> int:
+        """How many ``[IMG]`` placeholders a prompt needs for images of ``image_size`` pixels."""
+        self.check(image_size)
+        grid = image_size // self.image.patch_size // self.image_pool
+        return grid * grid + (self.vision_tokens == "all" and self.image.pool == "cls")
+
+    def check(self, image_size: int) -> None:
+        self.image.check((image_size, image_size))
+        self.lm.check()
+        self.projector_depth()
+        if self.vision_tokens not in ("patches", "all"):
+            raise ValueError(f"EarlyFusion: vision_tokens must be 'patches' or 'all', got {self.vision_tokens!r}")
+        if self.attn_mask not in ("causal", "prefix"):
+            raise ValueError(f"EarlyFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
+        grid = image_size // self.image.patch_size
+        if self.image_pool < 1 or grid % self.image_pool:
+            raise ValueError(f"EarlyFusion: image_pool {self.image_pool} does not divide the {grid}x{grid} patch "
+                             "grid; choose a divisor")
+
+    def setup(self):
+        self.proj = [nn.Dense(self.lm.width, dtype=self.dtype, kernel_init=layers.dense_init((None, "embed")),
+                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+                     for _ in range(self.projector_depth())]
+
+    def image_tokens(self, images):
+        """``[B, N, lm.width]``: the projected image tokens that fill the placeholders."""
+        _, extras = self.image(images)
+        x = extras["patch_tokens"]
+        cls, x = (x[:, :1], x[:, 1:]) if self.image.pool == "cls" else (None, x)
+        if self.image_pool > 1:
+            b, n, w = x.shape
+            g, k = int(round(n ** 0.5)), self.image_pool
+            x = x.reshape(b, g // k, k, g // k, k, w).mean(axis=(2, 4)).reshape(b, -1, w)
+        if cls is not None and self.vision_tokens == "all":
+            x = jnp.concatenate([cls, x], axis=1)
+        for i, dense in enumerate(self.proj):
+            x = dense(x) if i == 0 else dense(layers.ACTIVATIONS["gelu"](x))
+        return nn.with_logical_constraint(x, layers.ACT_AXES)
+
+    def inputs(self, images, tokens):
+        """``(embeddings, valid, prefix)`` of a batch: token embeddings with the image tokens spliced in
+        at the ``[IMG]`` placeholders, the real-token mask and the prefix-LM prefix (or None)."""
+        valid = tokens != self.pad_id
+        is_image = tokens == self.image_id
+        img = self.image_tokens(images)
+        slot = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, img.shape[1] - 1)  # k-th placeholder <- token k
+        spliced = jnp.take_along_axis(img, slot[..., None], axis=1)
+        x = jnp.where(is_image[..., None], spliced.astype(self.dtype), self.lm.embed(tokens))
+        prefix = None
+        if self.attn_mask == "prefix":  # everything up to and including [SEP]
+            is_sep = tokens == self.sep_id
+            prefix = valid & (jnp.cumsum(is_sep, axis=1) - is_sep == 0)
+        return x, valid, prefix
+
+    def __call__(self, images, tokens):
+        x, valid, prefix = self.inputs(images, tokens)
+        logits, extras = self.lm(embeddings=x, positions=positions_of(valid), mask=attention_mask(valid, prefix))
+        return logits, {"hidden": extras["hidden"], "valid": valid, "prefix": prefix}
+
+    def prefill(self, images, prompts, max_new_tokens: int):
+        """Run the (left-padded) prompts through the LM, filling a KV cache with room for
+        ``max_new_tokens`` more; returns ``(logits of the last position [B, vocab], state)``."""
+        x, valid, prefix = self.inputs(images, prompts)
+        b, s = prompts.shape
+        mask = jnp.pad(attention_mask(valid, prefix), ((0, 0), (0, 0), (0, 0), (0, max_new_tokens)))
+        positions = positions_of(valid)
+        cache = init_cache(self.lm, b, s + max_new_tokens, self.dtype)
+        logits, extras = self.lm(embeddings=x, positions=positions, mask=mask, cache=cache, index=0)
+        state = {"cache": extras["cache"], "index": jnp.asarray(s, jnp.int32),
+                 "slots": jnp.pad(valid, ((0, 0), (0, max_new_tokens)), constant_values=True),
+                 "position": positions[:, -1] + 1}
+        return logits[:, -1], state
+
+    def decode(self, token, state):
+        """One step: ``token [B]`` goes into slot ``state["index"]``; returns ``(logits [B, vocab], state)``."""
+        t = state["index"]
+        seen = state["slots"] & (jnp.arange(state["slots"].shape[1]) <= t)
+        logits, extras = self.lm(token[:, None], positions=state["position"][:, None], mask=seen[:, None, None, :],
+                                 cache=state["cache"], index=t)
+        state = dict(state, cache=extras["cache"], index=t + 1, position=state["position"] + 1)
+        return logits[:, 0], state

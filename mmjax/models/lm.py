@@ -1,0 +1,215 @@
+"""Decoder-only language model (Llama family): RMSNorm pre-norm, SwiGLU MLP, rotary position
+embeddings, grouped-query causal attention and an explicit KV cache.
+
+``DecoderLM(...)(tokens=None, *, embeddings=None, positions, mask, cache=None, index=0)
+-> (logits, extras)``:
+
+* input either ``tokens`` int ``[B, S]`` or ``embeddings`` ``[B, S, width]`` (the early-fusion model
+  splices image tokens into the embeddings it gets from ``embed(tokens)``);
+* ``positions`` int ``[B, S]``: rotary positions (``positions_of(valid)`` counts real tokens, so left
+  padding does not shift them);
+* ``mask`` bool ``[B, 1, S, T]``: which of the ``T`` keys each query sees (``attention_mask``);
+  ``T = S`` without a cache, the cache length with one;
+* ``cache`` (optional): ``init_cache(...)``, one ``{"k", "v"}`` of ``[B, T, kv_heads, head_dim]`` per
+  layer; the ``S`` new keys/values are written at slots ``index .. index + S - 1``.
+* ``logits`` float32 ``[B, S, vocab]``; ``extras = {"hidden": final-norm output, "cache": updated}``.
+
+The cache is a plain argument and result (no mutable collection), so prefill and decode are ordinary
+pure functions; ``mmjax.generate`` drives them. Parameter names follow the Hugging Face Llama layout
+one-to-one (``q/k/v/o``, ``gate/up/down``, ``ln_attn``, ``ln_mlp``, ``ln_final``, ``lm_head``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mmjax.models import layers
+
+# name -> sizes. "lm-1b" has TinyLlama-1.1B's shape (1,100,048,384 parameters with vocab 32000).
+SIZES = {
+    "lm-tiny": dict(width=64, depth=2, num_heads=2, num_kv_heads=2, mlp_dim=192),
+    "lm-shapes": dict(width=128, depth=3, num_heads=4, num_kv_heads=4, mlp_dim=384),
+    "lm-small": dict(width=512, depth=8, num_heads=8, num_kv_heads=8, mlp_dim=1408),
+    "lm-base": dict(width=1024, depth=16, num_heads=16, num_kv_heads=8, mlp_dim=2816),
+    "lm-1b": dict(width=2048, depth=22, num_heads=32, num_kv_heads=4, mlp_dim=5632),
+}
+
+
+def variant(name: str, vocab_size: int = 32000) -> dict:
+    """Hyper-parameters of a named size, e.g. ``variant("lm-small", vocab_size=128)``."""
+    if name not in SIZES:
+        raise ValueError(f"unknown LM size {name!r}; valid sizes: {', '.join(SIZES)}")
+    return dict(copy.deepcopy(SIZES[name]), vocab_size=vocab_size)
+
+
+# ------------------------------------------------------------------------------------ pure helpers
+def positions_of(valid: jax.Array) -> jax.Array:
+    """Rotary positions: the index of each token among the real (``valid``) tokens of its row."""
+    return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def attention_mask(valid: jax.Array, prefix: jax.Array | None = None) -> jax.Array:
+    """bool ``[B, 1, S, S]``: query ``i`` sees key ``j`` if ``j`` is a real token and ``j <= i``
+    (causal), or ``j`` is in the ``prefix`` (prefix-LM: the prefix is bidirectional; later tokens stay
+    causal). Every query also sees itself, so padding rows are never empty (no NaN)."""
+    s = valid.shape[-1]
+    idx = jnp.arange(s)
+    allowed = idx[None, :] <= idx[:, None]  # [S, S]
+    if prefix is not None:
+        allowed = allowed | prefix[:, None, :]
+    allowed = (allowed & valid[:, None, :]) | jnp.eye(s, dtype=bool)
+    return allowed[:, None]
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of ``x`` ``[B, S, H, D]`` (the "rotate half" layout of HF Llama)."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, S, D/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None]
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., d // 2:], xf[..., : d // 2]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def init_cache(lm: "DecoderLM", batch: int, length: int, dtype=jnp.float32) -> list[dict]:
+    """An empty KV cache of ``length`` slots for ``lm``."""
+    shape = (batch, length, lm.kv_heads, lm.width // lm.num_heads)
+    return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(lm.depth)]
+
+
+# ------------------------------------------------------------------------------------------ modules
+class RMSNorm(nn.Module):
+    eps: float = 1e-6
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (xf.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))`` (Shazeer 2020), without biases."""
+
+    mlp_dim: int
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        dense = lambda n, axes, name: nn.Dense(n, use_bias=False, dtype=self.dtype,  # noqa: E731
+                                               kernel_init=layers.dense_init(axes), name=name)
+        h = nn.silu(dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)) * dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
+        h = nn.with_logical_constraint(h, ("batch", "seq", "mlp"))
+        return dense(x.shape[-1], ("mlp", "embed"), "down")(h)
+
+
+class CausalSelfAttention(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    rope_theta: float = 10000.0
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache=None, index=0):
+        width = x.shape[-1]
+        hd = width // self.num_heads
+
+        def proj(heads, name):
+            return layers.HeadsDense("bse,ehd->bshd", (width, heads, hd), ("embed", "heads", "kv"), (0,), False,
+                                     self.dtype, name=name)(x)
+
+        q = rotary(proj(self.num_heads, "q"), positions, self.rope_theta)
+        k = rotary(proj(self.num_kv_heads, "k"), positions, self.rope_theta)
+        v = proj(self.num_kv_heads, "v")
+        new_cache = None
+        if cache is not None:  # write the new keys/values at slots index.., attend over all slots
+            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, index, 0, 0))  # noqa: E731
+            new_cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+            k, v = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
+        out = layers.attention(q, k, v, mask=mask)
+        out = nn.with_logical_constraint(out, ("batch", "seq", "heads", "kv"))
+        out = layers.HeadsDense("bshd,hde->bse", (self.num_heads, hd, width), ("heads", "kv", "embed"), (0, 1), False,
+                                self.dtype, name="o")(out)
+        return out, new_cache
+
+
+class DecoderBlock(nn.Module):
+    num_heads: int
+    num_kv_heads: int
+    mlp_dim: int
+    rope_theta: float
+    norm_eps: float
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions, mask, cache=None, index=0):
+        h = RMSNorm(self.norm_eps, self.dtype, name="ln_attn")(x)
+        h, cache = CausalSelfAttention(self.num_heads, self.num_kv_heads, self.rope_theta, self.dtype,
+                                       name="attn")(h, positions, mask, cache, index)
+        x = nn.with_logical_constraint(x + h, layers.ACT_AXES)
+        h = SwiGLU(self.mlp_dim, self.dtype, name="mlp")(RMSNorm(self.norm_eps, self.dtype, name="ln_mlp")(x))
+        return nn.with_logical_constraint(x + h, layers.ACT_AXES), cache
+
+
+class DecoderLM(nn.Module):
+    vocab_size: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    num_kv_heads: int | None = None  # None: as many as query heads (no grouping)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    tie_embeddings: bool = False
+    dtype: layers.Dtype = jnp.float32
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads or self.num_heads
+
+    def check(self) -> None:
+        layers.check_heads(self.width, self.num_heads, "DecoderLM")
+        if self.num_heads % self.kv_heads:
+            raise ValueError(f"DecoderLM: num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                             f"{self.kv_heads}; choose num_kv_heads dividing num_heads")
+        if (self.width // self.num_heads) % 2:
+            raise ValueError(f"DecoderLM: head size {self.width // self.num_heads} is odd; rotary embeddings "
+                             "need an even head size")
+
+    def setup(self):
+        self.check()
+        self.token_embed = nn.Embed(
+            self.vocab_size, self.width, dtype=self.dtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+        self.block = [DecoderBlock(self.num_heads, self.kv_heads, self.mlp_dim, self.rope_theta, self.norm_eps,
+                                   self.dtype) for _ in range(self.depth)]
+        self.ln_final = RMSNorm(self.norm_eps, self.dtype)
+        if not self.tie_embeddings:
+            self.lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
+                                    kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.normal(0.02)))
+
+    def embed(self, tokens):
+        return self.token_embed(tokens)
+
+    def __call__(self, tokens=None, *, embeddings=None, positions=None, mask=None, cache=None, index=0):
+        x = self.embed(tokens) if embeddings is None else embeddings.astype(self.dtype)
+        x = nn.with_logical_constraint(x, layers.ACT_AXES)
+        if positions is None or mask is None:  # plain causal LM over unpadded tokens
+            valid = jnp.ones(x.shape[:2], bool)
+            positions = positions_of(valid) if positions is None else positions
+            mask = attention_mask(valid) if mask is None else mask
+        new_cache = []
+        for i, block in enumerate(self.block):
+            x, c = block(x, positions, mask, None if cache is None else cache[i], index)
+            new_cache.append(c)
+        x = self.ln_final(x)
+        logits = self.token_embed.attend(x) if self.tie_embeddings else self.lm_head(x)
+        return logits.astype(jnp.float32), {"hidden": x, "cache": new_cache if cache is not None else None}

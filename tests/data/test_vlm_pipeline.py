@@ -1,0 +1,145 @@
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax.data import pipeline, shapes, shapes_builder
+from mmjax.data.tokenizer import WordTokenizer
+
+SIZES = dict(num_train=64, num_validation=16, num_test=16)
+N_IMG = 4  # image tokens per example
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("tfds"))
+    shapes_builder.ensure_built(path, **SIZES)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return WordTokenizer.for_shapes()
+
+
+@pytest.fixture(scope="module")
+def full(data_dir, tok):
+    return pipeline.load_split(_cfg(data_dir), "train", tokenizer=tok)
+
+
+def _cfg(data_dir, **overrides):
+    cfg = dict(name="shapes", data_dir=data_dir, seed=0, image_size=64, max_len=48, flip_prob=0.5,
+               worker_count=0, caption_prompt="what is in the image", caption_prob=0.3,
+               caption_sampling="canonical", **SIZES)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def _batches(cfg, tok, n, *, seed=0, batch=16):
+    it = iter(pipeline.train_loader(cfg, global_batch_size=batch, seed=seed, shard_index=0, shard_count=1,
+                                    preprocess=pipeline.vlm_preprocess(cfg, tok, N_IMG)))
+    return [next(it) for _ in range(n)]
+
+
+def _split(tok, row):
+    """(prompt, answer) texts of one encoded row."""
+    sep = int(np.flatnonzero(row == tok.sep_id)[0])
+    return tok.decode(row[:sep]), tok.decode(row[sep + 1:])
+
+
+def _rows(batches):
+    for b in batches:
+        yield from zip(b["id"], b["image"], b["tokens"], b["kind"])
+
+
+# ------------------------------------------------------------------------------------------ encode_vlm
+def test_encode_vlm_layout(tok):
+    ids, truncated = pipeline.encode_vlm(tok, 3, "What colour is the star?", "red", max_len=14)
+    s = tok.stoi
+    want = [tok.bos_id, *[tok.image_id] * 3, s["what"], s["colour"], s["is"], s["the"], s["star"], tok.sep_id,
+            s["red"], tok.eot_id, tok.pad_id, tok.pad_id]
+    assert ids.dtype == np.int32 and ids.tolist() == want and not truncated
+    assert _split(tok, ids) == ("what colour is the star", "red")
+
+
+def test_encode_vlm_truncates_the_answer_but_keeps_eot(tok):
+    answer = "a large red circle in the center on a grey background"
+    ids, truncated = pipeline.encode_vlm(tok, 2, "what is in the image", answer, max_len=14)
+    assert truncated and ids.shape == (14,) and ids[-1] == tok.eot_id and (ids == tok.eot_id).sum() == 1
+    assert _split(tok, ids) == ("what is in the image", "a large red circle")
+    # The prompt with an empty answer fills max_len exactly: no answer token, but still no error.
+    ids, truncated = pipeline.encode_vlm(tok, 2, "what is in the image", answer, max_len=10)
+    assert truncated and ids[-2:].tolist() == [tok.sep_id, tok.eot_id]
+
+
+def test_encode_vlm_prompt_too_long(tok):
+    with pytest.raises(ValueError, match=r"max_len=9: 2 image tokens \+ 5 prompt tokens \+ 3 specials = 10; "
+                                         r"raise data.max_len"):
+        pipeline.encode_vlm(tok, 2, "what is in the image", "red", max_len=9)
+    with pytest.raises(ValueError, match=r"max_len=8: .* = 9; raise data.max_len"):
+        pipeline.encode_vlm(tok, 2, "what is in the image", None, max_len=8)
+    with pytest.raises(ValueError, match="max_len=8"):  # the loader fails early, not in a worker
+        pipeline.VlmPreprocess(tok, 2, 8, 0.5, "what is in the image", 0.3, "canonical")
+
+
+def test_generation_prompt(tok):
+    ids, truncated = pipeline.encode_vlm(tok, 3, "how many objects are there?", None, max_len=32)
+    assert ids.dtype == np.int32 and not truncated
+    assert ids.tolist() == [tok.bos_id, *[tok.image_id] * 3, *tok.encode("how many objects are there"), tok.sep_id]
+    answered, _ = pipeline.encode_vlm(tok, 3, "how many objects are there?", "two", max_len=32)
+    np.testing.assert_array_equal(answered[:len(ids)], ids)  # the training row starts with the prompt
+
+
+# ---------------------------------------------------------------------------------------------- loader
+def test_vlm_batch_layout(data_dir, tok):
+    (batch,) = _batches(_cfg(data_dir), tok, 1)
+    assert set(batch) == {"image", "tokens", "kind", "id", "truncated"}
+    assert batch["image"].dtype == np.float32 and batch["image"].shape == (16, 64, 64, 3)
+    assert batch["tokens"].dtype == np.int32 and batch["tokens"].shape == (16, 48)
+    assert batch["kind"].dtype == np.int32 and batch["id"].dtype == np.int32 and batch["truncated"].dtype == bool
+    tokens = batch["tokens"]
+    assert (tokens[:, 0] == tok.bos_id).all() and (tokens[:, 1:N_IMG + 1] == tok.image_id).all()
+    assert ((tokens == tok.image_id).sum(1) == N_IMG).all() and ((tokens == tok.sep_id).sum(1) == 1).all()
+    assert ((tokens == tok.eot_id).sum(1) == 1).all() and not batch["truncated"].any()
+    assert set(batch["kind"].tolist()) <= {0, 1}
+
+
+def test_caption_examples_answer_with_a_caption_of_the_record(data_dir, tok, full):
+    for sampling in ("canonical", "random"):
+        batches = _batches(_cfg(data_dir, caption_prob=1.0, caption_sampling=sampling, flip_prob=0.0), tok, 4)
+        picked = set()
+        for i, image, tokens, kind in _rows(batches):
+            prompt, answer = _split(tok, tokens)
+            assert kind == 0 and prompt == "what is in the image"
+            assert answer in full["captions"][i] and (sampling == "random" or answer == full["caption"][i])
+            np.testing.assert_array_equal(image, full["image"][i])
+            picked.add(answer != full["caption"][i])
+        assert picked == ({False, True} if sampling == "random" else {False})
+
+
+def test_vqa_examples_ask_a_question_of_the_record_consistently_flipped(data_dir, tok, full):
+    seen = set()  # (image as stored, image mirrored)
+    for i, image, tokens, kind in _rows(_batches(_cfg(data_dir, caption_prob=0.0), tok, 4)):
+        assert kind == 1
+        pairs = set(zip(map(WordTokenizer.normalize, full["questions"][i]), full["answers"][i]))
+        plain, mirrored = np.array_equal(image, full["image"][i]), np.array_equal(image, np.fliplr(full["image"][i]))
+        allowed = (pairs if plain else set()) | ({(shapes.flip_text(q), a) for q, a in pairs} if mirrored else set())
+        assert _split(tok, tokens) in allowed
+        seen.add((plain, mirrored))
+    assert {(True, False), (False, True)} <= seen  # flip_prob 0.5: some rows flipped, some not
+
+
+def test_same_seed_same_batches(data_dir, tok):
+    cfg = _cfg(data_dir, caption_prob=0.5, caption_sampling="random")
+    a, b, other = (_batches(cfg, tok, 3, seed=s) for s in (7, 7, 8))
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+    assert not np.array_equal(a[0]["tokens"], other[0]["tokens"])
+    kinds = np.concatenate([x["kind"] for x in a])
+    assert 0 < kinds.sum() < len(kinds)  # both kinds occur
+
+
+def test_bad_arguments(data_dir, tok):
+    with pytest.raises(ValueError, match="caption_sampling must be 'random' or 'canonical', got 'first'"):
+        pipeline.vlm_preprocess(_cfg(data_dir, caption_sampling="first"), tok, N_IMG)
+    with pytest.raises(ValueError, match="needs a tokenizer or a preprocess"):
+        pipeline.train_loader(_cfg(data_dir), global_batch_size=16, seed=0, shard_index=0, shard_count=1)

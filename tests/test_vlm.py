@@ -1,0 +1,172 @@
+"""Early fusion through the one train loop: stage 1 loads a CLIP vision tower and trains only the
+projector (frozen parameters unchanged, no optimizer state for them); stage 2 starts from stage 1's
+weights; the sharded VLM step equals the single-device one; init_from errors name the parameter."""
+
+import json
+import os
+
+import flax
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from mmjax import checkpoint, sharding, tasks, train
+from mmjax import config as config_lib
+from mmjax import optimizer as optimizer_lib
+from mmjax.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def load(spec, data_dir, **overrides):
+    cfg = config_lib.load_file(os.path.join(ROOT, "configs", spec))
+    config_lib.override(cfg, "data.data_dir", data_dir)
+    for key, value in overrides.items():
+        config_lib.override(cfg, key, str(value))
+    return cfg
+
+
+def saved_params(workdir, cfg):
+    """The parameters of the latest checkpoint in ``workdir`` (a run of ``cfg``), as numpy."""
+    task = tasks.get_task(cfg)
+    params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
+    return jax.device_get(checkpoint.load_params(workdir, params, (".*",)))
+
+
+def initial_params(cfg):
+    """The parameters a run of ``cfg`` starts from (initialised as ``train`` does, on the same mesh)."""
+    task = tasks.get_task(cfg)
+    mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        return jax.device_get(train.init_state(task, tx, cfg.seed, mesh, rules)[0].params)
+
+
+def flat(tree):
+    return flax.traverse_util.flatten_dict(tree, sep="/")
+
+
+@pytest.fixture(scope="module")
+def clip_run(data_dir, tmp_path_factory):
+    """A tiny CLIP checkpoint (initial weights are enough to check what is loaded)."""
+    workdir = str(tmp_path_factory.mktemp("clip"))
+    cfg = load("clip_shapes.py:tiny", data_dir)
+    task = tasks.get_task(cfg)
+    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
+    rules = sharding.logical_rules(cfg.sharding)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        tx = optimizer_lib.make(cfg.optimizer, 1, jax.eval_shape(task.init, jax.random.key(0)))
+        state, _ = train.init_state(task, tx, seed=7, mesh=mesh, rules=rules)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt.save(1, state)
+    ckpt.wait()
+    ckpt.close()
+    return workdir, jax.device_get(state.params)
+
+
+@pytest.fixture(scope="module")
+def stage1(clip_run, data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("stage1"))
+    cfg = load("llava_shapes.py:stage=1,tiny", data_dir, **{"init_from.workdir": clip_run[0], "total_steps": 4,
+                                                             "eval.num_examples": 8})
+    results = train.train_and_evaluate(cfg, workdir)
+    return workdir, cfg, results
+
+
+def test_stage1_trains_only_the_projector_on_the_clip_vision_tower(stage1, clip_run):
+    workdir, cfg, results = stage1
+    final = flat(saved_params(workdir, cfg))
+    initial = flat(initial_params(cfg))
+    clip = flat(clip_run[1])
+    for key, value in final.items():
+        if key.startswith("image/"):  # loaded from CLIP, then frozen
+            np.testing.assert_array_equal(value, clip[key], err_msg=key)
+        elif key.startswith("lm/"):  # frozen at its initial value
+            np.testing.assert_array_equal(value, initial[key], err_msg=key)
+        else:
+            assert key.startswith("proj_") and not np.array_equal(value, initial[key]), key
+    # results and report
+    for key in ("vqa_accuracy", "vqa_accuracy_colour", "vqa_accuracy_count", "caption_bleu4",
+                "caption_objects_correct", "steps"):
+        assert key in results
+    assert results["steps"] == 4 and results["vqa_questions"] >= 8 * 5
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == results
+    assert os.path.getsize(os.path.join(workdir, "examples.png")) > 5000
+    assert "examples.png" in open(os.path.join(workdir, "report.md")).read()
+
+
+def test_frozen_parameters_have_no_optimizer_state(data_dir):
+    cfg = load("llava_shapes.py:stage=1,tiny", data_dir)
+    task = tasks.get_task(cfg)
+    params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
+    tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, params)
+    opt_state = jax.eval_shape(tx.init, params)
+    size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+    projector = {k: v for k, v in params.items() if k.startswith("proj_")}
+    assert size(opt_state) - size(projector) * 2 < 10  # Adam's two moments of the projector (+ counters)
+
+
+def test_stage2_starts_from_stage1_weights(stage1, data_dir, tmp_path):
+    s1_dir, s1_cfg, _ = stage1
+    cfg = load("llava_shapes.py:stage=2,tiny", data_dir, **{"init_from.workdir": s1_dir, "total_steps": 1,
+                                                             "optimizer.lr": 0.0, "eval.num_examples": 2})
+    assert cfg.init_from.regex == (".*",) and cfg.optimizer.freeze_regex == ("image/.*",)
+    train.train_and_evaluate(cfg, str(tmp_path))
+    jax.tree.map(np.testing.assert_array_equal, saved_params(str(tmp_path), cfg), saved_params(s1_dir, s1_cfg))
+
+
+def test_init_from_errors_name_the_parameter(clip_run, data_dir):
+    cfg = load("llava_shapes.py:stage=1,tiny", data_dir)
+    params = jax.eval_shape(lambda: nn.unbox(tasks.get_task(cfg).init(jax.random.key(0))))
+    wider = load("llava_shapes.py:stage=1,tiny", data_dir, **{"model.image.width": 64})
+    wide_params = jax.eval_shape(lambda: nn.unbox(tasks.get_task(wider).init(jax.random.key(0))))
+    mismatch = r"'image/encoder/block_0/attn/key/bias' has shape \(2, 16\) in .* but \(2, 32\) in the model"
+    with pytest.raises(ConfigError, match=mismatch):
+        checkpoint.load_params(clip_run[0], wide_params, ("image/.*",))
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        checkpoint.load_params(clip_run[0], params, ("vision/.*",))
+    with pytest.raises(ConfigError, match="'lm/ln_final/scale' is not in checkpoint"):
+        checkpoint.load_params(clip_run[0], params, ("lm/ln_final/.*",))
+    with pytest.raises(ConfigError, match="no checkpoint in"):
+        checkpoint.load_params(os.path.join(clip_run[0], "missing"), params, (".*",))
+
+
+def test_vlm_step_sharded_equals_single_device(data_dir):
+    def run(mesh_shape, strategy, devices):
+        cfg = load("llava_shapes.py:stage=2,tiny", data_dir)
+        cfg.mesh, cfg.sharding.strategy = ml_collections.ConfigDict(mesh_shape), strategy
+        task = tasks.get_task(cfg)
+        from mmjax.data.pipeline import encode_vlm
+
+        qa = [("what colour is the star", "red"), ("how many objects are there", "two"),
+              ("what is in the image", "a small blue circle in the center on a grey background")] * 3
+        tokens = np.stack([encode_vlm(task.tokenizer, task.num_image_tokens, q, a, cfg.data.max_len)[0]
+                           for q, a in qa[:8]])
+        images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
+        batch = {"image": images, "tokens": tokens}
+        mesh = sharding.make_mesh(cfg.mesh, devices)
+        rules = sharding.logical_rules(cfg.sharding)
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+            state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
+            trainable = optimizer_lib.trainable(cfg.optimizer, state.params)
+            step = jax.jit(train.make_train_step(task, tx, cfg.seed, trainable), in_shardings=(shardings, None),
+                           out_shardings=(shardings, None))
+            losses = []
+            for _ in range(2):
+                state, metrics = step(state, sharding.global_batch(batch, mesh, rules))
+                losses.append(float(metrics["loss"]))
+        return losses, jax.device_get(state.params)
+
+    one = run(dict(data=1, fsdp=1, tensor=1), "dp", jax.devices()[:1])
+    many = run(dict(data=2, fsdp=2, tensor=2), "fsdp_tp", jax.devices())
+    np.testing.assert_allclose(many[0], one[0], rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), many[1], one[1])
