@@ -13,8 +13,11 @@ stage 2 loads everything from the stage-1 run. What is trained, frozen and loade
 parameter paths (``optimizer.freeze_regex``, ``init_from.regex``): there is no special code per stage.
 """
 
+import os
+
 import ml_collections
 
+from mmjax import config as config_lib
 from mmjax import models
 from mmjax.models import lm as lm_lib
 
@@ -33,6 +36,8 @@ def _parse(arg):
 
 def get_config(arg=None):
     stage, tiny = _parse(arg)
+    clip = config_lib.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_shapes.py") +
+                                (":tiny" if tiny else ""))
     c = ml_collections.ConfigDict()
     c.task = "vlm"
     c.seed = 0
@@ -53,22 +58,17 @@ def get_config(arg=None):
     if stage == 2:
         c.init_from = dict(workdir=None if tiny else "runs/llava_shapes_stage1", regex=(r".*",))
 
-    c.data = dict(
-        name="shapes",
-        data_dir=None,  # None: $MMJAX_DATA_DIR or ~/.cache/mmjax/tensorflow_datasets
-        seed=0,
-        image_size=64,
-        num_train=512 if tiny else 20000,
-        num_validation=64 if tiny else 1000,
-        num_test=64 if tiny else 1000,
-        tokenizer="shapes_words",
-        # [BOS] + 16 image tokens + prompt + [SEP] + answer + [EOT]: the longest caption fits in 56
-        max_len=56,
-        flip_prob=0.5,
+    # The dataset of configs/clip_shapes.py (same sizes and tokenizer), laid out for generation.
+    c.data = dict(clip.data)
+    del c.data["hard_negatives"]
+    c.data.update(
+        # [BOS] + 16 image tokens + prompt + [SEP] + answer + [EOT]: the longest caption fits in 56;
+        # 64 leaves room for 4-5 question turns
+        max_len=64,
         caption_prompt="what is in the image",
-        caption_prob=1.0 if stage == 1 else 0.25,  # the rest: one of the image's questions
+        caption_prob=1.0 if stage == 1 else 0.15,  # the rest: questions about the image
         caption_sampling="canonical",
-        worker_count=0,
+        vqa_turns=6,  # up to this many of the image's questions per row, as a conversation (as fit)
     )
     c.optimizer = dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0,
@@ -77,9 +77,7 @@ def get_config(arg=None):
         # stage 1: only the projector learns; stage 2: projector + LM (the vision tower stays frozen)
         freeze_regex=(r"image/.*", r"lm/.*") if stage == 1 else (r"image/.*",),
     )
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.sharding = dict(strategy="dp", rules=())
+    c.mesh, c.sharding, c.distributed = clip.mesh, clip.sharding, clip.distributed
     # answer_tokens: the most tokens generated per answer (answers are one word + EOT)
-    c.eval = dict(split="test", num_examples=64 if tiny else 500, batch_size=64 if tiny else 256, answer_tokens=4)
-    c.distributed = dict(coordinator_address=None, num_processes=None, process_id=None)
+    c.eval = dict(split="test", num_examples=64 if tiny else 1000, batch_size=64 if tiny else 256, answer_tokens=4)
     return c

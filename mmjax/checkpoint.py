@@ -94,9 +94,10 @@ def load_params(source: str, params, patterns) -> dict:
         if tuple(stored[key].shape) != tuple(target[key].shape):
             raise ConfigError(f"init_from: parameter {key!r} has shape {tuple(stored[key].shape)} in {path} but "
                               f"{tuple(target[key].shape)} in the model; make the model sizes match")
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # for targets without a sharding
     item = {"params": flax.traverse_util.unflatten_dict(
-        {k: jax.ShapeDtypeStruct(target[k].shape, target[k].dtype, sharding=target[k].sharding) for k in chosen},
-        sep="/")}
+        {k: jax.ShapeDtypeStruct(target[k].shape, target[k].dtype, sharding=getattr(target[k], "sharding", None)
+                                 or default) for k in chosen}, sep="/")}
     args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), item)
     loaded = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(item, restore_args=args,
                                                                                partial_restore=True))

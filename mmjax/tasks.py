@@ -137,7 +137,7 @@ class VlmTask:
 
         tokens = batch["tokens"]
         logits, _ = self.model.apply({"params": params}, batch["image"], tokens)
-        weights = answer_weights(tokens, self.tokenizer.sep_id, self.tokenizer.pad_id)
+        weights = answer_weights(tokens, self.tokenizer.sep_id, self.tokenizer.eot_id, self.tokenizer.pad_id)
         return losses.lm_loss(logits[:, :-1], tokens[:, 1:], weights)
 
     def train_loader(self, global_batch_size: int, seed: int):

@@ -23,7 +23,9 @@ Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
 Vision-language models (LLaVA-style) use the same loader with another per-example transform,
 ``train_loader(..., preprocess=vlm_preprocess(data_cfg, tokenizer, num_image_tokens))``: each example is a
 caption (probability ``caption_prob``; prompt ``caption_prompt``) or one of the record's questions, flipped
-like the image, and ``encode_vlm`` lays it out as ``[BOS] [IMG]*n prompt [SEP] answer [EOT] PAD...``.
+like the image, and ``encode_vlm`` lays it out as ``[BOS] [IMG]*n prompt [SEP] answer [EOT] PAD...``; with
+``vqa_turns > 1`` further questions about the same image follow as ``question [SEP] answer [EOT]`` turns
+(as many as fit), so one image's forward pass teaches several answers.
 Its batches: ``image`` as above, ``tokens`` int32 [B, L], ``kind`` int32 [B] (0 caption, 1 VQA), ``id``
 int32 [B], ``truncated`` bool [B] (answer cut to fit L).
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -52,6 +55,7 @@ from PIL import Image
 
 from mmjax.data import shapes, shapes_builder
 from mmjax.data.tokenizer import Tokenizer
+
 
 def normalize(image_uint8: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [-1, 1]."""
@@ -124,10 +128,12 @@ class TrainPreprocess(grain.transforms.RandomMap):
 
 
 def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer: str | None,
-               max_len: int) -> tuple[np.ndarray, bool]:
+               max_len: int, more_turns: Sequence[tuple[str, str]] = ()) -> tuple[np.ndarray, bool]:
     """(ids, truncated) of a VLM example: with an answer, int32 [max_len] ``[BOS] [IMG]*num_image_tokens
     prompt [SEP] answer [EOT] PAD...`` (answer ids cut to fit, the EOT always last, truncated=True);
-    with ``answer=None``, the generation prompt ``[BOS] [IMG]*n prompt [SEP]``, unpadded."""
+    with ``answer=None``, the generation prompt ``[BOS] [IMG]*n prompt [SEP]``, unpadded.
+    ``more_turns``: further (question, answer) turns ``question [SEP] answer [EOT]`` appended after the
+    first, as many whole turns as fit (a multi-turn conversation about the image, as in LLaVA)."""
     prompt_ids = tokenizer.encode(prompt)
     ids = [tokenizer.bos_id, *[tokenizer.image_id] * num_image_tokens, *prompt_ids, tokenizer.sep_id]
     need = len(ids) + (answer is not None)  # + EOT
@@ -141,6 +147,11 @@ def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer:
     room = max_len - need
     out = np.full(max_len, tokenizer.pad_id, np.int32)
     ids += answer_ids[:room] + [tokenizer.eot_id]
+    for question, reply in more_turns:
+        turn = [*tokenizer.encode(question), tokenizer.sep_id, *tokenizer.encode(reply), tokenizer.eot_id]
+        if len(ids) + len(turn) > max_len:
+            break
+        ids += turn
     out[:len(ids)] = ids
     return out, len(answer_ids) > room
 
@@ -153,7 +164,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
     CAPTION, VQA = 0, 1
 
     def __init__(self, tokenizer: Tokenizer, num_image_tokens: int, max_len: int, flip_prob: float,
-                 caption_prompt: str, caption_prob: float, caption_sampling: str):
+                 caption_prompt: str, caption_prob: float, caption_sampling: str, vqa_turns: int = 1):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
         if caption_prob > 0:  # fail here, not in a Grain worker
@@ -161,9 +172,11 @@ class VlmPreprocess(grain.transforms.RandomMap):
         self.tokenizer, self.num_image_tokens, self.max_len = tokenizer, num_image_tokens, max_len
         self.flip_prob, self.caption_prompt = flip_prob, caption_prompt
         self.caption_prob, self.caption_sampling = caption_prob, caption_sampling
+        self.vqa_turns = vqa_turns
 
     def random_map(self, record, rng: np.random.Generator):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
+        turns = []
         image = decode_image(record["image_png"])
         if kind_u < self.caption_prob:
             kind, prompt = self.CAPTION, self.caption_prompt
@@ -172,10 +185,14 @@ class VlmPreprocess(grain.transforms.RandomMap):
         else:
             kind, i = self.VQA, int(pick_u * len(record["questions"]))
             prompt, answer = _text(record["questions"][i]), _text(record["answers"][i])
+            if self.vqa_turns > 1:  # more of the image's questions, in random order, as later turns
+                others = [j for j in rng.permutation(len(record["questions"])) if j != i][:self.vqa_turns - 1]
+                turns = [(_text(record["questions"][j]), _text(record["answers"][j])) for j in others]
         if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer
             image = np.ascontiguousarray(image[:, ::-1])
             prompt, answer = shapes.flip_text(prompt), shapes.flip_text(answer)
-        tokens, truncated = encode_vlm(self.tokenizer, self.num_image_tokens, prompt, answer, self.max_len)
+            turns = [(shapes.flip_text(q), shapes.flip_text(a)) for q, a in turns]
+        tokens, truncated = encode_vlm(self.tokenizer, self.num_image_tokens, prompt, answer, self.max_len, turns)
         return {"image": image, "tokens": tokens, "kind": np.int32(kind), "id": np.int32(record["id"]),
                 "truncated": np.bool_(truncated)}
 
@@ -185,7 +202,7 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
     caption_sampling); pass it to ``train_loader(preprocess=...)``."""
     return VlmPreprocess(tokenizer, num_image_tokens, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
                          data_cfg.get("caption_prompt", "what is in the image"), data_cfg.get("caption_prob", 0.3),
-                         data_cfg.get("caption_sampling", "canonical"))
+                         data_cfg.get("caption_sampling", "canonical"), data_cfg.get("vqa_turns", 1))
 
 
 def _normalize_batch(batch: dict) -> dict:

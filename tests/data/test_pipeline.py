@@ -8,21 +8,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mmjax.data import pipeline, shapes, shapes_builder
-from mmjax.data.tokenizer import WordTokenizer
 
 SIZES = dict(num_train=64, num_validation=16, num_test=16)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    shapes_builder.ensure_built(path, **SIZES)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return WordTokenizer.for_shapes()
 
 
 def _cfg(data_dir, **overrides):

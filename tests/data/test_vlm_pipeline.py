@@ -2,23 +2,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mmjax.data import pipeline, shapes, shapes_builder
+from mmjax.data import pipeline, shapes
 from mmjax.data.tokenizer import WordTokenizer
 
 SIZES = dict(num_train=64, num_validation=16, num_test=16)
 N_IMG = 4  # image tokens per example
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("tfds"))
-    shapes_builder.ensure_built(path, **SIZES)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return WordTokenizer.for_shapes()
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +114,26 @@ def test_vqa_examples_ask_a_question_of_the_record_consistently_flipped(data_dir
         assert _split(tok, tokens) in allowed
         seen.add((plain, mirrored))
     assert {(True, False), (False, True)} <= seen  # flip_prob 0.5: some rows flipped, some not
+
+
+def test_encode_vlm_more_turns_adds_whole_turns_only(tok):
+    ids, truncated = pipeline.encode_vlm(tok, 2, "what colour is the star", "red", 24,
+                                         [("how many objects are there", "two"), ("is there a red circle", "no")])
+    words = [tok.itos[i] for i in ids]
+    assert words[3:] == ["what", "colour", "is", "the", "star", "[SEP]", "red", "[EOT]", "how", "many", "objects",
+                         "are", "there", "[SEP]", "two", "[EOT]"] + ["[PAD]"] * 5
+    assert not truncated  # the third turn (8 tokens) does not fit in the 5 left: left out, not cut
+
+
+def test_vqa_turns_are_distinct_questions_of_the_record(data_dir, tok, full):
+    cfg = _cfg(data_dir, caption_prob=0.0, vqa_turns=6, max_len=96, flip_prob=0.0)
+    for i, _, tokens, _ in _rows(_batches(cfg, tok, 2)):
+        seps, eots = np.flatnonzero(tokens == tok.sep_id), np.flatnonzero(tokens == tok.eot_id)
+        assert len(seps) == len(eots) == len(full["questions"][i])  # every question fits in 96 tokens
+        starts = [1 + N_IMG] + list(eots[:-1] + 1)
+        turns = [(tok.decode(tokens[a:s]), tok.decode(tokens[s + 1:e])) for a, s, e in zip(starts, seps, eots)]
+        pairs = list(zip(map(WordTokenizer.normalize, full["questions"][i]), full["answers"][i]))
+        assert sorted(turns) == sorted(pairs)
 
 
 def test_same_seed_same_batches(data_dir, tok):
