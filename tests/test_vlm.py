@@ -1,6 +1,7 @@
-"""Early fusion through the one train loop: stage 1 loads a CLIP vision tower and trains only the
+"""Fusion models through the one train loop: stage 1 loads a CLIP vision tower and trains only the
 projector (frozen parameters unchanged, no optimizer state for them); stage 2 starts from stage 1's
-weights; the sharded VLM step equals the single-device one; init_from errors name the parameter."""
+weights; deep fusion trains only its resampler, cross-attention and new tokens; the sharded steps equal
+the single-device ones; init_from errors name the parameter."""
 
 import json
 import os
@@ -139,9 +140,25 @@ def test_init_from_errors_name_the_parameter(clip_run, data_dir):
         checkpoint.load_params(os.path.join(clip_run[0], "missing"), params, (".*",))
 
 
-def test_vlm_step_sharded_equals_single_device(data_dir):
+def test_deep_fusion_trains_only_resampler_cross_attention_and_new_tokens(data_dir, tmp_path):
+    cfg = load("flamingo_shapes.py:tiny", data_dir, **{"total_steps": 3, "eval.num_examples": 2})
+    train.train_and_evaluate(cfg, str(tmp_path))
+    final, initial = flat(saved_params(str(tmp_path), cfg)), flat(initial_params(cfg))
+    trained = [k for k in final if not np.array_equal(final[k], initial[k])]
+    assert trained and all(k.split("/")[0] in ("resampler", "new_token_embed") or k.startswith("xattn_")
+                           for k in trained)
+    assert any(k.endswith("attn_gate") for k in trained)  # the gates open
+    params = jax.eval_shape(lambda: nn.unbox(tasks.get_task(cfg).init(jax.random.key(0))))
+    opt_state = jax.eval_shape(optimizer_lib.make(cfg.optimizer, 3, params).init, params)
+    size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
+    learnable = {k: v for k, v in params.items() if k not in ("image", "lm")}
+    assert 0 <= size(opt_state) - 2 * size(learnable) < 10  # Adam moments of the learnable part only
+
+
+@pytest.mark.parametrize("spec", ["llava_shapes.py:stage=2,tiny", "flamingo_shapes.py:tiny"])
+def test_vlm_step_sharded_equals_single_device(data_dir, spec):
     def run(mesh_shape, strategy, devices):
-        cfg = load("llava_shapes.py:stage=2,tiny", data_dir)
+        cfg = load(spec, data_dir)
         cfg.mesh, cfg.sharding.strategy = ml_collections.ConfigDict(mesh_shape), strategy
         task = tasks.get_task(cfg)
         from mmjax.data.pipeline import encode_vlm

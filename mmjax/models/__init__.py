@@ -7,7 +7,9 @@ Model configs:
   fields}}`` (plus optional ``temperature_init``, ``bias_init``): CLIP / SigLIP;
 * ``{"type": "early_fusion", "image_size", "image": {ViT fields}, "lm": {DecoderLM fields}, "projector",
   "vision_tokens", "image_pool", "attn_mask"}``: LLaVA-style; the special token ids come from the
-  tokenizer (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``).
+  tokenizer (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``);
+* ``{"type": "deep_fusion", ..., "num_latents", "resampler_depth", "resampler_heads",
+  "cross_attn_every_n_layers", "only_attend_immediate_media", "attn_mask"}``: Flamingo-style.
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ _MODELS["llava-shapes"] = dict(
     image_pool=2, attn_mask="prefix",
 )
 
+# The same vision tower and LM with Flamingo-style gated cross-attention (a resampler to 8 tokens).
+_MODELS["flamingo-shapes"] = dict(
+    type="deep_fusion", image_size=64, image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
+    lm=lm_lib.variant("lm-shapes", vocab_size=128), num_latents=8, resampler_depth=2, resampler_heads=2,
+    cross_attn_every_n_layers=1, only_attend_immediate_media=True, attn_mask="causal",
+)
+
 
 def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config key's name)
     """Names of the models (of one ``type``: "two_tower", "early_fusion"), sorted."""
@@ -72,6 +81,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 def build(cfg: Mapping[str, Any], dtype: str = "float32", **fields):
     """Build the linen module described by a model config (a dict or ConfigDict); ``fields`` are extra
     module fields that are not hyper-parameters (the early-fusion model's special token ids)."""
+    from mmjax.models.deep_fusion import DeepFusion
     from mmjax.models.early_fusion import EarlyFusion
     from mmjax.models.text import TextTransformer
     from mmjax.models.two_tower import TwoTower
@@ -85,6 +95,7 @@ def build(cfg: Mapping[str, Any], dtype: str = "float32", **fields):
     image = vit_lib.ViT(**dict(cfg.pop("image")), dtype=dt)
     if kind == "two_tower":
         return TwoTower(image=image, text=TextTransformer(**dict(cfg.pop("text")), dtype=dt), dtype=dt, **cfg, **fields)
-    if kind == "early_fusion":
-        return EarlyFusion(image=image, lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
-    raise ValueError(f"unknown model type {kind!r}; known types: two_tower, early_fusion")
+    if kind in ("early_fusion", "deep_fusion"):
+        cls = EarlyFusion if kind == "early_fusion" else DeepFusion
+        return cls(image=image, lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
+    raise ValueError(f"unknown model type {kind!r}; known types: two_tower, early_fusion, deep_fusion")

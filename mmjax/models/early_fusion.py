@@ -27,7 +27,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from mmjax.models import layers
-from mmjax.models.lm import DecoderLM, attention_mask, init_cache, positions_of
+from mmjax.models import lm as lm_lib
+from mmjax.models.lm import DecoderLM, attention_mask, positions_of
 from mmjax.models.vit import ViT
 
 
@@ -106,10 +107,7 @@ class EarlyFusion(nn.Module):
         slot = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, img.shape[1] - 1)  # k-th placeholder <- token k
         spliced = jnp.take_along_axis(img, slot[..., None], axis=1)
         x = jnp.where(is_image[..., None], spliced.astype(self.dtype), self.lm.embed(tokens))
-        prefix = None
-        if self.attn_mask == "prefix":  # everything up to and including [SEP]
-            is_sep = tokens == self.sep_id
-            prefix = valid & (jnp.cumsum(is_sep, axis=1) - is_sep == 0)
+        prefix = lm_lib.prefix_through_first(tokens == self.sep_id, valid) if self.attn_mask == "prefix" else None
         return x, valid, prefix
 
     def __call__(self, images, tokens):
@@ -118,24 +116,11 @@ class EarlyFusion(nn.Module):
         return logits, {"hidden": extras["hidden"], "valid": valid, "prefix": prefix}
 
     def prefill(self, images, prompts, max_new_tokens: int):
-        """Run the (left-padded) prompts through the LM, filling a KV cache with room for
-        ``max_new_tokens`` more; returns ``(logits of the last position [B, vocab], state)``."""
+        """Run the (left-padded) prompts, filling a KV cache with room for ``max_new_tokens`` more;
+        returns ``(logits of the last position [B, vocab], state)`` (see ``lm.prefill``)."""
         x, valid, prefix = self.inputs(images, prompts)
-        b, s = prompts.shape
-        mask = jnp.pad(attention_mask(valid, prefix), ((0, 0), (0, 0), (0, 0), (0, max_new_tokens)))
-        positions = positions_of(valid)
-        cache = init_cache(self.lm, b, s + max_new_tokens, self.dtype)
-        logits, extras = self.lm(embeddings=x, positions=positions, mask=mask, cache=cache, index=0)
-        state = {"cache": extras["cache"], "index": jnp.asarray(s, jnp.int32),
-                 "slots": jnp.pad(valid, ((0, 0), (0, max_new_tokens)), constant_values=True),
-                 "position": positions[:, -1] + 1}
-        return logits[:, -1], state
+        return lm_lib.prefill(self.lm, x, valid, prefix, max_new_tokens)
 
     def decode(self, token, state):
-        """One step: ``token [B]`` goes into slot ``state["index"]``; returns ``(logits [B, vocab], state)``."""
-        t = state["index"]
-        seen = state["slots"] & (jnp.arange(state["slots"].shape[1]) <= t)
-        logits, extras = self.lm(token[:, None], positions=state["position"][:, None], mask=seen[:, None, None, :],
-                                 cache=state["cache"], index=t)
-        state = dict(state, cache=extras["cache"], index=t + 1, position=state["position"] + 1)
-        return logits[:, 0], state
+        """One step: ``token [B]`` goes into the next cache slot; returns ``(logits [B, vocab], state)``."""
+        return lm_lib.decode(self.lm, self.lm.embed(token[:, None]), state)

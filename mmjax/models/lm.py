@@ -12,6 +12,8 @@ embeddings, grouped-query causal attention and an explicit KV cache.
   ``T = S`` without a cache, the cache length with one;
 * ``cache`` (optional): ``init_cache(...)``, one ``{"k", "v"}`` of ``[B, T, kv_heads, head_dim]`` per
   layer; the ``S`` new keys/values are written at slots ``index .. index + S - 1``.
+* ``before_layer(i, x) -> x`` (optional) runs before block ``i`` (deep fusion inserts its gated
+  cross-attention there);
 * ``logits`` float32 ``[B, S, vocab]``; ``extras = {"hidden": final-norm output, "cache": updated}``.
 
 The cache is a plain argument and result (no mutable collection), so prefill and decode are ordinary
@@ -63,6 +65,36 @@ def attention_mask(valid: jax.Array, prefix: jax.Array | None = None) -> jax.Arr
         allowed = allowed | prefix[:, None, :]
     allowed = (allowed & valid[:, None, :]) | jnp.eye(s, dtype=bool)
     return allowed[:, None]
+
+
+def prefix_through_first(is_marker: jax.Array, valid: jax.Array) -> jax.Array:
+    """bool ``[B, S]``: the real tokens up to and including the first marker (e.g. ``[SEP]``)."""
+    return valid & (jnp.cumsum(is_marker, axis=1) - is_marker == 0)
+
+
+def prefill(lm: "DecoderLM", embeddings, valid, prefix, max_new_tokens: int, **lm_kwargs):
+    """Run left-padded prompt ``embeddings`` through ``lm`` (a bound module), filling a KV cache with
+    room for ``max_new_tokens`` more; returns ``(logits of the last position [B, vocab], state)``.
+    The fusion models build their inputs, then share this and :func:`decode`."""
+    b, s = valid.shape
+    mask = jnp.pad(attention_mask(valid, prefix), ((0, 0), (0, 0), (0, 0), (0, max_new_tokens)))
+    positions = positions_of(valid)
+    cache = init_cache(lm, b, s + max_new_tokens, lm.dtype)
+    logits, extras = lm(embeddings=embeddings, positions=positions, mask=mask, cache=cache, index=0, **lm_kwargs)
+    state = {"cache": extras["cache"], "index": jnp.asarray(s, jnp.int32),
+             "slots": jnp.pad(valid, ((0, 0), (0, max_new_tokens)), constant_values=True),
+             "position": positions[:, -1] + 1}
+    return logits[:, -1], state
+
+
+def decode(lm: "DecoderLM", embeddings, state, **lm_kwargs):
+    """One step: ``embeddings [B, 1, width]`` go into slot ``state["index"]``, attending over every filled
+    slot; returns ``(logits [B, vocab], state)``."""
+    t = state["index"]
+    seen = state["slots"] & (jnp.arange(state["slots"].shape[1]) <= t)
+    logits, extras = lm(embeddings=embeddings, positions=state["position"][:, None], mask=seen[:, None, None, :],
+                        cache=state["cache"], index=t, **lm_kwargs)
+    return logits[:, 0], dict(state, cache=extras["cache"], index=t + 1, position=state["position"] + 1)
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -199,7 +231,8 @@ class DecoderLM(nn.Module):
     def embed(self, tokens):
         return self.token_embed(tokens)
 
-    def __call__(self, tokens=None, *, embeddings=None, positions=None, mask=None, cache=None, index=0):
+    def __call__(self, tokens=None, *, embeddings=None, positions=None, mask=None, cache=None, index=0,
+                 before_layer=None):
         x = self.embed(tokens) if embeddings is None else embeddings.astype(self.dtype)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
         if positions is None or mask is None:  # plain causal LM over unpadded tokens
@@ -208,6 +241,8 @@ class DecoderLM(nn.Module):
             mask = attention_mask(valid) if mask is None else mask
         new_cache = []
         for i, block in enumerate(self.block):
+            if before_layer is not None:  # e.g. deep fusion's gated cross-attention: x = f(i, x)
+                x = before_layer(i, x)
             x, c = block(x, positions, mask, None if cache is None else cache[i], index)
             new_cache.append(c)
         x = self.ln_final(x)

@@ -1,0 +1,34 @@
+"""Deep fusion (Flamingo-style) on the embedded shapes dataset: the vision tower of the main job's CLIP,
+a perceiver resampler (8 visual tokens per image) and gated cross-attention before every LM layer,
+on the same captioning/VQA data, metrics and LM size as ``configs/llava_shapes.py``.
+
+    python -m mmjax.train --config=configs/flamingo_shapes.py --workdir=runs/flamingo_shapes
+    python -m mmjax.train --config=configs/flamingo_shapes.py:tiny --workdir=/tmp/f   # seconds, for tests
+
+As in Flamingo, the vision tower and the LM are frozen (``optimizer.freeze_regex``); the resampler, the
+gated cross-attention blocks and the new tokens' embeddings learn. The gates start at 0, so training
+starts from the bare LM. Frozen parts should come from pretrained runs (``init_from``): here the
+vision tower is loaded from ``runs/clip_shapes``. This repository has no pretrained LM yet, so the
+frozen LM is random and the model learns little until one is loaded (see docs/early_fusion.md).
+"""
+
+import os
+
+from mmjax import config as config_lib
+from mmjax import models
+from mmjax.models import lm as lm_lib
+
+
+def get_config(arg=None):
+    if arg not in (None, "tiny"):
+        raise ValueError(f"configs/flamingo_shapes.py: unknown argument {arg!r}; use no argument or ':tiny'")
+    tiny = arg == "tiny"
+    llava = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llava_shapes.py")
+    c = config_lib.load_file(llava + (":stage=2,tiny" if tiny else ":stage=2"))
+    c.model = models.model_config("flamingo-shapes")
+    if tiny:  # the vision tower of configs/clip_shapes.py:tiny and the tiny LM, as in llava_shapes
+        c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+        c.model.lm = lm_lib.variant("lm-tiny", vocab_size=128)
+    c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",))
+    c.optimizer.freeze_regex = (r"image/.*", r"lm/.*")
+    return c
