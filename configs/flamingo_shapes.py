@@ -7,9 +7,10 @@ on the same captioning/VQA data, metrics and LM size as ``configs/llava_shapes.p
 
 As in Flamingo, the vision tower and the LM are frozen (``optimizer.freeze_regex``); the resampler, the
 gated cross-attention blocks and the new tokens' embeddings learn. The gates start at 0, so training
-starts from the bare LM. Frozen parts should come from pretrained runs (``init_from``): here the
-vision tower is loaded from ``runs/clip_shapes``. This repository has no pretrained LM yet, so the
-frozen LM is random and the model learns little until one is loaded (see docs/early_fusion.md).
+starts from the bare LM. The frozen parts come from earlier runs (``init_from``): the vision tower
+from the main job (``runs/clip_shapes``), the LM from ``configs/lm_shapes.py`` (``runs/lm_shapes``):
+
+    python -m mmjax.train --config=configs/lm_shapes.py --workdir=runs/lm_shapes
 """
 
 import os
@@ -29,6 +30,8 @@ def get_config(arg=None):
     if tiny:  # the vision tower of configs/clip_shapes.py:tiny and the tiny LM, as in llava_shapes
         c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
         c.model.lm = lm_lib.variant("lm-tiny", vocab_size=128)
-    c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",))
+    # the vision tower from the main job's CLIP, the LM from configs/lm_shapes.py (text-only pretraining)
+    c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",),
+                       also=() if tiny else (("runs/lm_shapes", (r"lm/.*",)),))
     c.optimizer.freeze_regex = (r"image/.*", r"lm/.*")
     return c

@@ -65,6 +65,20 @@ class Checkpointer:
         self.manager.close()
 
 
+def init_sources(init_from) -> list[tuple[str, tuple[str, ...]]]:
+    """``[(workdir, regexes), ...]`` from a config's ``init_from``: ``workdir`` + ``regex`` (None: none),
+    then each ``(workdir, regexes)`` pair of ``also`` (e.g. the vision tower from one run, the LM from
+    another). Later sources overwrite earlier ones where their regexes overlap."""
+    if not init_from:
+        return []
+    sources = [(init_from["workdir"], tuple(init_from["regex"]))] if init_from.get("workdir") else []
+    for pair in init_from.get("also", ()) or ():
+        if len(pair) != 2 or isinstance(pair[1], str):
+            raise ConfigError(f"init_from.also: {pair!r} is not a (workdir, (regex, ...)) pair")
+        sources.append((pair[0], tuple(pair[1])))
+    return sources
+
+
 def load_params(source: str, params, patterns) -> dict:
     """``params`` with every parameter whose path (``"image/encoder/block_0/attn/query/kernel"``) fully
     matches one of ``patterns`` replaced by its value in the latest checkpoint of ``source`` (an mmjax

@@ -99,7 +99,7 @@ class ContrastiveTask:
 
 class VlmTask:
     """Image-conditioned text generation: captioning and VQA with a fusion model (``model.type``
-    ``early_fusion``). A batch row is ``[BOS] [IMG]*N prompt [SEP] answer [EOT]`` (a caption prompt and a
+    ``early_fusion`` or ``deep_fusion``; ``lm``: the LM alone, blind to the image). A batch row is ``[BOS] [IMG]*N prompt [SEP] answer [EOT]`` (a caption prompt and a
     caption, or a question and its answer; ``data.caption_prob`` mixes them); the loss is the token
     cross-entropy on the answer only. Evaluation generates captions and answers (``mmjax.evaluate.vlm``).
     """

@@ -153,11 +153,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         if start:
             state = ckpt.restore(start, state, data_iter)
             print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
-        elif config.get("init_from", {}).get("workdir"):  # a fresh run that starts from another's weights
-            from mmjax.checkpoint import load_params
+        else:  # a fresh run may start from other runs' weights
+            from mmjax.checkpoint import init_sources, load_params
 
-            state = state.replace(params=load_params(config.init_from.workdir, state.params, config.init_from.regex))
-            print(f"loaded {config.init_from.regex} from {config.init_from.workdir}", file=sys.stderr)
+            for workdir, regex in init_sources(config.get("init_from")):
+                state = state.replace(params=load_params(workdir, state.params, regex))
+                print(f"loaded {tuple(regex)} from {workdir}", file=sys.stderr)
         log = MetricsLog(workdir, start)
 
         trainable = optimizer_lib.trainable(config.optimizer, state.params)

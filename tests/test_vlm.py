@@ -155,6 +155,29 @@ def test_deep_fusion_trains_only_resampler_cross_attention_and_new_tokens(data_d
     assert 0 <= size(opt_state) - 2 * size(learnable) < 10  # Adam moments of the learnable part only
 
 
+def test_deep_fusion_loads_its_vision_tower_and_lm_from_two_runs(clip_run, data_dir, tmp_path):
+    lm_dir = str(tmp_path / "lm")
+    lm_cfg = load("lm_shapes.py:tiny", data_dir, **{"total_steps": 2, "eval.num_examples": 2})
+    train.train_and_evaluate(lm_cfg, lm_dir)
+    cfg = load("flamingo_shapes.py:tiny", data_dir, **{
+        "init_from.workdir": clip_run[0], "init_from.also": f"(({lm_dir!r}, ('lm/.*',)),)", "total_steps": 1,
+        "eval.num_examples": 2})
+    train.train_and_evaluate(cfg, str(tmp_path / "flamingo"))
+    final, lm, clip = flat(saved_params(str(tmp_path / "flamingo"), cfg)), flat(saved_params(lm_dir, lm_cfg)), flat(
+        clip_run[1])
+    for key, value in final.items():
+        if key.split("/")[0] in ("image", "lm"):  # loaded, then frozen
+            np.testing.assert_array_equal(value, (clip if key.startswith("image/") else lm)[key], err_msg=key)
+
+
+def test_init_sources():
+    assert checkpoint.init_sources(None) == [] and checkpoint.init_sources(dict(workdir=None, regex=())) == []
+    assert checkpoint.init_sources(dict(workdir="a", regex=("x/.*",), also=(("b", ("y/.*",)),))) == [
+        ("a", ("x/.*",)), ("b", ("y/.*",))]
+    with pytest.raises(ConfigError, match="not a \\(workdir"):
+        checkpoint.init_sources(dict(workdir=None, regex=(), also=(("b", "y/.*"),)))
+
+
 @pytest.mark.parametrize("spec", ["llava_shapes.py:stage=2,tiny", "flamingo_shapes.py:tiny"])
 def test_vlm_step_sharded_equals_single_device(data_dir, spec):
     def run(mesh_shape, strategy, devices):

@@ -9,7 +9,9 @@ Model configs:
   "vision_tokens", "image_pool", "attn_mask"}``: LLaVA-style; the special token ids come from the
   tokenizer (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``);
 * ``{"type": "deep_fusion", ..., "num_latents", "resampler_depth", "resampler_heads",
-  "cross_attn_every_n_layers", "only_attend_immediate_media", "attn_mask"}``: Flamingo-style.
+  "cross_attn_every_n_layers", "only_attend_immediate_media", "attn_mask"}``: Flamingo-style;
+* ``{"type": "lm", "image_size", "lm": {DecoderLM fields}}``: the LM alone, images ignored (a blind
+  baseline, and LM pretraining for the fusion models).
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ _MODELS["flamingo-shapes"] = dict(
     cross_attn_every_n_layers=1, only_attend_immediate_media=True, attn_mask="causal",
 )
 
+# The LM of both fusion models on its own (text-only pretraining, and the blind VQA baseline).
+_MODELS["lm-shapes"] = dict(type="lm", image_size=64, lm=lm_lib.variant("lm-shapes", vocab_size=128))
+
 
 def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config key's name)
     """Names of the models (of one ``type``: "two_tower", "early_fusion"), sorted."""
@@ -92,10 +97,12 @@ def build(cfg: Mapping[str, Any], dtype: str = "float32", **fields):
     kind = cfg.pop("type", "two_tower")
     dt = DTYPES[dtype]
     cfg.pop("image_size", None)
+    if kind == "lm":
+        return lm_lib.BlindLM(lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
     image = vit_lib.ViT(**dict(cfg.pop("image")), dtype=dt)
     if kind == "two_tower":
         return TwoTower(image=image, text=TextTransformer(**dict(cfg.pop("text")), dtype=dt), dtype=dt, **cfg, **fields)
     if kind in ("early_fusion", "deep_fusion"):
         cls = EarlyFusion if kind == "early_fusion" else DeepFusion
         return cls(image=image, lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
-    raise ValueError(f"unknown model type {kind!r}; known types: two_tower, early_fusion, deep_fusion")
+    raise ValueError(f"unknown model type {kind!r}; known types: two_tower, early_fusion, deep_fusion, lm")

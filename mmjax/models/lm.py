@@ -248,3 +248,30 @@ class DecoderLM(nn.Module):
         x = self.ln_final(x)
         logits = self.token_embed.attend(x) if self.tie_embeddings else self.lm_head(x)
         return logits.astype(jnp.float32), {"hidden": x, "cache": new_cache if cache is not None else None}
+
+
+class BlindLM(nn.Module):
+    """The decoder LM behind the fusion models' interface, ignoring the images: a text-only baseline
+    (what the questions alone give away) and the pretraining stage of an LM that a fusion model later
+    loads (``init_from`` with ``lm/.*``) and may keep frozen. Prompts carry no ``[IMG]`` tokens."""
+
+    lm: DecoderLM
+    image_id: int
+    sep_id: int
+    pad_id: int = 0
+    dtype: layers.Dtype = jnp.float32
+
+    def num_image_tokens(self, image_size: int) -> int:
+        self.lm.check()
+        return 0
+
+    def __call__(self, images, tokens):
+        valid = tokens != self.pad_id
+        logits, extras = self.lm(tokens, positions=positions_of(valid), mask=attention_mask(valid))
+        return logits, {"hidden": extras["hidden"], "valid": valid}
+
+    def prefill(self, images, prompts, max_new_tokens: int):
+        return prefill(self.lm, self.lm.embed(prompts), prompts != self.pad_id, None, max_new_tokens)
+
+    def decode(self, token, state):
+        return decode(self.lm, self.lm.embed(token[:, None]), state)

@@ -215,3 +215,18 @@ def test_sampling_filters():
     assert counts[2:].sum() == 0 and abs(counts[0] / 2000 - 0.5 / 0.8) < 0.04
     with pytest.raises(ValueError, match="top_p"):
         generate.make_generate(None, max_new_tokens=1, eos_id=2, pad_id=0, top_p=0.0)
+
+
+def test_blind_lm_ignores_images_and_decodes_like_recomputation(images):
+    model = models.build(dict(type="lm", image_size=64, lm=lm_lib.variant("lm-tiny", vocab_size=70)),
+                         image_id=IMG, sep_id=SEP, pad_id=PAD)
+    assert model.num_image_tokens(64) == 0
+    prompts = generate.left_pad([np.array([BOS, 5, 6, SEP]), np.array([BOS, 7, 8, 9, 10, SEP])], PAD)
+    params = nn.unbox(model.init(jax.random.key(0), images[:2], prompts)["params"])
+    assert set(params) == {"lm"}
+    np.testing.assert_array_equal(model.apply({"params": params}, images[:2], prompts)[0],
+                                  model.apply({"params": params}, -images[:2], prompts)[0])
+    run = lambda cache: np.asarray(generate.make_generate(  # noqa: E731
+        model, max_new_tokens=6, eos_id=EOT, pad_id=PAD, banned_ids=BANNED, use_cache=cache)(
+        params, images[:2], prompts, jax.random.key(0)))
+    np.testing.assert_array_equal(run(True), run(False))
