@@ -156,9 +156,9 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         else:  # a fresh run may start from other runs' weights
             from mmjax.checkpoint import init_sources, load_params
 
-            for workdir, regex in init_sources(config.get("init_from")):
-                state = state.replace(params=load_params(workdir, state.params, regex))
-                print(f"loaded {tuple(regex)} from {workdir}", file=sys.stderr)
+            for source, regex in init_sources(config.get("init_from")):
+                state = state.replace(params=load_params(source, state.params, regex))
+                print(f"loaded {tuple(regex)} from {source}", file=sys.stderr)
         log = MetricsLog(workdir, start)
 
         trainable = optimizer_lib.trainable(config.optimizer, state.params)

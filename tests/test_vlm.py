@@ -100,6 +100,7 @@ def test_stage1_trains_only_the_projector_on_the_clip_vision_tower(stage1, clip_
     assert results["steps"] == 4 and results["vqa_questions"] >= 8 * 5
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f) == results
+    assert sorted(os.listdir(clip_run[0])) == ["checkpoints"]  # the source run is only read
     assert os.path.getsize(os.path.join(workdir, "examples.png")) > 5000
     assert "examples.png" in open(os.path.join(workdir, "report.md")).read()
 

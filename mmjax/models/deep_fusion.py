@@ -166,7 +166,9 @@ class DeepFusion(nn.Module):
         """``before_layer(i, x)`` for the LM: the gated block before every N-th layer, text attending
         to ``visual [B, T, L, D]`` as ``media [B, S]`` allows."""
         b, t, n_tok, d = visual.shape
-        mask = media_mask(media, t, n_tok, self.only_attend_immediate_media)
+        # Rows without an image would have nothing to attend to: let them see everything (their update
+        # is multiplied by has_media = 0 anyway), so no kernel ever meets an empty softmax.
+        mask = media_mask(media, t, n_tok, self.only_attend_immediate_media) | (media == 0)[:, None, :, None]
         flat = visual.reshape(b, t * n_tok, d)
 
         def before_layer(i, x):
