@@ -9,6 +9,7 @@ import re
 from typing import Sequence
 
 import flax
+import jax
 import optax
 
 from mmjax.config import ConfigError
@@ -53,6 +54,6 @@ def make(opt_cfg, total_steps: int, params) -> optax.GradientTransformation:
     if opt_cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), tx)
     if opt_cfg.freeze_regex:
-        labels = path_labels(params, opt_cfg.freeze_regex, "frozen", "trained")
+        labels = jax.tree.map(lambda t: "trained" if t else "frozen", trainable(opt_cfg, params))
         tx = optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
     return tx

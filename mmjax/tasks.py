@@ -133,7 +133,7 @@ class VlmTask:
 
     def loss(self, params, batch, rng):
         del rng  # deterministic forward pass
-        from mmjax.models.early_fusion import answer_weights
+        from mmjax.models.lm import answer_weights
 
         tokens = batch["tokens"]
         logits, _ = self.model.apply({"params": params}, batch["image"], tokens)

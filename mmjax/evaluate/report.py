@@ -85,15 +85,18 @@ def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str)
     plt.close(fig)
 
 
+def metrics_table(results: dict) -> str:
+    """A markdown table of a results dict (floats to 4 decimals)."""
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    return f"| metric | value |\n|---|---|\n{rows}"
+
+
 def write(workdir: str, results: dict, history: list[dict], *, images, captions, similarity, predictions) -> str:
     loss_curve(os.path.join(workdir, "loss.png"), history)
     similarity_matrix(os.path.join(workdir, "similarity.png"), images, captions, similarity, predictions)
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
     text = f"""# mmjax run report
 
-| metric | value |
-|---|---|
-{rows}
+{metrics_table(results)}
 
 ## Training loss
 ![loss curve](loss.png)

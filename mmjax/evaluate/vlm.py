@@ -13,10 +13,11 @@ from mmjax.evaluate import captioning, report, vqa
 from mmjax.evaluate.contrastive import to_host
 
 
-def generate_all(task, params, images: np.ndarray, prompts: list[np.ndarray], max_new_tokens: int,
-                 batch_size: int) -> list[str]:
-    """Greedy answers to ``prompts[i]`` about ``images[i]``, decoded to text; one compiled program
-    (every batch is left-padded to the longest prompt, the last one filled up by repetition)."""
+def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts: list[np.ndarray],
+                 max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy answers to ``prompts[i]`` about ``images[image_of[i]]``, decoded to text; one compiled
+    program (every batch is left-padded to the longest prompt, the last one filled up by repetition).
+    Images are gathered per batch, so several prompts about one image never copy the whole split."""
     import jax
 
     from mmjax import generate
@@ -31,7 +32,7 @@ def generate_all(task, params, images: np.ndarray, prompts: list[np.ndarray], ma
         idx = np.arange(start, min(start + batch_size, len(prompts)))
         idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
         padded = generate.left_pad([prompts[i] for i in idx], tok.pad_id, width)
-        tokens = to_host(fn(params, images[idx], padded, jax.random.key(0)))
+        tokens = to_host(fn(params, images[image_of[idx]], padded, jax.random.key(0)))
         out.extend(tok.decode(row) for row in tokens[:min(batch_size, len(prompts) - start)])
     return out
 
@@ -48,14 +49,14 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
 
     rows = [(i, q, a, t) for i, qs in enumerate(data["questions"])
             for q, a, t in zip(qs, data["answers"][i], data["question_types"][i])]
-    predicted = generate_all(task, params, data["image"][[r[0] for r in rows]], [encode(r[1]) for r in rows],
-                             cfg.eval.answer_tokens, bs)
+    predicted = generate_all(task, params, data["image"], np.array([r[0] for r in rows]),
+                             [encode(r[1]) for r in rows], cfg.eval.answer_tokens, bs)
     results = {"eval_split": cfg.eval.split, "eval_examples": len(data["caption"]),
                **vqa.vqa_metrics(predicted, [r[2] for r in rows], [r[3] for r in rows])}
 
     prompt = encode(cfg.data.caption_prompt)
-    captions = generate_all(task, params, data["image"], [prompt] * len(data["caption"]),
-                            cfg.data.max_len - len(prompt), bs)
+    captions = generate_all(task, params, data["image"], np.arange(len(data["caption"])),
+                            [prompt] * len(data["caption"]), cfg.data.max_len - len(prompt), bs)
     objects = [captioning.mentioned_objects(c[0]) for c in data["captions"]]  # the canonical caption names all
     results.update(captioning.caption_metrics(captions, data["captions"], objects), **run_info)
 
@@ -75,9 +76,8 @@ def write_report(workdir, results, history, data, rows, predicted, captions, n: 
     report.loss_curve(os.path.join(workdir, "loss.png"), history)
     report.vlm_grid(os.path.join(workdir, "examples.png"), data["image"][:n], panels,
                     "Test images: questions, generated answers (✓ correct, ✗ (expected)) and captions")
-    table = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
-        f.write(f"# mmjax run report\n\n| metric | value |\n|---|---|\n{table}\n\n## Training loss\n"
+        f.write(f"# mmjax run report\n\n{report.metrics_table(results)}\n\n## Training loss\n"
                 f"![loss curve](loss.png)\n\n## Test examples (greedy decoding)\n![examples](examples.png)\n")
     return path

@@ -70,7 +70,7 @@ _MODELS["lm-shapes"] = dict(type="lm", image_size=64, lm=lm_lib.variant("lm-shap
 
 
 def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config key's name)
-    """Names of the models (of one ``type``: "two_tower", "early_fusion"), sorted."""
+    """Names of the models (of one ``type``: "two_tower", "early_fusion", "deep_fusion", "lm"), sorted."""
     return sorted(name for name, cfg in _MODELS.items() if type in (None, cfg["type"]))
 
 
@@ -85,7 +85,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 def build(cfg: Mapping[str, Any], dtype: str = "float32", **fields):
     """Build the linen module described by a model config (a dict or ConfigDict); ``fields`` are extra
-    module fields that are not hyper-parameters (the early-fusion model's special token ids)."""
+    module fields that are not hyper-parameters (the fusion models' special token ids)."""
     from mmjax.models.deep_fusion import DeepFusion
     from mmjax.models.early_fusion import EarlyFusion
     from mmjax.models.text import TextTransformer

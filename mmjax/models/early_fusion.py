@@ -5,7 +5,7 @@ A sequence is laid out as ``[BOS] [IMG] x N prompt... [SEP] answer... [EOT] PAD.
 ``mmjax.data.pipeline.encode_vlm``): the ``N`` placeholders take the ``N`` projected image tokens, in
 order. ``attn_mask="prefix"`` makes image + prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM,
 as in PaliGemma); ``"causal"`` keeps every token causal (LLaVA). Only answer tokens carry a loss (the
-task's job, with ``answer_weights``). A row may hold more turns after the first answer
+task's job, with ``lm.answer_weights``). A row may hold more turns after the first answer
 (``question [SEP] answer [EOT]``): they are causal, and each answer carries a loss.
 
 ``EarlyFusion(...)(images, tokens) -> (logits [B, S, vocab], extras)`` for training and scoring;
@@ -30,15 +30,6 @@ from mmjax.models import layers
 from mmjax.models import lm as lm_lib
 from mmjax.models.lm import DecoderLM, attention_mask, positions_of
 from mmjax.models.vit import ViT
-
-
-def answer_weights(tokens, sep_id: int, eot_id: int, pad_id: int):
-    """float32 ``[B, S-1]``: 1 where the *next* token (the target of position i) belongs to an answer:
-    it follows a ``[SEP]`` whose turn has not been closed by an EOT yet (answer words and the closing
-    EOT; every turn of a multi-turn row); 0 on image, prompt, question and padding tokens."""
-    is_sep, is_eot = tokens == sep_id, tokens == eot_id
-    open_turn = jnp.cumsum(is_sep, axis=1) > jnp.cumsum(is_eot, axis=1) - is_eot  # SEPs so far > EOTs before
-    return (open_turn & ~is_sep & (tokens != pad_id))[:, 1:].astype(jnp.float32)
 
 
 class EarlyFusion(nn.Module):
