@@ -4,6 +4,9 @@ on the same captioning/VQA data, metrics and LM size as ``configs/llava_shapes.p
 
     python -m mmjax.train --config=configs/flamingo_shapes.py --workdir=runs/flamingo_shapes
     python -m mmjax.train --config=configs/flamingo_shapes.py:tiny --workdir=/tmp/f   # seconds, for tests
+    # two images per example, questions about one of them ("in the second image what colour is ..."),
+    # starting from the one-image run's resampler and blocks
+    python -m mmjax.train --config=configs/flamingo_shapes.py:pairs --workdir=runs/flamingo_shapes_pairs
 
 As in Flamingo, the vision tower and the LM are frozen (``optimizer.freeze_regex``); the resampler, the
 gated cross-attention blocks and the new tokens' embeddings learn. The gates start at 0, so training
@@ -21,9 +24,11 @@ from mmjax.models import lm as lm_lib
 
 
 def get_config(arg=None):
-    if arg not in (None, "tiny"):
-        raise ValueError(f"configs/flamingo_shapes.py: unknown argument {arg!r}; use no argument or ':tiny'")
-    tiny = arg == "tiny"
+    opts = set(filter(None, (arg or "").split(",")))
+    if opts - {"tiny", "pairs"}:
+        raise ValueError(f"configs/flamingo_shapes.py: unknown argument {arg!r}; use no argument, ':pairs', "
+                         "':tiny' or ':pairs,tiny'")
+    tiny, pairs = "tiny" in opts, "pairs" in opts
     llava = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llava_shapes.py")
     c = config_lib.load_file(llava + (":stage=2,tiny" if tiny else ":stage=2"))
     c.model = models.model_config("flamingo-shapes")
@@ -34,4 +39,10 @@ def get_config(arg=None):
     c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",),
                        also=() if tiny else (("runs/lm_shapes", (r"lm/.*",)),))
     c.optimizer.freeze_regex = (r"image/.*", r"lm/.*")
+    if pairs:  # two images per row; the text names the one it asks about, so it must see both
+        c.data.images_per_example = 2
+        c.model.update(only_attend_immediate_media=False, max_images=2)
+        c.total_steps = 6 if tiny else 400
+        if not tiny:  # and the resampler, blocks and new tokens of the one-image run
+            c.init_from.also += (("runs/flamingo_shapes", (r"resampler/.*", r"xattn_\d+/.*", r"new_token_embed")),)
     return c

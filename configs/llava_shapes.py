@@ -5,6 +5,8 @@ an MLP projector and a small decoder LM, trained in two stages and evaluated on 
     python -m mmjax.train --config=configs/llava_shapes.py:stage=1 --workdir=runs/llava_shapes_stage1
     # stage 2: projector + LM learn to answer questions (and keep captioning); vision tower frozen
     python -m mmjax.train --config=configs/llava_shapes.py:stage=2 --workdir=runs/llava_shapes
+    # the two-image variant ("in the second image what colour is the star?"), from stage 2's weights
+    python -m mmjax.train --config=configs/llava_shapes.py:stage=2,pairs --workdir=runs/llava_shapes_pairs
     # seconds, for tests: add ",tiny" (random vision tower unless init_from.workdir is given)
     python -m mmjax.train --config=configs/llava_shapes.py:stage=1,tiny --workdir=/tmp/s1
 
@@ -27,15 +29,16 @@ def _parse(arg):
     for part in filter(None, (arg or "").split(",")):
         key, eq, value = part.partition("=")
         opts[key] = value if eq else True
-    unknown = set(opts) - {"stage", "tiny"}
-    if unknown or opts.get("stage", "1") not in ("1", "2"):
-        raise ValueError(f"configs/llava_shapes.py: bad argument {arg!r}; use ':stage=1' or ':stage=2', "
-                         "optionally with ',tiny'")
-    return int(opts.get("stage", "1")), bool(opts.get("tiny"))
+    unknown = set(opts) - {"stage", "tiny", "pairs"}
+    stage = opts.get("stage", "1")
+    if unknown or stage not in ("1", "2") or (opts.get("pairs") and stage != "2"):
+        raise ValueError(f"configs/llava_shapes.py: bad argument {arg!r}; use ':stage=1' or ':stage=2' "
+                         "(or ':stage=2,pairs'), optionally with ',tiny'")
+    return int(stage), bool(opts.get("tiny")), bool(opts.get("pairs"))
 
 
 def get_config(arg=None):
-    stage, tiny = _parse(arg)
+    stage, tiny, pairs = _parse(arg)
     clip = config_lib.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_shapes.py") +
                                 (":tiny" if tiny else ""))
     c = ml_collections.ConfigDict()
@@ -69,6 +72,7 @@ def get_config(arg=None):
         caption_prob=1.0 if stage == 1 else 0.15,  # the rest: questions about the image
         caption_sampling="canonical",
         vqa_turns=6,  # up to this many of the image's questions per row, as a conversation (as fit)
+        images_per_example=1,  # 2: the two-image variant (pairs of scenes; questions name their image)
     )
     c.optimizer = dict(
         name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0,
@@ -77,6 +81,10 @@ def get_config(arg=None):
         # stage 1: only the projector learns; stage 2: projector + LM (the vision tower stays frozen)
         freeze_regex=(r"image/.*", r"lm/.*") if stage == 1 else (r"image/.*",),
     )
+    if pairs:  # two images per row, 2 x 16 image tokens: fine-tune the one-image model of stage 2
+        c.data.update(images_per_example=2, max_len=80)
+        c.total_steps = 6 if tiny else 400
+        c.init_from = dict(workdir=None if tiny else "runs/llava_shapes", regex=(r".*",))
     c.mesh, c.sharding, c.distributed = clip.mesh, clip.sharding, clip.distributed
     # answer_tokens: the most tokens generated per answer (answers are one word + EOT)
     c.eval = dict(split="test", num_examples=64 if tiny else 1000, batch_size=64 if tiny else 256, answer_tokens=4)

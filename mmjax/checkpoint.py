@@ -79,17 +79,18 @@ def init_sources(init_from) -> list[tuple[str, tuple[str, ...]]]:
     return sources
 
 
-def load_params(source: str, params, patterns) -> dict:
+def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     """``params`` with every parameter whose path (``"image/encoder/block_0/attn/query/kernel"``) fully
-    matches one of ``patterns`` replaced by its value in the latest checkpoint of ``source`` (an mmjax
-    workdir, or its ``checkpoints`` directory). ``params`` may hold arrays or placed
+    matches one of ``patterns`` replaced by its value in checkpoint ``step`` (default: the latest) of
+    ``source`` (an mmjax workdir, or its ``checkpoints`` directory). ``params`` may hold arrays or placed
     ``jax.ShapeDtypeStruct`` s; loaded arrays take their shardings. Raises ``ConfigError`` naming the
     key when a selected parameter is missing from the checkpoint or has another shape."""
     directory = os.path.abspath(os.path.expanduser(source))
     if os.path.isdir(os.path.join(directory, "checkpoints")):
         directory = os.path.join(directory, "checkpoints")
-    step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
     if step is None:
+        step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
+    if step is None or not os.path.isdir(os.path.join(directory, str(step))):
         raise ConfigError(f"init_from: no checkpoint in {source!r}; train that run first or fix init_from.workdir")
     path = os.path.join(directory, str(step), "state")
     from etils import epath

@@ -99,9 +99,11 @@ class ContrastiveTask:
 
 class VlmTask:
     """Image-conditioned text generation: captioning and VQA with a fusion model (``model.type``
-    ``early_fusion`` or ``deep_fusion``; ``lm``: the LM alone, blind to the image). A batch row is ``[BOS] [IMG]*N prompt [SEP] answer [EOT]`` (a caption prompt and a
-    caption, or a question and its answer; ``data.caption_prob`` mixes them); the loss is the token
-    cross-entropy on the answer only. Evaluation generates captions and answers (``mmjax.evaluate.vlm``).
+    ``early_fusion`` or ``deep_fusion``; ``lm``: the LM alone, blind to the image). A batch row is
+    ``[BOS] [IMG]*N prompt [SEP] answer [EOT]`` (a caption prompt and a caption, or a question and its
+    answer; ``data.caption_prob`` mixes them; with ``data.images_per_example=2`` a row has two images
+    and its text names the one it asks about); the loss is the token cross-entropy on the answer only.
+    Evaluation generates captions and answers (``mmjax.evaluate.vlm``).
     """
 
     def __init__(self, config):
@@ -118,12 +120,14 @@ class VlmTask:
         if config.data.image_size != config.model.image_size:
             raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
                               f"{config.model.image_size}; make them equal")
-        self.num_image_tokens = self.model.num_image_tokens(config.model.image_size)  # checks the sizes
+        self.images_per_example = pipeline.images_per_example(config.data)
+        # [IMG] placeholders per row, for all of its images (the model's count checks the sizes)
+        self.num_image_tokens = self.model.num_image_tokens(config.model.image_size) * self.images_per_example
         pipeline.encode_vlm(tok, self.num_image_tokens, config.data.caption_prompt, "", config.data.max_len)
 
     def batch_spec(self, batch_size: int) -> dict:
-        s = self.config.data.image_size
-        return {"image": jax.ShapeDtypeStruct((batch_size, s, s, 3), jnp.float32),
+        s, t = self.config.data.image_size, self.images_per_example
+        return {"image": jax.ShapeDtypeStruct((batch_size, *(t,) * (t > 1), s, s, 3), jnp.float32),
                 "tokens": jax.ShapeDtypeStruct((batch_size, self.config.data.max_len), jnp.int32)}
 
     def init(self, rng):

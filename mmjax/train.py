@@ -79,6 +79,16 @@ def init_state(task, tx, seed: int, mesh, rules):
     return state, shardings
 
 
+def load_init_from(config, params):
+    """``params`` with the parameters that ``config.init_from`` names loaded from other runs."""
+    from mmjax.checkpoint import init_sources, load_params
+
+    for source, regex in init_sources(config.get("init_from")):
+        params = load_params(source, params, regex)
+        print(f"loaded {tuple(regex)} from {source}", file=sys.stderr)
+    return params
+
+
 class MetricsLog:
     """Metrics as JSON lines and TensorBoard events; only process 0 writes."""
 
@@ -154,11 +164,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             state = ckpt.restore(start, state, data_iter)
             print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
         else:  # a fresh run may start from other runs' weights
-            from mmjax.checkpoint import init_sources, load_params
-
-            for source, regex in init_sources(config.get("init_from")):
-                state = state.replace(params=load_params(source, state.params, regex))
-                print(f"loaded {tuple(regex)} from {source}", file=sys.stderr)
+            state = state.replace(params=load_init_from(config, state.params))
         log = MetricsLog(workdir, start)
 
         trainable = optimizer_lib.trainable(config.optimizer, state.params)

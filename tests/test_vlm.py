@@ -211,3 +211,15 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
     many = run(dict(data=2, fsdp=2, tensor=2), "fsdp_tp", jax.devices())
     np.testing.assert_allclose(many[0], one[0], rtol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), many[1], one[1])
+
+
+@pytest.mark.parametrize("spec", ["flamingo_shapes.py:pairs,tiny", "llava_shapes.py:stage=2,pairs,tiny"])
+def test_two_image_variant_trains_and_evaluates_on_pairs(data_dir, tmp_path, spec):
+    cfg = load(spec, data_dir, **{"total_steps": 4, "eval.num_examples": 4})  # gates open at step 2
+    results = train.train_and_evaluate(cfg, str(tmp_path))
+    assert results["vqa_questions"] == 4 * 2 * 6  # both images' six questions, for each of 4 pairs
+    assert results["caption_examples"] == 4 and os.path.getsize(tmp_path / "examples.png") > 10_000
+    if spec.startswith("flamingo"):  # the image-slot embeddings learn with the resampler and blocks
+        final, initial = flat(saved_params(str(tmp_path), cfg)), flat(initial_params(cfg))
+        assert final["image_pos_embed"].shape == (2, cfg.model.image.width)
+        assert not np.array_equal(final["image_pos_embed"], initial["image_pos_embed"])

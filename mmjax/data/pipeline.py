@@ -83,6 +83,35 @@ def _check_name(data_cfg) -> None:
         raise ValueError(f"unknown dataset {name!r}; valid names: shapes")
 
 
+def images_per_example(data_cfg) -> int:
+    """``data.images_per_example``: 1, or 2 for the two-image variant (``PairSource``)."""
+    n = data_cfg.get("images_per_example", 1)
+    if n not in (1, 2):
+        raise ValueError(f"data.images_per_example must be 1 or 2, got {n!r}")
+    return n
+
+
+def pair_partners(n: int) -> np.ndarray:
+    """``partners[i]``: the example that example ``i`` of an ``n``-example split is paired with, never
+    ``i`` itself; fixed (a function of ``n`` only) and spread over the whole split."""
+    if n < 2:
+        raise ValueError(f"two-image examples need a split of at least 2 examples, got {n}")
+    return (np.arange(n) + np.random.default_rng(2).integers(1, n, size=n)) % n
+
+
+class PairSource:
+    """The two-image variant of a data source: element ``i`` is ``(record i, record partners[i])``."""
+
+    def __init__(self, source):
+        self.source, self.partners = source, pair_partners(len(source))
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return self.source[i], self.source[int(self.partners[i])]
+
+
 def _data_source(data_cfg, split: str):
     _check_name(data_cfg)
     if split not in shapes.SPLITS:
@@ -159,16 +188,23 @@ def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer:
 class VlmPreprocess(grain.transforms.RandomMap):
     """Record -> {image uint8, tokens, kind (0 caption, 1 VQA), id, truncated}: a captioning example with
     probability ``caption_prob`` (prompt ``caption_prompt``; caption 0 or, with 'random', any caption),
-    else one of the record's questions and its answer; flipped left-right with ``flip_prob``, text too."""
+    else one of the record's questions and its answer; flipped left-right with ``flip_prob``, text too.
+
+    A pair of records (``PairSource``) gives ``image [2, H, W, 3]``: the example is about one of the two
+    images, named in the text (``shapes.about_image``: "in the second image what colour is ..."), and
+    the later turns of a conversation ask about either image. ``num_image_tokens`` counts the
+    placeholders of all of a row's images."""
 
     CAPTION, VQA = 0, 1
 
     def __init__(self, tokenizer: Tokenizer, num_image_tokens: int, max_len: int, flip_prob: float,
-                 caption_prompt: str, caption_prob: float, caption_sampling: str, vqa_turns: int = 1):
+                 caption_prompt: str, caption_prob: float, caption_sampling: str, vqa_turns: int = 1,
+                 images: int = 1):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
         if caption_prob > 0:  # fail here, not in a Grain worker
-            encode_vlm(tokenizer, num_image_tokens, caption_prompt, "", max_len)
+            prompt = shapes.about_image(caption_prompt, images - 1) if images > 1 else caption_prompt
+            encode_vlm(tokenizer, num_image_tokens, prompt, "", max_len)
         self.tokenizer, self.num_image_tokens, self.max_len = tokenizer, num_image_tokens, max_len
         self.flip_prob, self.caption_prompt = flip_prob, caption_prompt
         self.caption_prob, self.caption_sampling = caption_prob, caption_sampling
@@ -176,33 +212,40 @@ class VlmPreprocess(grain.transforms.RandomMap):
 
     def random_map(self, record, rng: np.random.Generator):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
-        turns = []
-        image = decode_image(record["image_png"])
+        records = record if isinstance(record, tuple) else (record,)
+        which = int(rng.random() * len(records)) if len(records) > 1 else 0  # the image asked about
+        about = (lambda text, k: shapes.about_image(text, k)) if len(records) > 1 else (lambda text, k: text)
+        asked, turns = records[which], []
         if kind_u < self.caption_prob:
-            kind, prompt = self.CAPTION, self.caption_prompt
-            captions = record["captions"]
+            kind, prompt = self.CAPTION, about(self.caption_prompt, which)
+            captions = asked["captions"]
             answer = _text(captions[int(pick_u * len(captions))] if self.caption_sampling == "random" else captions[0])
         else:
-            kind, i = self.VQA, int(pick_u * len(record["questions"]))
-            prompt, answer = _text(record["questions"][i]), _text(record["answers"][i])
-            if self.vqa_turns > 1:  # more of the image's questions, in random order, as later turns
-                others = [j for j in rng.permutation(len(record["questions"])) if j != i][:self.vqa_turns - 1]
-                turns = [(_text(record["questions"][j]), _text(record["answers"][j])) for j in others]
+            kind, i = self.VQA, int(pick_u * len(asked["questions"]))
+            prompt, answer = about(_text(asked["questions"][i]), which), _text(asked["answers"][i])
+            if self.vqa_turns > 1:  # more questions (about any of the images), in random order, as later turns
+                pool = [(k, j) for k, r in enumerate(records) for j in range(len(r["questions"]))]
+                others = [pool[p] for p in rng.permutation(len(pool)) if pool[p] != (which, i)][:self.vqa_turns - 1]
+                turns = [(about(_text(records[k]["questions"][j]), k), _text(records[k]["answers"][j]))
+                         for k, j in others]
+        image = np.stack([decode_image(r["image_png"]) for r in records]) if len(records) > 1 \
+            else decode_image(record["image_png"])
         if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer
-            image = np.ascontiguousarray(image[:, ::-1])
+            image = np.ascontiguousarray(np.flip(image, axis=-2))
             prompt, answer = shapes.flip_text(prompt), shapes.flip_text(answer)
             turns = [(shapes.flip_text(q), shapes.flip_text(a)) for q, a in turns]
         tokens, truncated = encode_vlm(self.tokenizer, self.num_image_tokens, prompt, answer, self.max_len, turns)
-        return {"image": image, "tokens": tokens, "kind": np.int32(kind), "id": np.int32(record["id"]),
+        return {"image": image, "tokens": tokens, "kind": np.int32(kind), "id": np.int32(asked["id"]),
                 "truncated": np.bool_(truncated)}
 
 
 def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> VlmPreprocess:
     """``VlmPreprocess`` from ``data_cfg`` (max_len, flip_prob, caption_prompt, caption_prob,
-    caption_sampling); pass it to ``train_loader(preprocess=...)``."""
+    caption_sampling, vqa_turns, images_per_example); pass it to ``train_loader(preprocess=...)``."""
     return VlmPreprocess(tokenizer, num_image_tokens, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
                          data_cfg.get("caption_prompt", "what is in the image"), data_cfg.get("caption_prob", 0.3),
-                         data_cfg.get("caption_sampling", "canonical"), data_cfg.get("vqa_turns", 1))
+                         data_cfg.get("caption_sampling", "canonical"), data_cfg.get("vqa_turns", 1),
+                         images_per_example(data_cfg))
 
 
 def _normalize_batch(batch: dict) -> dict:
@@ -241,6 +284,8 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer | None = None, global_batch_s
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} is outside [0, shard_count={shard_count})")
     source = _data_source(data_cfg, "train")
+    if images_per_example(data_cfg) == 2:
+        source = PairSource(source)
     local_batch = global_batch_size // shard_count
     # The global order, the same on every process; lazy, so nothing is read until an index is asked for.
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
@@ -281,4 +326,30 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
         "answers": [[_text(a) for a in r["answers"]] for r in records],
         "question_types": [[_text(t) for t in r["question_types"]] for r in records],
         "class_names": class_names(data_cfg),
+    }
+
+
+def load_pairs(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int | None = None) -> dict:
+    """The two-image variant of ``load_split``: pair ``i`` is (example ``i``, example ``pair_partners(n)[i]``)
+    of the split's first ``n`` examples; ``image`` is ``[n, 2, H, W, 3]``; its questions are both images'
+    questions, each naming its image (``shapes.about_image``); its caption, prompt and references are
+    those of image ``i % 2`` (``caption_prompt``, one per pair, e.g. "what is in the second image")."""
+    data = load_split(data_cfg, split, tokenizer=tokenizer, max_examples=max_examples)
+    n = len(data["caption"])
+    pairs = np.stack([np.arange(n), pair_partners(n)], axis=1)
+    both = lambda key, f: [[f(x, k) for k in (0, 1) for x in data[key][pairs[i, k]]] for i in range(n)]  # noqa: E731
+    asked = pairs[np.arange(n), np.arange(n) % 2]
+    return {
+        **data,
+        "image": data["image"][pairs],
+        "pairs": pairs,
+        "questions": both("questions", shapes.about_image),
+        "answers": both("answers", lambda a, k: a),
+        "question_types": both("question_types", lambda t, k: t),
+        "caption_prompt": [shapes.about_image(data_cfg.caption_prompt, i % 2) for i in range(n)],
+        "caption": [data["caption"][j] for j in asked],
+        "captions": [data["captions"][j] for j in asked],
+        "text": data["text"][asked],
+        "label": data["label"][asked],
+        "id": data["id"][asked],
     }

@@ -5,7 +5,8 @@ A scene holds 1-3 objects (colour x shape x size) in distinct cells of a 3x3 gri
 larger than every other object's, and it defines the class label
 ``label = COLOURS.index(colour) * len(SHAPES) + SHAPES.index(shape)`` (name ``CLASS_NAMES[label]``).
 
-Text is lowercase words from a closed vocabulary (``vocabulary()``); questions end in "?", which
+Text is lowercase words from a closed vocabulary (``vocabulary()``, plus ``LATE_WORDS`` for questions
+about one of two images, ``about_image``); questions end in "?", which
 tokenizers strip. The article is always "a" (also "a orange circle"), as in the prompt templates.
 ``captions(scene, rng)[0]`` is the canonical caption: every object, main first, as
 "a <size> <colour> <shape> in the <position>", joined by "and", then "on a <background> background";
@@ -56,6 +57,11 @@ HELD_OUT_COMBOS = tuple(sorted(
 _HELD_OUT_IDS = frozenset((COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_COMBOS)
 _ALL_IDS = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
 _SEEN_IDS = [cs for cs in _ALL_IDS if cs not in _HELD_OUT_IDS]
+
+# Two-image examples ask about one image: "in the second image what colour is the star?". These words
+# came after models were trained on the vocabulary, so the tokenizer gives them the last ids.
+ORDINALS = ("first", "second")
+LATE_WORDS = ORDINALS
 
 PROMPT_TEMPLATES = ("a {}", "a picture of a {}", "a photo of a {}", "an image of a {}",
                     "there is a {} in the image", "a {} on a background")
@@ -309,6 +315,17 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
         side = pool[rng.integers(len(pool))]
         add(f"is the {o.name} {side}?", "yes" if sides[side] else "no", "position")
     return qs, ans, types
+
+
+def about_image(text: str, k: int) -> str:
+    """``text`` (a question or prompt about one image) asked about the ``k``-th of several images:
+    "what is in the image" -> "what is in the second image", "is there a red star?" -> "in the second
+    image is there a red star?"."""
+    if k >= len(ORDINALS):
+        raise ValueError(f"about_image: image index {k} has no ordinal word; at most {len(ORDINALS)} images")
+    if re.search(r"\bthe image\b", text):
+        return re.sub(r"\bthe image\b", f"the {ORDINALS[k]} image", text, count=1)
+    return f"in the {ORDINALS[k]} image {text}"
 
 
 def vocabulary() -> list[str]:

@@ -5,7 +5,9 @@ Conventions shared by every tokenizer (a later BPE tokenizer implements the same
 * ``PAD = 0``, then ``BOS = 1`` and ``EOT = 2`` (``UNK = 3`` for the word tokenizer); real tokens follow.
 * Two more specials for vision-language models come *after* every other id (so adding them changed no
   existing id): ``image_id`` ("[IMG]", the placeholder of one image token) and ``sep_id`` ("[SEP]", end of
-  the prompt / start of the answer). Word tokenizer: the last two ids; byte tokenizer: 259 and 260.
+  the prompt / start of the answer). Word tokenizer: right after the sorted words; byte tokenizer: 259
+  and 260. Words added to the word vocabulary later (``shapes.LATE_WORDS``: "first", "second" of the
+  two-image questions) come after those, in the order they were added, so again no id changes.
 * ``encode(text)`` returns the ids of the text only (no specials, never IMG or SEP); ``decode(ids)``
   drops every special (PAD, BOS, EOT, IMG, SEP).
 * ``tokenize(texts, max_len)`` returns int32 ``[N, max_len]`` rows ``[BOS] tokens... [EOT] PAD...``.
@@ -78,17 +80,20 @@ class WordTokenizer(Tokenizer):
     VLM_SPECIALS = ("[IMG]", "[SEP]")  # appended after the words: no earlier id depends on them
     _PUNCTUATION = re.compile(r"[?,.!;:]")
 
-    def __init__(self, words: Sequence[str]):
-        words = sorted(set(words) - set(self.SPECIALS) - set(self.VLM_SPECIALS))
-        self.itos = list(self.SPECIALS) + words + list(self.VLM_SPECIALS)
+    def __init__(self, words: Sequence[str], late_words: Sequence[str] = ()):
+        """``words`` get sorted ids after the specials; ``late_words`` (in order) come after ``[IMG]`` and
+        ``[SEP]``: words added to a vocabulary after models were trained on it."""
+        late_words = list(dict.fromkeys(late_words))
+        words = sorted(set(words) - set(self.SPECIALS) - set(self.VLM_SPECIALS) - set(late_words))
+        self.itos = list(self.SPECIALS) + words + list(self.VLM_SPECIALS) + late_words
         self.stoi = {w: i for i, w in enumerate(self.itos)}
         self.vocab_size = len(self.itos)
-        self.image_id, self.sep_id = self.vocab_size - 2, self.vocab_size - 1
+        self.image_id, self.sep_id = len(self.SPECIALS) + len(words), len(self.SPECIALS) + len(words) + 1
 
     @classmethod
     def for_shapes(cls) -> WordTokenizer:
         """The vocabulary of the shapes grammar (captions, questions, answers, prompt templates)."""
-        return cls(shapes.vocabulary())
+        return cls(shapes.vocabulary(), shapes.LATE_WORDS)
 
     @classmethod
     def normalize(cls, text: str) -> str:

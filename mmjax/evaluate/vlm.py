@@ -37,26 +37,42 @@ def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts
     return out
 
 
+def encoder(task):
+    """``prompt -> ids`` of a generation prompt for ``task``'s model and data config."""
+    from mmjax.data import pipeline
+
+    n, max_len = task.num_image_tokens, task.config.data.max_len
+    return lambda prompt: pipeline.encode_vlm(task.tokenizer, n, prompt, None, max_len)[0]
+
+
+def answer_questions(task, params, data: dict, batch_size: int) -> tuple[list[tuple], list[str], dict]:
+    """Greedy answers to every question of ``data`` (``pipeline.load_split``): ``(rows, predicted,
+    metrics)``, ``rows`` being ``(image index, question, answer, type)`` and ``metrics`` the VQA exact
+    match overall and per type."""
+    rows = [(i, q, a, t) for i, qs in enumerate(data["questions"])
+            for q, a, t in zip(qs, data["answers"][i], data["question_types"][i])]
+    encode = encoder(task)
+    predicted = generate_all(task, params, data["image"], np.array([r[0] for r in rows]),
+                             [encode(r[1]) for r in rows], task.config.eval.answer_tokens, batch_size)
+    return rows, predicted, vqa.vqa_metrics(predicted, [r[2] for r in rows], [r[3] for r in rows])
+
+
 def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) -> dict:
     import jax
 
     from mmjax.data import pipeline
 
-    cfg, tok, n = task.config, task.tokenizer, task.num_image_tokens
-    data = pipeline.load_split(cfg.data, cfg.eval.split, tokenizer=tok, max_examples=cfg.eval.num_examples)
-    encode = lambda prompt: pipeline.encode_vlm(tok, n, prompt, None, cfg.data.max_len)[0]  # noqa: E731
+    cfg = task.config
+    load = pipeline.load_pairs if task.images_per_example == 2 else pipeline.load_split
+    data = load(cfg.data, cfg.eval.split, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples)
     bs = cfg.eval.batch_size
+    rows, predicted, metrics = answer_questions(task, params, data, bs)
+    results = {"eval_split": cfg.eval.split, "eval_examples": len(data["caption"]), **metrics}
 
-    rows = [(i, q, a, t) for i, qs in enumerate(data["questions"])
-            for q, a, t in zip(qs, data["answers"][i], data["question_types"][i])]
-    predicted = generate_all(task, params, data["image"], np.array([r[0] for r in rows]),
-                             [encode(r[1]) for r in rows], cfg.eval.answer_tokens, bs)
-    results = {"eval_split": cfg.eval.split, "eval_examples": len(data["caption"]),
-               **vqa.vqa_metrics(predicted, [r[2] for r in rows], [r[3] for r in rows])}
-
-    prompt = encode(cfg.data.caption_prompt)
-    captions = generate_all(task, params, data["image"], np.arange(len(data["caption"])),
-                            [prompt] * len(data["caption"]), cfg.data.max_len - len(prompt), bs)
+    encode, n = encoder(task), len(data["caption"])
+    prompts = [encode(p) for p in data.get("caption_prompt", [cfg.data.caption_prompt] * n)]
+    captions = generate_all(task, params, data["image"], np.arange(n), prompts,
+                            cfg.data.max_len - max(map(len, prompts)), bs)
     objects = [captioning.mentioned_objects(c[0]) for c in data["captions"]]  # the canonical caption names all
     results.update(captioning.caption_metrics(captions, data["captions"], objects), **run_info)
 
@@ -72,9 +88,14 @@ def write_report(workdir, results, history, data, rows, predicted, captions, n: 
         if i < n and len(panels[i]) < 4:  # up to 4 questions per image
             panels[i] += [f"Q: {q}", f"A: {p} " + ("✓" if vqa.normalize_answer(p) == a else f"✗ ({a})")]
     for i in range(n):
-        panels[i].append(f"caption: {captions[i]}")
+        panels[i].append(f"{data['caption_prompt'][i]}: " if "caption_prompt" in data else "caption: ")
+        panels[i][-1] += captions[i]
+    images = data["image"][:n]
+    if images.ndim == 5:  # several images per example: side by side, a white gap between
+        gap = np.ones((*images.shape[:1], images.shape[2], 4, 3), images.dtype)
+        images = np.concatenate([x for t in range(images.shape[1]) for x in (images[:, t], gap)][:-1], axis=2)
     report.loss_curve(os.path.join(workdir, "loss.png"), history)
-    report.vlm_grid(os.path.join(workdir, "examples.png"), data["image"][:n], panels,
+    report.vlm_grid(os.path.join(workdir, "examples.png"), images, panels,
                     "Test images: questions, generated answers (✓ correct, ✗ (expected)) and captions")
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:

@@ -9,7 +9,7 @@ Model configs:
   "vision_tokens", "image_pool", "attn_mask"}``: LLaVA-style; the special token ids come from the
   tokenizer (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``);
 * ``{"type": "deep_fusion", ..., "num_latents", "resampler_depth", "resampler_heads",
-  "cross_attn_every_n_layers", "only_attend_immediate_media", "attn_mask"}``: Flamingo-style;
+  "cross_attn_every_n_layers", "only_attend_immediate_media", "max_images", "attn_mask"}``: Flamingo-style;
 * ``{"type": "lm", "image_size", "lm": {DecoderLM fields}}``: the LM alone, images ignored (a blind
   baseline, and LM pretraining for the fusion models).
 """
@@ -62,7 +62,7 @@ _MODELS["llava-shapes"] = dict(
 _MODELS["flamingo-shapes"] = dict(
     type="deep_fusion", image_size=64, image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
     lm=lm_lib.variant("lm-shapes", vocab_size=128), num_latents=8, resampler_depth=2, resampler_heads=2,
-    cross_attn_every_n_layers=1, only_attend_immediate_media=True, attn_mask="causal",
+    cross_attn_every_n_layers=1, only_attend_immediate_media=True, max_images=0, attn_mask="causal",
 )
 
 # The LM of both fusion models on its own (text-only pretraining, and the blind VQA baseline).

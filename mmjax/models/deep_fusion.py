@@ -10,6 +10,9 @@ row) or ``[B, T, H, W, 3]`` (``T`` images, the ``t``-th for the ``t``-th ``[IMG]
   image only (``only_attend_immediate_media=True``, Flamingo's choice) or of every preceding image; the
   ``[IMG]`` token itself belongs to its image. Text before the first image gets no update from the
   gated blocks at all (their output is multiplied by ``has_media``), so its logits are the bare LM's.
+* **Several images**: when text may attend to every preceding image, it must also tell them apart
+  ("in the second image ..."). ``max_images > 0`` adds a learned embedding per image slot to that
+  image's visual tokens (Flamingo's learned time embeddings, per image instead of per frame).
 * **Gated cross-attention** (``GatedCrossAttentionBlock``): ``x + tanh(a) * xattn(ln(x), visual)``,
   then ``x + tanh(b) * ffw(ln(x))``, with ``a = b = 0`` at initialisation, so the untrained model *is*
   the LM. One block before every ``cross_attn_every_n_layers``-th LM layer. Visual features and media
@@ -114,6 +117,7 @@ class DeepFusion(nn.Module):
     resampler_heads: int = 2
     cross_attn_every_n_layers: int = 1
     only_attend_immediate_media: bool = True
+    max_images: int = 0  # > 0: a learned embedding per image slot, added to its visual tokens
     attn_mask: str = "causal"
     dtype: layers.Dtype = jnp.float32
 
@@ -130,6 +134,8 @@ class DeepFusion(nn.Module):
             raise ValueError(f"DeepFusion: cross_attn_every_n_layers must be >= 1, got {self.cross_attn_every_n_layers}")
         if self.attn_mask not in ("causal", "prefix"):
             raise ValueError(f"DeepFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
+        if self.max_images < 0:
+            raise ValueError(f"DeepFusion: max_images must be >= 0, got {self.max_images}")
 
     def setup(self):
         w = self.image.width
@@ -145,6 +151,10 @@ class DeepFusion(nn.Module):
         self.new_token_embed = self.param(
             "new_token_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
             (2, self.lm.width))
+        if self.max_images:  # as Flamingo's learned time embeddings (random normal, as open_flamingo's)
+            self.image_pos_embed = self.param(
+                "image_pos_embed", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+                (self.max_images, self.image.width))
 
     def visual_tokens(self, images):
         """``[B, T, L, D]``: ``L`` visual tokens for each of a row's ``T`` images."""
@@ -154,7 +164,13 @@ class DeepFusion(nn.Module):
         _, extras = self.image(images.reshape(b * t, *images.shape[2:]))
         x = extras["patch_tokens"]
         x = self.resampler(x) if self.num_latents else self.adapter(x)
-        return x.reshape(b, t, *x.shape[1:])
+        x = x.reshape(b, t, *x.shape[1:])
+        if self.max_images:
+            if t > self.max_images:
+                raise ValueError(f"DeepFusion: {t} images per row but max_images={self.max_images}; raise "
+                                 "model.max_images")
+            x = x + self.image_pos_embed[:t, None].astype(x.dtype)
+        return x
 
     def embed(self, tokens):
         x = self.lm.embed(tokens)

@@ -3,7 +3,8 @@ embedding space, replace the image placeholder tokens of the prompt; the decoder
 
 A sequence is laid out as ``[BOS] [IMG] x N prompt... [SEP] answer... [EOT] PAD...`` (see
 ``mmjax.data.pipeline.encode_vlm``): the ``N`` placeholders take the ``N`` projected image tokens, in
-order. ``attn_mask="prefix"`` makes image + prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM,
+order. With ``images [B, T, H, W, 3]`` there are ``T x N`` placeholders, taking the images' tokens one
+image after the other (their positions tell the images apart). ``attn_mask="prefix"`` makes image + prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM,
 as in PaliGemma); ``"causal"`` keeps every token causal (LLaVA). Only answer tokens carry a loss (the
 task's job, with ``lm.answer_weights``). A row may hold more turns after the first answer
 (``question [SEP] answer [EOT]``): they are causal, and each answer carries a loss.
@@ -75,7 +76,12 @@ class EarlyFusion(nn.Module):
                      for _ in range(self.projector_depth())]
 
     def image_tokens(self, images):
-        """``[B, N, lm.width]``: the projected image tokens that fill the placeholders."""
+        """``[B, T * N, lm.width]``: the projected image tokens that fill the placeholders, image after
+        image for ``images [B, T, H, W, 3]`` (``[B, H, W, 3]``: T = 1)."""
+        if images.ndim == 5:  # several images per row: their tokens one after the other
+            b, t = images.shape[:2]
+            x = self.image_tokens(images.reshape(b * t, *images.shape[2:]))
+            return nn.with_logical_constraint(x.reshape(b, t * x.shape[1], x.shape[2]), layers.ACT_AXES)
         _, extras = self.image(images)
         x = extras["patch_tokens"]
         cls, x = (x[:, :1], x[:, 1:]) if self.image.pool == "cls" else (None, x)

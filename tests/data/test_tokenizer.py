@@ -31,15 +31,17 @@ def test_word_vocab_is_deterministic_with_specials_first(words):
     assert words.itos[:4] == ["[PAD]", "[BOS]", "[EOT]", "[UNK]"]
     assert (words.pad_id, words.bos_id, words.eot_id, words.unk_id) == (0, 1, 2, 3)
     assert words.itos == WordTokenizer.for_shapes().itos and words.vocab_size == len(words.itos)
-    assert words.itos[4:-2] == sorted(words.itos[4:-2])
+    assert words.itos[4:words.image_id] == sorted(words.itos[4:words.image_id])
 
 
-def test_vlm_specials_come_last_and_change_no_existing_id(words):
-    # The ids as they were before IMG and SEP existed (a CLIP model trained on them must keep working).
+def test_vlm_specials_and_late_words_come_last_and_change_no_existing_id(words):
+    # The ids as they were before IMG and SEP existed (a CLIP model trained on them must keep working),
+    # then IMG and SEP as they were before the two-image words existed (the fusion runs' ids).
     before = ["[PAD]", "[BOS]", "[EOT]", "[UNK]"] + sorted(shapes.vocabulary())
-    assert words.itos[:len(before)] == before and words.vocab_size == len(before) + 2
-    assert words.itos[words.image_id] == "[IMG]" and words.itos[words.sep_id] == "[SEP]"
-    assert (words.image_id, words.sep_id) == (len(before), len(before) + 1)
+    assert words.itos == before + ["[IMG]", "[SEP]", "first", "second"] and words.vocab_size == len(before) + 4
+    assert (words.image_id, words.sep_id) == (len(before), len(before) + 1) == (65, 66)
+    assert words.encode("in the second image") == [words.stoi["in"], words.stoi["the"], 68, words.stoi["image"]]
+    assert WordTokenizer(["b", "a", "first"], late_words=["first"]).itos[4:] == ["a", "b", "[IMG]", "[SEP]", "first"]
     tok = ByteTokenizer()
     assert (tok.image_id, tok.sep_id, tok.vocab_size) == (259, 260, 261)
     assert tok.encode("a\u00ff") == [ord("a") + 3, 0xC3 + 3, 0xBF + 3]  # byte ids unchanged

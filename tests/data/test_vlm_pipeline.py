@@ -151,3 +151,80 @@ def test_bad_arguments(data_dir, tok):
         pipeline.vlm_preprocess(_cfg(data_dir, caption_sampling="first"), tok, N_IMG)
     with pytest.raises(ValueError, match="needs a tokenizer or a preprocess"):
         pipeline.train_loader(_cfg(data_dir), global_batch_size=16, seed=0, shard_index=0, shard_count=1)
+
+
+# ------------------------------------------------------------------------------- two images per example
+def test_about_image_names_one_of_two_images():
+    assert shapes.about_image("what is in the image", 1) == "what is in the second image"
+    assert shapes.about_image("what colour is the star?", 0) == "in the first image what colour is the star?"
+    with pytest.raises(ValueError, match="image index 2 has no ordinal word"):
+        shapes.about_image("what colour is the star?", 2)
+
+
+def test_pair_partners_are_fixed_and_never_the_example_itself():
+    p = pipeline.pair_partners(64)
+    assert p.shape == (64,) and not np.any(p == np.arange(64)) and np.array_equal(p, pipeline.pair_partners(64))
+    assert len(set(p.tolist())) > 32  # spread over the split, not one fixed offset
+    with pytest.raises(ValueError, match="at least 2 examples"):
+        pipeline.pair_partners(1)
+
+
+def test_pair_rows_ask_about_the_image_they_name(data_dir, tok, full):
+    """Each row's first turn names image k and carries a question and answer of record k of its pair;
+    the later turns name either image, each with a question of that image; both images are mirrored
+    together (with the text) or not at all."""
+    cfg = _cfg(data_dir, caption_prob=0.2, vqa_turns=3, max_len=96, images_per_example=2)
+    partners = pipeline.pair_partners(len(full["caption"]))
+    seen_which, seen_flip = set(), set()
+    for b in _batches(cfg, tok, 3):
+        assert b["image"].shape == (16, 2, 64, 64, 3)
+        for asked_id, image, tokens, kind in zip(b["id"], b["image"], b["tokens"], b["kind"]):
+            assert (tokens == tok.image_id).sum() == N_IMG
+            # which pair is it? the one whose images these are, plain or mirrored
+            first = [i for i in range(len(partners)) for f in (False, True)
+                     if np.array_equal(image[0], np.flip(full["image"][i], 1) if f else full["image"][i])
+                     and np.array_equal(image[1], np.flip(full["image"][partners[i]], 1) if f else
+                                        full["image"][partners[i]])]
+            assert len(first) == 1
+            pair = (first[0], int(partners[first[0]]))
+            flipped = not np.array_equal(image[0], full["image"][pair[0]])
+            assert asked_id in pair
+            seps, eots = np.flatnonzero(tokens == tok.sep_id), np.flatnonzero(tokens == tok.eot_id)
+            starts = [1 + N_IMG] + list(eots[:-1] + 1)
+            for t, (a, s, e) in enumerate(zip(starts, seps, eots)):
+                prompt, answer = tok.decode(tokens[a:s]), tok.decode(tokens[s + 1:e])
+                k = 0 if "first image" in prompt else 1
+                assert f"{shapes.ORDINALS[k]} image" in prompt and f"{shapes.ORDINALS[1 - k]} image" not in prompt
+                rec = pair[k]
+                if t == 0:
+                    assert rec == asked_id
+                    seen_which.add(k)
+                if kind == 0 and t == 0:
+                    assert prompt == shapes.about_image("what is in the image", k)
+                    assert answer == (shapes.flip_text(full["caption"][rec]) if flipped else full["caption"][rec])
+                else:
+                    qa = {(shapes.about_image(WordTokenizer.normalize(q), k), a)
+                          for q, a in zip(full["questions"][rec], full["answers"][rec])}
+                    if flipped:
+                        qa = {(shapes.flip_text(q), shapes.flip_text(a)) for q, a in qa}
+                    assert (prompt, answer) in qa
+            seen_flip.add(flipped)
+    assert seen_which == {0, 1} and seen_flip == {False, True}
+
+
+def test_load_pairs(data_dir, tok, full):
+    cfg = _cfg(data_dir, images_per_example=2)
+    data = pipeline.load_pairs(cfg, "train", tokenizer=tok, max_examples=10)
+    single = pipeline.load_split(cfg, "train", tokenizer=tok, max_examples=10)
+    p = pipeline.pair_partners(10)
+    assert data["image"].shape == (10, 2, 64, 64, 3) and data["pairs"].tolist() == [[i, p[i]] for i in range(10)]
+    for i in range(10):
+        np.testing.assert_array_equal(data["image"][i, 1], single["image"][p[i]])
+        k = i % 2
+        assert data["caption_prompt"][i] == shapes.about_image("what is in the image", k)
+        assert data["captions"][i] == single["captions"][data["pairs"][i][k]]
+        want = [shapes.about_image(q, j) for j in (0, 1) for q in single["questions"][data["pairs"][i][j]]]
+        assert data["questions"][i] == want
+        assert len(data["answers"][i]) == len(data["question_types"][i]) == len(want)
+    with pytest.raises(ValueError, match="data.images_per_example must be 1 or 2, got 3"):
+        pipeline.vlm_preprocess(_cfg(data_dir, images_per_example=3), tok, N_IMG)

@@ -94,6 +94,31 @@ def test_only_images_named_in_the_text_are_seen(images):
     assert np.abs(first[:, 1:] - ref[:, 1:]).max() > 1e-4
 
 
+def test_image_slot_embeddings_tell_two_images_apart(images):
+    """When text sees every previous image, cross-attention alone cannot tell which image a visual
+    token came from: swapping the two images leaves the first gated block's output for the text after
+    both unchanged. With ``max_images`` each image's tokens carry its slot's embedding, and the swap
+    shows."""
+    def first_block(m, images, tokens):
+        x, _, _, visual, media = m.inputs(images, tokens)
+        return m.fuse(visual, media)(0, x)
+
+    for max_images in (0, 2):
+        model = build(only_attend_immediate_media=False, max_images=max_images)
+        params = open_gates(nn.unbox(model.init(jax.random.key(0), images, TOKENS)["params"]))
+        ref, swapped = (np.asarray(model.apply({"params": params}, im, TOKENS, method=first_block))
+                        for im in (images, images[:, ::-1]))
+        assert np.abs(swapped[:, FIRST:SECOND] - ref[:, FIRST:SECOND]).max() > 1e-4  # sees only image 1
+        if max_images:
+            assert params["image_pos_embed"].shape == (2, 32)
+            assert np.abs(swapped[:, SECOND:] - ref[:, SECOND:]).max() > 1e-4
+        else:
+            assert "image_pos_embed" not in params
+            np.testing.assert_allclose(swapped[:, SECOND:], ref[:, SECOND:], atol=1e-5)
+    with pytest.raises(ValueError, match="2 images per row but max_images=1; raise model.max_images"):
+        build(max_images=1).init(jax.random.key(0), images, TOKENS)
+
+
 @pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, top_k=8)])
 def test_kv_cache_decoding_equals_full_recomputation(setup, images, sampling):
     model, params = setup

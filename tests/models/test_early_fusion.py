@@ -133,6 +133,23 @@ def test_image_tokens_are_spliced_at_the_placeholders(setup, images):
     assert np.asarray(valid).sum(axis=1).tolist() == [1 + n + 2 + 1 + 2] * 3
 
 
+def test_two_images_per_row_fill_their_placeholders_in_order(setup, images):
+    """``[B, 2, H, W, 3]``: the first n placeholders take the first image's tokens, the next n the
+    second's; the second image never changes the first image's tokens (causal) and does change later text."""
+    model, n, params = setup
+    pair = jnp.stack([images, images[::-1]], axis=1)  # [3, 2, H, W, 3]
+    tokens = jnp.asarray(np.stack([sequence(2 * n, [5, 6], [8], 50)] * 3))
+    x, _, _ = model.apply({"params": params}, pair, tokens, method="inputs")
+    one = lambda im: model.apply({"params": params}, im, method="image_tokens")  # noqa: E731
+    np.testing.assert_array_equal(x[:, 1:1 + n], one(images))
+    np.testing.assert_array_equal(x[:, 1 + n:1 + 2 * n], one(images[::-1]))
+    if model.attn_mask == "causal":
+        ref = _logits(model, params, pair, tokens[0])
+        changed = _logits(model, params, pair.at[:, 1].multiply(-1.0), tokens[0])
+        np.testing.assert_array_equal(changed[:1 + n], ref[:1 + n])
+        assert np.abs(changed[1 + 2 * n:] - ref[1 + 2 * n:]).max() > 1e-4
+
+
 def test_loss_counts_only_answer_tokens():
     tokens = jnp.asarray(sequence(3, [5, 6], [8, 9], 12))[None]  # BOS I I I 5 6 SEP 8 9 EOT PAD PAD
     w = np.asarray(lm_lib.answer_weights(tokens, SEP, EOT, PAD))[0]
