@@ -22,6 +22,9 @@ def get_config(arg=None):
     c.log_every = 5 if tiny else 25
     c.checkpoint_every = 10 if tiny else 200
     c.keep_checkpoints = 2
+    # A non-finite loss or gradient: "stop" raises (the last checkpoint is the last good state), "skip"
+    # leaves that step's update out and counts it as skipped_steps (docs/reliability.md).
+    c.nan_policy = "stop"
     c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
 
     c.model = models.model_config("clip-shapes")

@@ -1,9 +1,11 @@
 """Orbax checkpoints of a training run: train state + Grain iterator state + config.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,data,config}``. ``state`` is the sharded train state
+Layout: ``WORKDIR/checkpoints/<step>/{state,data,config,info}``. ``state`` is the sharded train state
 (restored onto whatever mesh the caller's target describes), ``data`` the Grain iterator state (so a
-resumed run sees exactly the batches an uninterrupted run would), ``config`` the run's config as JSON.
-Saving is asynchronous; ``max_to_keep`` old checkpoints are kept.
+resumed run sees exactly the batches an uninterrupted run would), ``config`` the run's config as JSON,
+``info`` the loop's counters (e.g. skipped steps) as JSON. Saving is asynchronous; ``max_to_keep`` old
+checkpoints are kept, and Orbax deletes an old one only after a newer one is committed (docs/reliability.md).
+``restore_latest`` resumes from the newest *readable* checkpoint, moving unreadable ones aside.
 
 ``load_params`` starts a new run from another run's weights (``config.init_from``): the parameters whose
 path matches a regex are read from that run's latest checkpoint, nothing else (no optimizer state).
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import time
+from typing import Any
 
 import flax
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from mmjax.config import ConfigError
@@ -33,14 +39,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator=None, config: dict | None = None, *, force=False) -> bool:
-        import grain  # the data stack is only needed when there is an iterator to save
-
+    def save(self, step: int, state, data_iterator=None, config: dict | None = None, *, info: dict | None = None,
+             force=False) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
+            import grain  # the data stack is only needed when there is an iterator to save
+
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         if config is not None:
             items["config"] = ocp.args.JsonSave(config)
+        if info is not None:
+            items["info"] = ocp.args.JsonSave(info)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, target_state, data_iterator=None):
@@ -58,11 +67,91 @@ class Checkpointer:
     def restore_config(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
+    def restore_info(self, step: int) -> dict:
+        """The ``info`` saved with ``step``; ``{}`` for a checkpoint saved without one."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "info")):
+            return {}
+        return self.manager.restore(step, args=ocp.args.Composite(info=ocp.args.JsonRestore()))["info"]
+
+    def restore_latest(self, target_state, data_iterator=None) -> tuple[int | None, Any, dict]:
+        """Restore the newest readable checkpoint: ``(step, state, info)``, or ``(None, target_state, {})``
+        when there is none.
+
+        A checkpoint that cannot be read (a file missing or damaged) is moved aside to
+        ``<step>.corrupt-<time>`` (kept for inspection; Orbax no longer sees it as a step) with one warning
+        line on stderr, and the next older one is tried. A checkpoint whose train state has other shapes
+        than ``target_state`` was written by another model or optimizer config: ``ConfigError``, and
+        nothing is moved. ``data_iterator`` is set in place (left as it was when nothing is restored)."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        initial = data_iterator.get_state() if steps and data_iterator is not None else None
+        unreadable, found = [], (None, target_state, {})
+        for step in steps:
+            try:
+                found = (step, self.restore(step, target_state, data_iterator), self.restore_info(step))
+                break
+            except Exception as e:  # TensorStore raises bare Exception; see _check_shapes
+                self._check_shapes(step, target_state)
+                unreadable.append((step, e))
+        if jax.process_count() > 1:  # every process must resume from the same step (and see the moves below)
+            from jax.experimental import multihost_utils
+
+            steps = set(multihost_utils.process_allgather(np.int32(-1 if found[0] is None else found[0]))
+                        .tolist())
+            if len(steps) > 1:
+                raise RuntimeError(f"processes found different readable checkpoints {sorted(steps)} in "
+                                   f"{self.directory}; all processes must see the same files")
+        then = f"resuming from {self.directory}/{found[0]}" if found[0] is not None else (
+            "no readable checkpoint remains; starting from scratch")
+        for step, error in unreadable:
+            moved = self._move_aside(step)
+            if jax.process_index() == 0:
+                print(f"warning: checkpoint {self.directory}/{step} is unreadable ({_one_line(error)}); {then} "
+                      f"(moved it to {moved})", file=sys.stderr)
+        if unreadable:
+            if found[0] is None and data_iterator is not None:  # a failed attempt may have set it
+                data_iterator.set_state(initial)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("mmjax_checkpoint_moved_aside")
+            self.manager.reload()
+        return found
+
+    def _check_shapes(self, step: int, target_state) -> None:
+        """Raise ``ConfigError`` if ``step``'s train state is readable but shaped unlike ``target_state``."""
+        from etils import epath
+
+        try:
+            stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory, str(step), "state")).tree
+            stored = sorted(tuple(x.shape) for x in jax.tree.leaves(stored) if hasattr(x, "shape"))
+        except Exception:  # unreadable metadata: the checkpoint is damaged, not foreign
+            return
+        if stored != sorted(tuple(x.shape) for x in jax.tree.leaves(target_state)):
+            raise ConfigError(f"checkpoint {self.directory}/{step} holds a train state of other shapes than this "
+                              "config's model and optimizer; resume with the config it was written with, or "
+                              "choose another --workdir")
+
+    def _move_aside(self, step: int) -> str:
+        """Rename ``step``'s directory to ``<step>.corrupt-<time>`` (process 0 only); return the new path."""
+        moved = os.path.join(self.directory, f"{step}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        if jax.process_index() == 0:
+            base, n = moved, 1
+            while os.path.exists(moved):
+                moved, n = f"{base}-{n}", n + 1
+            os.rename(os.path.join(self.directory, str(step)), moved)
+        return moved
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _one_line(error: Exception, limit: int = 160) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def init_sources(init_from) -> list[tuple[str, tuple[str, ...]]]:

@@ -3,15 +3,21 @@
     python -m mmjax.train --config=configs/clip_shapes.py --workdir=DIR [--config.KEY=VALUE ...]
 
 writes ``DIR/metrics.jsonl`` (one JSON object per logged step), TensorBoard events in ``DIR/tb``,
-checkpoints in ``DIR/checkpoints`` (rerunning the same command resumes from the latest),
+checkpoints in ``DIR/checkpoints`` (rerunning the same command resumes from the latest readable one),
 ``DIR/results.json`` (the final evaluation) and ``DIR/report.md`` with its plots.
+
+SIGTERM or SIGINT ends the run after the current step with a checkpoint (exit status 0; rerun to resume);
+a non-finite loss or gradient stops it (``nan_policy="stop"``, exit status 1) or skips that update
+(``nan_policy="skip"``). See docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -26,6 +32,22 @@ from mmjax import distributed, sharding, tasks
 from mmjax.config import ConfigError
 
 
+NAN_POLICIES = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss, gradient or train state under ``nan_policy="stop"``; the message is one line."""
+
+
+def nan_policy(config) -> str:
+    """``config.nan_policy`` (default ``"stop"``), checked."""
+    policy = config.get("nan_policy", "stop")
+    if policy not in NAN_POLICIES:
+        raise ConfigError(f"nan_policy {policy!r} is unknown; use \"stop\" (raise at a non-finite loss or gradient) "
+                          "or \"skip\" (skip that update)")
+    return policy
+
+
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
@@ -33,12 +55,15 @@ class TrainState:
     opt_state: Any
 
 
-def make_train_step(task, tx, seed: int, trainable=None):
+def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop"):
     """``train_step(state, batch) -> (state, metrics)``: one optimizer step on a global batch.
 
     ``trainable`` (a tree of bools like the parameters, from ``optimizer.trainable``) marks frozen
     parameters: their gradients are never computed (XLA drops the unused work) nor counted in
-    ``grad_norm``; the optimizer leaves them unchanged and keeps no state for them."""
+    ``grad_norm``; the optimizer leaves them unchanged and keeps no state for them.
+    ``metrics["finite"]`` says whether the loss and the gradient norm are finite; with ``nan_policy="skip"``
+    a step where they are not leaves parameters and optimizer state unchanged (the step count still
+    advances, so the data moves on)."""
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -47,10 +72,82 @@ def make_train_step(task, tx, seed: int, trainable=None):
             grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        if nan_policy == "skip":
+            keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+            params, opt_state = jax.tree.map(keep, params, state.params), jax.tree.map(keep, opt_state, state.opt_state)
+        metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+@jax.jit
+def all_finite(tree) -> jax.Array:
+    """Whether every floating-point value in ``tree`` is finite (one scalar; fetching it is one sync)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+class StopRequest:
+    """Ends training after the current step, with a checkpoint, when asked to: on SIGTERM or SIGINT, and on a
+    multi-host run when JAX's preemption sync point is reached.
+
+    Use as a context manager around the loop and call ``requested(step)`` after each step. The handlers are
+    installed on entering and the previous ones restored on leaving; only the main thread can install them
+    (elsewhere none are). A second signal goes to the previous handler (by default SIGINT raises
+    ``KeyboardInterrupt``, SIGTERM ends the process). With several processes no handlers are installed:
+    a local signal would stop one process at a step the others do not stop at. There JAX's preemption
+    service (on by default in ``jax.distributed``) catches SIGTERM and agrees on one step for all
+    processes, which ``jax.experimental.multihost_utils.reached_preemption_sync_point`` reports."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, multiprocess: bool = False):
+        self.reason: str | None = None
+        self._previous: dict = {}
+        self._multiprocess = multiprocess
+        self._sync_point = None
+        if multiprocess:
+            from jax.experimental import multihost_utils
+
+            self._sync_point = getattr(multihost_utils, "reached_preemption_sync_point", None)
+
+    def __enter__(self) -> "StopRequest":
+        if not self._multiprocess and threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                if signal.getsignal(sig) is not None:  # None: a handler installed outside Python; leave it
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        while self._previous:
+            sig, handler = self._previous.popitem()
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.reason is not None:  # asked twice: do what would have happened without us
+            self._restore()
+            signal.raise_signal(signum)
+            return
+        self.reason = signal.Signals(signum).name
+
+    def requested(self, step: int) -> bool:
+        """Whether to stop after ``step`` (call after every step: the preemption sync point needs each one)."""
+        if self._sync_point is not None:
+            try:
+                if self._sync_point(step) and self.reason is None:
+                    self.reason = "a preemption notice"
+            except Exception as e:  # e.g. RuntimeError: preemption service disabled; never fail training for it
+                self._sync_point = None
+                if jax.process_index() == 0:
+                    print(f"warning: JAX's preemption sync point is unavailable ({type(e).__name__}: {e}); "
+                          "a preemption will not checkpoint", file=sys.stderr)
+        return self.reason is not None
 
 
 def _init_fn(task, tx):
@@ -133,17 +230,30 @@ def check_workdir(workdir: str) -> str:
     return workdir
 
 
-def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
-    """Train ``config`` in ``workdir`` (resuming if a checkpoint is there), evaluate, report.
+def _nonfinite(what: str, step: int, ckpt, hint: bool) -> NonFiniteError:
+    """The error for a non-finite ``what`` at ``step``, naming the last checkpoint (committed first)."""
+    ckpt.wait()
+    last = ckpt.latest_step()
+    where = (f"the last good checkpoint is {ckpt.directory}/{last}" if last is not None
+             else "no checkpoint was written before it")
+    return NonFiniteError(f"non-finite {what} at step {step}; {where}"
+                          + (' (set nan_policy="skip" to skip such steps)' if hint else ""))
 
-    ``stop_at`` ends the run early after that step with a checkpoint, as a preemption would (tests);
-    the final evaluation then does not run and ``None`` is returned.
+
+def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> dict | None:
+    """Train ``config`` in ``workdir`` (resuming from the latest readable checkpoint), evaluate, report.
+
+    ``stop_at`` ends the run early after that step with a checkpoint, as a preemption would (tests); so
+    do SIGTERM and SIGINT after the current step (``StopRequest``), printing where the checkpoint is. The
+    final evaluation then does not run and ``None`` is returned. A non-finite loss or gradient raises
+    ``NonFiniteError`` or skips the update, by ``config.nan_policy``; a non-finite state is never saved.
     """
     from tqdm.auto import tqdm
 
     from mmjax.checkpoint import Checkpointer
 
     workdir = check_workdir(workdir)
+    policy = nan_policy(config)
     distributed.initialize(config.get("distributed"))  # before anything asks JAX for devices
     task = tasks.get_task(config)
     mesh = sharding.make_mesh(config.mesh)
@@ -159,48 +269,84 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         loader = task.train_loader(config.batch_size, config.seed)
         data_iter = iter(loader)
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-        start = ckpt.latest_step() or 0
-        if start:
-            state = ckpt.restore(start, state, data_iter)
-            print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
-        else:  # a fresh run may start from other runs' weights
-            state = state.replace(params=load_init_from(config, state.params))
-        log = MetricsLog(workdir, start)
+        log = bar = None
+        try:
+            start, state, info = ckpt.restore_latest(state, data_iter)
+            if start is not None:
+                print(f"resumed from {ckpt.directory}/{start}", file=sys.stderr)
+            else:  # a fresh run may start from other runs' weights
+                start = 0
+                state = state.replace(params=load_init_from(config, state.params))
+            skipped = int(info.get("skipped_steps", 0))  # steps whose update nan_policy="skip" dropped
+            log = MetricsLog(workdir, start)
 
-        trainable = optimizer_lib.trainable(config.optimizer, state.params)
-        step_fn = jax.jit(make_train_step(task, tx, config.seed, trainable), in_shardings=(state_shardings, None),
-                          out_shardings=(state_shardings, None), donate_argnums=0)
-        lr_schedule = optimizer_lib.schedule(config.optimizer, config.total_steps)
-        train_seconds = 0.0
-        t_log, n_log = time.perf_counter(), 0
-        bar = tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
-                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        for step in range(start + 1, config.total_steps + 1):
-            t0 = time.perf_counter()
-            batch = sharding.global_batch(next(data_iter), mesh, rules)
-            state, metrics = step_fn(state, batch)
-            n_log += 1
-            if step % config.log_every == 0 or step == config.total_steps:
-                metrics = jax.device_get(metrics)
-                now = time.perf_counter()
-                metrics["examples_per_sec"] = n_log * config.batch_size / (now - t_log)
-                metrics["lr"] = lr_schedule(step - 1)
-                log.write(step, metrics)
-                bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}")
-                t_log, n_log = now, 0
-            if step % config.checkpoint_every == 0 or step in (config.total_steps, stop_at):
-                ckpt.save(step, state, data_iter, config.to_dict())
-            bar.update(1)
-            train_seconds += time.perf_counter() - t0
-            if step == stop_at:
-                break
-        bar.close()
-        ckpt.wait()
-        ckpt.close()
-        log.close()
+            trainable = optimizer_lib.trainable(config.optimizer, state.params)
+            step_fn = jax.jit(make_train_step(task, tx, config.seed, trainable, policy),
+                              in_shardings=(state_shardings, None), out_shardings=(state_shardings, None),
+                              donate_argnums=0)
+            lr_schedule = optimizer_lib.schedule(config.optimizer, config.total_steps)
+            train_seconds = 0.0
+            t_log, n_log = time.perf_counter(), 0
+            pending = []  # (step, its "finite" flag still on the device): fetched at log and checkpoint steps only
+
+            def settle(flags) -> None:
+                """Account for the fetched ``flags`` of ``pending``: raise (stop) or count (skip) bad steps."""
+                nonlocal skipped
+                bad = [s for (s, _), ok in zip(pending, flags) if not ok]
+                pending.clear()
+                if bad and policy == "stop":
+                    raise _nonfinite("loss or gradient", bad[0], ckpt, hint=True)
+                skipped += len(bad)
+
+            bar = tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
+                       dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+            step = start
+            with StopRequest(multiprocess=jax.process_count() > 1) as stop:
+                for step in range(start + 1, config.total_steps + 1):
+                    t0 = time.perf_counter()
+                    batch = sharding.global_batch(next(data_iter), mesh, rules)
+                    state, metrics = step_fn(state, batch)
+                    pending.append((step, metrics.pop("finite")))
+                    n_log += 1
+                    if step % config.log_every == 0 or step == config.total_steps:
+                        metrics, flags = jax.device_get((metrics, [f for _, f in pending]))
+                        settle(flags)
+                        now = time.perf_counter()
+                        metrics["examples_per_sec"] = n_log * config.batch_size / (now - t_log)
+                        metrics["lr"] = lr_schedule(step - 1)
+                        if policy == "skip":
+                            metrics["skipped_steps"] = skipped
+                        log.write(step, metrics)
+                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}")
+                        t_log, n_log = now, 0
+                    stopping = stop.requested(step)
+                    if step % config.checkpoint_every == 0 or step in (config.total_steps, stop_at) or stopping:
+                        settle(jax.device_get([f for _, f in pending]))
+                        if not bool(all_finite(state)):  # one sync per checkpoint: never save a non-finite state
+                            raise _nonfinite("train state (not saved)", step, ckpt, hint=False)
+                        ckpt.save(step, state, data_iter, config.to_dict(), info={"skipped_steps": skipped})
+                    bar.update(1)
+                    train_seconds += time.perf_counter() - t0
+                    if step == stop_at or stopping:
+                        break
+            bar.close()
+            ckpt.wait()
+            if stop.reason is not None:
+                if jax.process_index() == 0:
+                    print(f"stopped by {stop.reason} after step {step}; checkpoint: {ckpt.directory}/"
+                          f"{ckpt.latest_step()}; rerun the same command to resume", file=sys.stderr)
+                return None
+        finally:
+            if bar is not None:
+                bar.close()
+            ckpt.close()  # waits for a save in flight, so the last good checkpoint is complete
+            if log is not None:
+                log.close()
         if stop_at is not None and stop_at < config.total_steps:
             return None
         done = {"steps": int(config.total_steps), "train_seconds": round(train_seconds, 2)}
+        if policy == "skip":
+            done["skipped_steps"] = skipped
         results = task.evaluate(state.params, workdir, log.history, done)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
@@ -231,7 +377,11 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(results, indent=2))
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if results is not None:  # None: stopped early (a signal); the line on stderr says how to resume
+        print(json.dumps(results, indent=2))
     return 0
 
 

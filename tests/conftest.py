@@ -10,5 +10,12 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One tiny shapes dataset directory for the train-loop tests (built on first use)."""
+    return str(tmp_path_factory.mktemp("tfds"))

@@ -1,4 +1,5 @@
-"""The sharding-strategies harness: its HLO parsing, and one small end-to-end run."""
+"""The experiment harnesses: sharding strategies (HLO parsing, one small end-to-end run) and the
+fusion comparison (one tiny variant end to end)."""
 
 import csv
 import importlib.util
@@ -12,9 +13,9 @@ from jax.sharding import PartitionSpec as P
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def harness():
-    path = os.path.join(ROOT, "experiments", "sharding_strategies", "run.py")
-    spec = importlib.util.spec_from_file_location("sharding_strategies_run", path)
+def harness(name="sharding_strategies"):
+    path = os.path.join(ROOT, "experiments", name, "run.py")
+    spec = importlib.util.spec_from_file_location(f"{name}_run", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -49,3 +50,26 @@ def test_harness_compares_dp_and_fsdp(tmp_path):
         np.testing.assert_allclose(int(rows["fsdp"][key]) * 8, int(rows["dp"][key]), rtol=0.05)
     assert int(rows["fsdp"]["all-gather_count"]) > int(rows["dp"]["all-gather_count"])
     assert "| fsdp |" in open(f"{stem}.md").read() and os.path.getsize(f"{stem}.png") > 10_000
+
+
+def test_fusion_comparison_harness(tmp_path, monkeypatch):
+    """One variant end to end (the others differ only in their configs): curve, sizes, files."""
+    monkeypatch.setenv("MMJAX_DATA_DIR", str(tmp_path / "tfds"))
+    run = harness("fusion_comparison")
+    assert run.main(["run.py", "--tiny", "--variants", "deep", "--steps", "2", "--eval-every", "1",
+                     "--eval-images", "2", "--time-rounds", "1", "--workdir", str(tmp_path / "runs"),
+                     "--out", str(tmp_path / "out")]) == 0
+    stem = tmp_path / "out" / "cpu_tiny_fusion_comparison"
+    with open(f"{stem}.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    with open(f"{stem}_curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    assert [(c["variant"], int(c["step"]), int(c["vqa_questions"])) for c in curves] == [
+        ("deep", s, 12) for s in (0, 1, 2)]  # the start and each checkpoint; 2 images x 6 questions
+    assert row["variant"] == "deep" and int(row["lm_positions_per_image"]) == 1
+    assert int(row["visual_tokens_per_image"]) == 8 and float(row["tokens_per_example"]) > 5
+    assert 0 < int(row["trainable_params"]) < int(row["total_params"]) and float(row["step_s"]) > 0
+    assert "deep fusion" in open(f"{stem}.md").read() and os.path.getsize(f"{stem}.png") > 10_000
+    cfg = run.variant_config("early_frozen_lm", run.argparse.Namespace(tiny=True, steps=2, eval_every=1,
+                                                                       eval_images=2))
+    assert cfg.optimizer.freeze_regex == (r"image/.*", r"lm/.*") and cfg.model.type == "early_fusion"

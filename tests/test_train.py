@@ -9,29 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from mmjax import config as config_lib
 from mmjax import train
 from mmjax.config import ConfigError
+from helpers import read_metrics, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-def tiny_config(data_dir, **overrides):
-    cfg = config_lib.load_file(os.path.join(ROOT, "configs/clip_shapes.py:tiny"))
-    config_lib.override(cfg, "data.data_dir", data_dir)
-    for key, value in overrides.items():
-        config_lib.override(cfg, key, str(value))
-    return cfg
-
-
-def read_metrics(workdir):
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ vision tower is frozen everywhere. Variants (``--variants``):
 * ``deep``: Flamingo. A perceiver resampler gives 8 visual tokens per image, and gated cross-attention
   before every LM layer reads them. The LM is frozen; the resampler, the blocks and the two new token
   embeddings learn (``configs/flamingo_shapes.py``).
+* ``deep_lm``: the same with the LM learning too (Flamingo's ablation of freezing the LM), so that
+  both designs are seen with the LM frozen and with it trained.
 
 Each variant trains for ``--steps`` through ``mmjax.train`` (same data order, batch, optimizer and
 schedule). Its checkpoints every ``--eval-every`` steps, and its starting weights, are scored on the
@@ -44,17 +46,19 @@ from mmjax import config as config_lib  # noqa: E402
 from mmjax import sharding, tasks, train  # noqa: E402
 from mmjax import optimizer as optimizer_lib  # noqa: E402
 
-VARIANTS = ("early", "early_frozen_lm", "deep")
+VARIANTS = ("early", "early_frozen_lm", "deep", "deep_lm")
 LABELS = {"early": "early fusion (projector + LM train)", "early_frozen_lm": "early fusion (projector only)",
-          "deep": "deep fusion (resampler + xattn train)"}
+          "deep": "deep fusion (resampler + xattn train)", "deep_lm": "deep fusion (resampler + xattn + LM train)"}
 CLIP_RUN, LM_RUN = "runs/clip_shapes", "runs/lm_shapes"
 
 
 def variant_config(name: str, args):
     """The config of one variant: the shipped configs, with the same pretrained parts and schedule."""
     tiny = ",tiny" if args.tiny else ""
-    if name == "deep":
+    if name.startswith("deep"):
         c = config_lib.load_file(os.path.join(ROOT, "configs", "flamingo_shapes.py") + tiny.replace(",", ":"))
+        if name == "deep_lm":
+            c.optimizer.freeze_regex = (r"image/.*",)
     else:
         c = config_lib.load_file(os.path.join(ROOT, "configs", "llava_shapes.py") + ":stage=2" + tiny)
         c.init_from = dict(workdir=None if args.tiny else CLIP_RUN, regex=(r"image/.*",),
@@ -93,12 +97,20 @@ def accuracy_curve(name, config, workdir, task, params0, data) -> list[dict]:
     from mmjax.evaluate import vlm
 
     steps = [0] + sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+    cache = os.path.join(workdir, f"vqa_curve_{len(data['caption'])}_images.json")
+    if os.path.exists(cache):  # scored before: the checkpoints do not change once written
+        with open(cache) as f:
+            curve = json.load(f)
+        if [c["step"] for c in curve] == steps:
+            return curve
     curve = []
     for step in steps:
         params = params0 if step == 0 else load_params(workdir, params0, (".*",), step=step)
         _, _, metrics = vlm.answer_questions(task, params, data, config.eval.batch_size)
         curve.append({"variant": name, "step": step, **metrics})
         print(f"{name:16s} step {step:4d}: VQA {100 * metrics['vqa_accuracy']:.1f} %", file=sys.stderr)
+    with open(cache, "w") as f:
+        json.dump(curve, f)
     return curve
 
 
@@ -216,7 +228,8 @@ def chart(rows, curves, title: str, path: str) -> None:
     bars = axes[2].bar(x, [1e3 * r["step_s"] for r in rows], 0.5, color="tab:gray")
     axes[2].bar_label(bars, labels=[f"{1e3 * r['step_s']:.0f} ms\n{(r['temp_bytes'] or 0) / MiB:.0f} MiB temp"
                                     for r in rows], fontsize=7)
-    axes[2].set(title="train step time (median)", ylabel="ms", xticks=x, xticklabels=names)
+    axes[2].set(title="train step time (median)", ylabel="ms", xticks=x, xticklabels=names,
+                ylim=(0, 1.2e3 * max(r["step_s"] for r in rows)))
     for ax in axes[1:]:
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(title)
@@ -241,7 +254,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--time-rounds", type=int, default=5, help="timed steps per variant after one warm-up")
     parser.add_argument("--tiny", action="store_true", help="the tiny configs, random weights (for tests)")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "fusion_comparison"),
-                        help="where the runs go (a finished run is reused, an unfinished one resumed)")
+                        help="where the runs go (a finished run and its scores are reused, an unfinished "
+                             "one resumed)")
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "fusion_comparison", "results"))
     args = parser.parse_args(argv[1:])
     names = [v for v in args.variants.split(",") if v]
@@ -263,7 +277,9 @@ def main(argv: list[str]) -> int:
     for name in names:
         config = variant_config(name, args)
         workdir = os.path.join(args.workdir, name)
-        train.train_and_evaluate(config, workdir)
+        if not (os.path.exists(os.path.join(workdir, "results.json")) and
+                os.path.isdir(os.path.join(workdir, "checkpoints", str(args.steps)))):
+            train.train_and_evaluate(config, workdir)  # else finished and evaluated before: reuse it
         task, mesh, rules, tx, state, shardings = setup(config)
         data = pipeline.load_split(config.data, config.eval.split, tokenizer=task.tokenizer,
                                    max_examples=args.eval_images)
@@ -271,7 +287,7 @@ def main(argv: list[str]) -> int:
         row, run_step = profile(name, config, task, mesh, rules, tx, state, shardings)
         with open(os.path.join(workdir, "results.json")) as f:
             results = json.load(f)
-        row.update(train_seconds=results["train_seconds"], caption_bleu4=results["caption_bleu4"])
+        row["caption_bleu4"] = results["caption_bleu4"]
         rows.append(row)
         runners.append(run_step)
     for row, seconds in zip(rows, time_interleaved(runners, args.time_rounds)):

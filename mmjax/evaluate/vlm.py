@@ -5,12 +5,22 @@ images, questions, answers and generated captions."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
 from mmjax.evaluate import captioning, report, vqa
 from mmjax.evaluate.contrastive import to_host
+
+
+@functools.lru_cache(maxsize=8)
+def _greedy(model, max_new_tokens: int, eos_id: int, pad_id: int, banned_ids: tuple[int, ...]):
+    """One jitted generator per model and settings, so evaluating many checkpoints compiles once."""
+    from mmjax import generate
+
+    return generate.make_generate(model, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                  banned_ids=banned_ids)
 
 
 def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts: list[np.ndarray],
@@ -23,9 +33,8 @@ def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts
     from mmjax import generate
 
     tok = task.tokenizer
-    fn = generate.make_generate(task.model, max_new_tokens=max_new_tokens, eos_id=tok.eot_id, pad_id=tok.pad_id,
-                                banned_ids=sorted(tok.special_ids - {tok.eot_id}) +  # and ids the tokenizer lacks
-                                list(range(tok.vocab_size, task.model.lm.vocab_size)))
+    fn = _greedy(task.model, max_new_tokens, tok.eot_id, tok.pad_id,  # bans the specials and unknown ids
+                 tuple(sorted(tok.special_ids - {tok.eot_id})) + tuple(range(tok.vocab_size, task.model.lm.vocab_size)))
     width = max(len(p) for p in prompts)
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -68,6 +77,10 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     bs = cfg.eval.batch_size
     rows, predicted, metrics = answer_questions(task, params, data, bs)
     results = {"eval_split": cfg.eval.split, "eval_examples": len(data["caption"]), **metrics}
+    if task.images_per_example == 2:  # the same questions with the two images swapped: a model that
+        # answers about the image the question names drops here; one that ignores "first"/"second" does not
+        _, _, swapped = answer_questions(task, params, dict(data, image=data["image"][:, ::-1]), bs)
+        results["vqa_accuracy_images_swapped"] = swapped["vqa_accuracy"]
 
     encode, n = encoder(task), len(data["caption"])
     prompts = [encode(p) for p in data.get("caption_prompt", [cfg.data.caption_prompt] * n)]

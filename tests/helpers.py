@@ -1,0 +1,22 @@
+"""Helpers shared by the train-loop tests (``import helpers``: pytest puts ``tests/`` on ``sys.path``)."""
+
+import json
+import os
+
+from mmjax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(data_dir, **overrides):
+    """``configs/clip_shapes.py:tiny`` reading ``data_dir``, with ``--config.KEY=VALUE``-style overrides."""
+    cfg = config_lib.load_file(os.path.join(ROOT, "configs/clip_shapes.py:tiny"))
+    config_lib.override(cfg, "data.data_dir", data_dir)
+    for key, value in overrides.items():
+        config_lib.override(cfg, key, str(value))
+    return cfg
+
+
+def read_metrics(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
