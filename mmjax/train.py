@@ -150,6 +150,11 @@ class StopRequest:
         return self.reason is not None
 
 
+def make_optimizer(config, task) -> optax.GradientTransformation:
+    """``config.optimizer`` for ``task``'s parameters (only their structure is used: nothing is initialised)."""
+    return optimizer_lib.make(config.optimizer, config.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+
+
 def _init_fn(task, tx):
     def init(rng):
         params = task.init(rng)  # logically boxed
@@ -264,7 +269,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                           f"and process count {jax.process_count()}; choose a multiple of both")
 
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(config.optimizer, config.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = make_optimizer(config, task)
         state, state_shardings = init_state(task, tx, config.seed, mesh, rules)
         loader = task.train_loader(config.batch_size, config.seed)
         data_iter = iter(loader)

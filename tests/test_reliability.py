@@ -20,7 +20,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from mmjax import optimizer as optimizer_lib
 from mmjax import sharding, tasks, train
 from mmjax.checkpoint import Checkpointer
 from mmjax.config import ConfigError
@@ -286,7 +285,7 @@ def restore_target(cfg):
     task = tasks.get_task(cfg)
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = train.make_optimizer(cfg, task)
         abstract, _ = train.abstract_state(task, tx, mesh, rules)
     return abstract, iter(task.train_loader(cfg.batch_size, cfg.seed))
 

@@ -13,7 +13,6 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmjax import config as config_lib
-from mmjax import optimizer as optimizer_lib
 from mmjax import sharding, tasks, train
 from mmjax.checkpoint import Checkpointer
 
@@ -54,7 +53,7 @@ def run_steps(cfg, n=3, devices=None):
     rules = sharding.logical_rules(cfg.sharding)
     losses = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = train.make_optimizer(cfg, task)
         state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
         step = jax.jit(train.make_train_step(task, tx, cfg.seed), in_shardings=(shardings, None),
                        out_shardings=(shardings, None))
@@ -181,7 +180,7 @@ def test_checkpoint_moves_between_meshes(tmp_path, runs):
     for cfg, devices in [(config("fsdp_tp", dict(data=2, fsdp=4, tensor=1)), None),
                          (config("dp", dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])]:
         task = tasks.get_task(cfg)
-        tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = train.make_optimizer(cfg, task)
         mesh = sharding.make_mesh(cfg.mesh, devices)
         target, shardings = train.abstract_state(task, tx, mesh, sharding.logical_rules(cfg.sharding))
         restored = ckpt.restore(3, target)

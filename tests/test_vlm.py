@@ -46,7 +46,7 @@ def initial_params(cfg):
     task = tasks.get_task(cfg)
     mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = train.make_optimizer(cfg, task)
         return jax.device_get(train.init_state(task, tx, cfg.seed, mesh, rules)[0].params)
 
 
@@ -202,7 +202,7 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
         mesh = sharding.make_mesh(cfg.mesh, devices)
         rules = sharding.logical_rules(cfg.sharding)
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+            tx = train.make_optimizer(cfg, task)
             state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
             trainable = optimizer_lib.trainable(cfg.optimizer, state.params)
             step = jax.jit(train.make_train_step(task, tx, cfg.seed, trainable), in_shardings=(shardings, None),

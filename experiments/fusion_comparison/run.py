@@ -85,7 +85,7 @@ def setup(config):
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config.sharding)
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(config.optimizer, config.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = train.make_optimizer(config, task)
         state, shardings = train.init_state(task, tx, config.seed, mesh, rules)
         state = state.replace(params=train.load_init_from(config, state.params))
     return task, mesh, rules, tx, state, shardings

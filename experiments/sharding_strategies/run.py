@@ -38,7 +38,6 @@ sys.path.insert(0, ROOT)
 
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import models, profile, sharding, tasks, train  # noqa: E402
-from mmjax import optimizer as optimizer_lib  # noqa: E402
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -164,7 +163,7 @@ def measure(args, strategy: str, mesh_cfg: dict):
     device = mesh.devices.flat[0]
     row = {"strategy": strategy, "batch_axes": "x".join(sharding.batch_axes(rules)) or "-"}
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(config.optimizer, config.total_steps, jax.eval_shape(task.init, jax.random.key(0)))
+        tx = train.make_optimizer(config, task)
         batch_sh = sharding.batch_sharding(mesh, rules)
         if args.no_time:  # compile from shapes only: nothing is allocated
             def init(rng):

@@ -214,7 +214,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
         records = record if isinstance(record, tuple) else (record,)
         which = int(rng.random() * len(records)) if len(records) > 1 else 0  # the image asked about
-        about = (lambda text, k: shapes.about_image(text, k)) if len(records) > 1 else (lambda text, k: text)
+        about = shapes.about_image if len(records) > 1 else (lambda text, k: text)
         asked, turns = records[which], []
         if kind_u < self.caption_prob:
             kind, prompt = self.CAPTION, about(self.caption_prompt, which)
