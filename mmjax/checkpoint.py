@@ -118,18 +118,24 @@ class Checkpointer:
         return found
 
     def _check_shapes(self, step: int, target_state) -> None:
-        """Raise ``ConfigError`` if ``step``'s train state is readable but shaped unlike ``target_state``."""
+        """Raise ``ConfigError`` if ``step``'s train state is readable but shaped unlike ``target_state``,
+        naming the first array that differs and both shapes."""
         from etils import epath
 
         try:
             stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory, str(step), "state")).tree
-            stored = sorted(tuple(x.shape) for x in jax.tree.leaves(stored) if hasattr(x, "shape"))
+            stored = _shapes_by_path(stored)
         except Exception:  # unreadable metadata: the checkpoint is damaged, not foreign
             return
-        if stored != sorted(tuple(x.shape) for x in jax.tree.leaves(target_state)):
-            raise ConfigError(f"checkpoint {self.directory}/{step} holds a train state of other shapes than this "
-                              "config's model and optimizer; resume with the config it was written with, or "
-                              "choose another --workdir")
+        wanted = _shapes_by_path(target_state)
+        if stored == wanted:
+            return
+        keys = sorted(stored.keys() | wanted.keys(), key=lambda k: (not k.startswith("params/"), k))  # params first
+        key = next(k for k in keys if stored.get(k) != wanted.get(k))
+        there, here = (f"{d[key]}" if key in d else "absent" for d in (stored, wanted))
+        raise ConfigError(f"checkpoint {self.directory}/{step} holds a train state of other shapes than this "
+                          f"config's model and optimizer ({key}: {there} there, {here} here); resume with the "
+                          "config it was written with, or choose another --workdir")
 
     def _move_aside(self, step: int) -> str:
         """Rename ``step``'s directory to ``<step>.corrupt-<time>`` (process 0 only); return the new path."""
@@ -207,3 +213,16 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
                                                                                partial_restore=True))
     merged = dict(target, **flax.traverse_util.flatten_dict(loaded["params"], sep="/"))
     return flax.traverse_util.unflatten_dict(merged, sep="/")
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+    """``{"params/image/...": shape}`` for the arrays of ``tree`` (a train state or Orbax's metadata of one:
+    attribute, dict and sequence keys all become path parts)."""
+    def part(k):
+        for attr in ("name", "key", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(part(k) for k in path): tuple(x.shape) for path, x in leaves if hasattr(x, "shape")}

@@ -18,6 +18,10 @@ class ConfigError(ValueError):
     """A problem with the user's configuration or command line; printed as one line."""
 
 
+class DataError(RuntimeError):
+    """A problem with the input data (a damaged record, a data-loader worker that died); printed as one line."""
+
+
 def load_file(spec: str) -> ml_collections.ConfigDict:
     """Load ``path/to/config.py[:arg]``."""
     path, _, arg = spec.partition(":")

@@ -29,7 +29,7 @@ import optax
 
 from mmjax import optimizer as optimizer_lib
 from mmjax import distributed, sharding, tasks
-from mmjax.config import ConfigError
+from mmjax.config import ConfigError, DataError
 
 
 NAN_POLICIES = ("stop", "skip")
@@ -63,7 +63,8 @@ def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop
     ``grad_norm``; the optimizer leaves them unchanged and keeps no state for them.
     ``metrics["finite"]`` says whether the loss and the gradient norm are finite; with ``nan_policy="skip"``
     a step where they are not leaves parameters and optimizer state unchanged (the step count still
-    advances, so the data moves on)."""
+    advances, so the data moves on). ``metrics["truncated"]`` counts the batch's rows whose text was cut
+    to fit (when the batch has a ``truncated`` field)."""
 
     def train_step(state: TrainState, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -78,6 +79,8 @@ def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop
             keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
             params, opt_state = jax.tree.map(keep, params, state.params), jax.tree.map(keep, opt_state, state.opt_state)
         metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
+        if "truncated" in batch:  # texts cut to fit data.max_len, in the whole global batch
+            metrics["truncated"] = batch["truncated"].sum(dtype=jnp.int32)
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
@@ -191,6 +194,20 @@ def load_init_from(config, params):
     return params
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """The records of a JSON-lines file; a last line cut short (a process killed while writing it) is left out."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if line.strip() and i < len(lines) - 1:  # damage before the end is not a cut-short write
+                raise
+    return records
+
+
 class MetricsLog:
     """Metrics as JSON lines and TensorBoard events; only process 0 writes."""
 
@@ -199,8 +216,7 @@ class MetricsLog:
         self.active = jax.process_index() == 0
         self.history = []  # process 0's (it rewrites the file below: another process could read half)
         if self.active and os.path.exists(self.path):  # keep what was logged up to the restored checkpoint
-            with open(self.path) as f:
-                self.history = [r for r in map(json.loads, f) if r["step"] <= resume_step]
+            self.history = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
         self.tb = None
         if self.active:
             with open(self.path, "w") as f:
@@ -225,23 +241,45 @@ class MetricsLog:
 
 
 def check_workdir(workdir: str) -> str:
+    """``workdir`` made absolute and created; an error before any work if it cannot be written to."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     parent = os.path.dirname(workdir)
     if not os.path.isdir(parent):
         raise ConfigError(f"workdir parent {parent!r} does not exist; create it or choose another --workdir")
-    os.makedirs(workdir, exist_ok=True)
-    if not os.access(workdir, os.W_OK):
-        raise ConfigError(f"workdir {workdir!r} is not writable; choose another --workdir")
+    probe = os.path.join(workdir, f".mmjax-write-test-{os.getpid()}")
+    try:  # a real write: os.access says yes to root on a read-only filesystem
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir!r} is not writable ({e.strerror or e}); "
+                          "choose another --workdir") from None
     return workdir
 
 
-def _nonfinite(what: str, step: int, ckpt, hint: bool) -> NonFiniteError:
-    """The error for a non-finite ``what`` at ``step``, naming the last checkpoint (committed first)."""
+def next_batch(data_iter, step: int, ckpt) -> dict:
+    """The next local batch; a failing data loader (a damaged record, a worker that died) is one
+    ``DataError`` line naming the step and the last checkpoint (committed first), never a hang."""
+    try:
+        return next(data_iter)
+    except Exception as e:
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        cause = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {first_line}"
+        raise DataError(f"the data loader failed at step {step}: {cause}; {_last_checkpoint(ckpt)}") from e
+
+
+def _last_checkpoint(ckpt) -> str:
+    """Where the last good checkpoint is, in words for an error message (once a save in flight is committed)."""
     ckpt.wait()
     last = ckpt.latest_step()
-    where = (f"the last good checkpoint is {ckpt.directory}/{last}" if last is not None
-             else "no checkpoint was written before it")
-    return NonFiniteError(f"non-finite {what} at step {step}; {where}"
+    return f"the last good checkpoint is {ckpt.directory}/{last}" if last is not None else \
+        "no checkpoint was written before it"
+
+
+def _nonfinite(what: str, step: int, ckpt, hint: bool) -> NonFiniteError:
+    """The error for a non-finite ``what`` at ``step``, naming the last checkpoint."""
+    return NonFiniteError(f"non-finite {what} at step {step}; {_last_checkpoint(ckpt)}"
                           + (' (set nan_policy="skip" to skip such steps)' if hint else ""))
 
 
@@ -283,6 +321,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 start = 0
                 state = state.replace(params=load_init_from(config, state.params))
             skipped = int(info.get("skipped_steps", 0))  # steps whose update nan_policy="skip" dropped
+            truncated = int(info.get("truncated_examples", 0))  # training texts cut to fit data.max_len
             log = MetricsLog(workdir, start)
 
             trainable = optimizer_lib.trainable(config.optimizer, state.params)
@@ -292,16 +331,29 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             lr_schedule = optimizer_lib.schedule(config.optimizer, config.total_steps)
             train_seconds = 0.0
             t_log, n_log = time.perf_counter(), 0
-            pending = []  # (step, its "finite" flag still on the device): fetched at log and checkpoint steps only
+            # (step, its "finite" flag, its truncated count), still on the device: fetched at log and checkpoint
+            # steps only, so the loop does not wait for the device at every step
+            pending = []
 
-            def settle(flags) -> None:
-                """Account for the fetched ``flags`` of ``pending``: raise (stop) or count (skip) bad steps."""
-                nonlocal skipped
-                bad = [s for (s, _), ok in zip(pending, flags) if not ok]
+            def settle(fetched) -> None:
+                """Account for ``pending``'s ``fetched`` values: raise (stop) or count (skip) non-finite steps;
+                count truncated texts (one warning, the first time)."""
+                nonlocal skipped, truncated
+                bad = [s for (s, _, _), (ok, _) in zip(pending, fetched) if not ok]
+                cut = sum(int(n) for _, n in fetched)
                 pending.clear()
                 if bad and policy == "stop":
                     raise _nonfinite("loss or gradient", bad[0], ckpt, hint=True)
                 skipped += len(bad)
+                if cut and not truncated and jax.process_index() == 0:
+                    max_len = config.data.get("max_len", 32)
+                    print(f"warning: some training texts are longer than data.max_len={max_len} and are cut to fit; "
+                          "they are counted as truncated_examples in metrics.jsonl and results.json (raise "
+                          "data.max_len to keep them whole)", file=sys.stderr)
+                truncated += cut
+
+            def fetch_pending():
+                return [(f, n) for _, f, n in pending]
 
             bar = tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
                        dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
@@ -309,16 +361,17 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             with StopRequest(multiprocess=jax.process_count() > 1) as stop:
                 for step in range(start + 1, config.total_steps + 1):
                     t0 = time.perf_counter()
-                    batch = sharding.global_batch(next(data_iter), mesh, rules)
+                    batch = sharding.global_batch(next_batch(data_iter, step, ckpt), mesh, rules)
                     state, metrics = step_fn(state, batch)
-                    pending.append((step, metrics.pop("finite")))
+                    pending.append((step, metrics.pop("finite"), metrics.pop("truncated", 0)))
                     n_log += 1
                     if step % config.log_every == 0 or step == config.total_steps:
-                        metrics, flags = jax.device_get((metrics, [f for _, f in pending]))
-                        settle(flags)
+                        metrics, fetched = jax.device_get((metrics, fetch_pending()))
+                        settle(fetched)
                         now = time.perf_counter()
                         metrics["examples_per_sec"] = n_log * config.batch_size / (now - t_log)
                         metrics["lr"] = lr_schedule(step - 1)
+                        metrics["truncated_examples"] = truncated
                         if policy == "skip":
                             metrics["skipped_steps"] = skipped
                         log.write(step, metrics)
@@ -326,10 +379,11 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                         t_log, n_log = now, 0
                     stopping = stop.requested(step)
                     if step % config.checkpoint_every == 0 or step in (config.total_steps, stop_at) or stopping:
-                        settle(jax.device_get([f for _, f in pending]))
+                        settle(jax.device_get(fetch_pending()))
                         if not bool(all_finite(state)):  # one sync per checkpoint: never save a non-finite state
                             raise _nonfinite("train state (not saved)", step, ckpt, hint=False)
-                        ckpt.save(step, state, data_iter, config.to_dict(), info={"skipped_steps": skipped})
+                        ckpt.save(step, state, data_iter, config.to_dict(),
+                                  info={"skipped_steps": skipped, "truncated_examples": truncated})
                     bar.update(1)
                     train_seconds += time.perf_counter() - t0
                     if step == stop_at or stopping:
@@ -349,7 +403,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 log.close()
         if stop_at is not None and stop_at < config.total_steps:
             return None
-        done = {"steps": int(config.total_steps), "train_seconds": round(train_seconds, 2)}
+        done = {"steps": int(config.total_steps), "train_seconds": round(train_seconds, 2),
+                "truncated_examples": truncated}
         if policy == "skip":
             done["skipped_steps"] = skipped
         results = task.evaluate(state.params, workdir, log.history, done)
@@ -382,7 +437,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteError as e:
+    except (NonFiniteError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if results is not None:  # None: stopped early (a signal); the line on stderr says how to resume

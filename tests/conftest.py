@@ -19,3 +19,14 @@ jax.config.update("jax_num_cpu_devices", 8)
 def data_dir(tmp_path_factory):
     """One tiny shapes dataset directory for the train-loop tests (built on first use)."""
     return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def trained(data_dir, tmp_path_factory):
+    """``(workdir, results)`` of an uninterrupted 30-step run of the tiny config (``helpers.TRAINED``): the
+    reference of the resume tests, also checked for its outputs."""
+    from mmjax import train
+    from helpers import TRAINED, tiny_config
+
+    workdir = str(tmp_path_factory.mktemp("run"))
+    return workdir, train.train_and_evaluate(tiny_config(data_dir, **TRAINED), workdir)

@@ -8,6 +8,9 @@ from mmjax import config as config_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+TRAINED = dict(total_steps=30, log_every=2, checkpoint_every=10)  # the ``trained`` fixture's run (conftest.py)
+
+
 def tiny_config(data_dir, **overrides):
     """``configs/clip_shapes.py:tiny`` reading ``data_dir``, with ``--config.KEY=VALUE``-style overrides."""
     cfg = config_lib.load_file(os.path.join(ROOT, "configs/clip_shapes.py:tiny"))

@@ -1,7 +1,8 @@
-"""Reliability of the train loop: a signal ends a run with a checkpoint and a rerun resumes; a non-finite
-loss or gradient stops the run or skips the update (``nan_policy``) and is never checkpointed; an
-unreadable checkpoint is moved aside and the previous one resumed; an old checkpoint outlives the save
-of its successor."""
+"""Reliability of the train loop: a run killed with SIGKILL and rerun continues bit for bit; a signal ends a
+run with a checkpoint and a rerun resumes; a non-finite loss or gradient stops the run or skips the
+update (``nan_policy``) and is never checkpointed; an unreadable checkpoint is moved aside and the
+previous one resumed; an old checkpoint outlives the save of its successor; bad input (damaged records,
+texts too long, a dead loader worker, an unwritable workdir) is one clear error line or a count."""
 
 import glob
 import json
@@ -23,7 +24,7 @@ import pytest
 from mmjax import sharding, tasks, train
 from mmjax.checkpoint import Checkpointer
 from mmjax.config import ConfigError
-from helpers import read_metrics, tiny_config
+from helpers import TRAINED, read_metrics, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A failed Orbax restore leaves TensorStore reads behind whose callbacks later find Orbax's event loop closed.
@@ -42,6 +43,60 @@ def load_state(workdir, step):
         return jax.device_get(checkpointer.restore(os.path.join(workdir, "checkpoints", str(step), "state")))
     finally:
         checkpointer.close()
+
+
+# --- exact resume after a crash -------------------------------------------------------------------------
+
+def last_logged_step(workdir) -> int:
+    """The step of the last complete line of ``metrics.jsonl`` (0 if none yet)."""
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            lines = f.read().split("\n")[:-1]
+    except FileNotFoundError:
+        return 0
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in records]
+
+
+def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
+    """``kill -9`` at a random moment after the first checkpoint; the rerun logs, ends with and evaluates
+    exactly what the uninterrupted run (``trained``) did: every metric but the throughput, every array of
+    the final train state (so the data order too: Grain's state is restored)."""
+    reference, reference_results = trained
+    seed = int(np.random.default_rng().integers(1 << 31))  # a random moment, reproducible from the message
+    rng = np.random.default_rng(seed)
+    kill_after, delay = int(rng.integers(TRAINED["checkpoint_every"], 27)), float(rng.uniform(0, 0.3))
+    workdir, log = str(tmp_path / "killed"), tmp_path / "stderr.txt"
+    first_checkpoint = os.path.join(workdir, "checkpoints", str(TRAINED["checkpoint_every"]))
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={workdir}",
+             f"--config.data.data_dir={data_dir}", *(f"--config.{k}={v}" for k, v in TRAINED.items())],
+            cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and (last_logged_step(workdir) < kill_after or not os.path.isdir(first_checkpoint)):
+            assert time.monotonic() < deadline, f"step {kill_after} not logged after 120 s"
+            time.sleep(0.01)
+        time.sleep(delay)
+        proc.kill()
+        assert proc.wait(60) == -signal.SIGKILL, f"the run ended before it was killed (seed {seed}): {log.read_text()}"
+    finally:
+        proc.kill()
+    resume_from = steps_on_disk(workdir)[-1]
+    results = train.train_and_evaluate(tiny_config(data_dir, **TRAINED), workdir)
+    why = f"killed after step {kill_after} + {delay:.2f} s, resumed from {resume_from} (seed {seed})"
+    assert without_timing(read_metrics(workdir)) == without_timing(read_metrics(reference)), why
+    final = TRAINED["total_steps"]
+    expected, got = load_state(reference, final), load_state(workdir, final)
+    assert jax.tree.structure(got) == jax.tree.structure(expected)
+    for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(a, b, err_msg=why)
+    drop = lambda r: {k: v for k, v in r.items() if k != "train_seconds"}  # noqa: E731
+    assert drop(results) == drop(reference_results), why
 
 
 # --- graceful stop ----------------------------------------------------------------------------------------
@@ -322,7 +377,7 @@ def test_restore_latest_moves_unreadable_checkpoints_aside(stopped, data_dir, tm
     ckpt = Checkpointer(ckpts)
     try:
         step, state, info = ckpt.restore_latest(abstract, data_iter)
-        assert (step, int(state.step), info) == (good, good, {"skipped_steps": 0})
+        assert (step, int(state.step), info) == (good, good, {"skipped_steps": 0, "truncated_examples": 0})
         assert ckpt.latest_step() == good
     finally:
         ckpt.close()
@@ -350,7 +405,9 @@ def test_restore_latest_refuses_a_checkpoint_of_another_model(stopped, data_dir,
     abstract, data_iter = restore_target(tiny_config(data_dir, **STOPPED, **{"model.embed_dim": 16}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        with pytest.raises(ConfigError, match=rf"checkpoint .*/{before[-1]} holds a train state of other shapes"):
+        with pytest.raises(ConfigError, match=rf"checkpoint .*/{before[-1]} holds a train state of other shapes than "
+                           r"this config's model and optimizer \(params/image_proj/kernel: \(32, 32\) there, "
+                           r"\(32, 16\) here\); resume with the config it was written with"):
             ckpt.restore_latest(abstract, data_iter)
     finally:
         ckpt.close()
@@ -402,3 +459,127 @@ def test_old_checkpoint_outlives_the_save_of_its_successor(tmp_path, monkeypatch
         release.set()
         monkeypatch.undo()
         ckpt.close()
+
+
+# --- bad input ----------------------------------------------------------------------------------------------
+
+def record(**changes):
+    """Record 7 of a tiny shapes train split, as the data source returns it, with ``changes``."""
+    from mmjax.data import shapes_builder
+
+    ex = shapes_builder.encode_example(0, "train", 7, 32)
+    as_bytes = lambda v: [t.encode() for t in v]  # noqa: E731
+    rec = {"id": np.int64(7), "image_png": ex["image_png"], "label": np.int64(ex["label"]),
+           **{k: as_bytes(ex[k]) for k in ("captions", "questions", "answers")}}
+    return {**rec, **changes}
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(image_png=b"\x89PNG\r\n\x1a\n cut short"), "train record 7: its image bytes do not decode "
+     "(not an image Pillow can read); the dataset is damaged: regenerate it (delete its directory under "
+     "data.data_dir) or drop the record"),
+    (dict(captions=[b"a red circle", b" "]), "train record 7: captions[1] is empty; repair the dataset or drop "
+     "the record"),
+])
+def test_damaged_records_are_one_line_errors(changes, message):
+    from mmjax.config import DataError
+    from mmjax.data import pipeline
+    from mmjax.data.tokenizer import WordTokenizer
+
+    tok = WordTokenizer.for_shapes()
+    contrastive = pipeline.TrainPreprocess(tok, 32, 0.5, "random")
+    vlm = pipeline.VlmPreprocess(tok, 4, 32, 0.5, "what is in the image", 1.0, "random")
+    for preprocess in (contrastive, vlm):
+        preprocess.random_map(record(), np.random.default_rng(0))  # the undamaged record is fine
+        with pytest.raises(DataError) as e:
+            preprocess.random_map(record(**changes), np.random.default_rng(0))
+        assert str(e.value) == message
+    vlm.caption_prob = 0.0  # VQA examples check the questions and answers
+    with pytest.raises(DataError, match=r"^train record 7: answers\[0\] is empty"):
+        vlm.random_map(record(answers=[b""]), np.random.default_rng(0))
+
+
+def test_a_damaged_dataset_stops_training_with_one_line(tmp_path, monkeypatch, capsys):
+    """Through the command's entry point, with a Grain worker process reading: exit status 1, one line."""
+    from mmjax.data import shapes_builder
+
+    encode = shapes_builder.encode_example
+    cut = lambda seed, split, index, size: {**encode(seed, split, index, size), "image_png": b"\x89PNG"}  # noqa: E731
+    monkeypatch.setattr(shapes_builder, "encode_example", cut)
+    cfg = tiny_config(str(tmp_path / "tfds"))
+    shapes_builder.ensure_built(cfg.data.data_dir, image_size=cfg.data.image_size, num_train=cfg.data.num_train,
+                                num_validation=cfg.data.num_validation, num_test=cfg.data.num_test)
+    monkeypatch.undo()
+    monkeypatch.chdir(ROOT)
+    code = train.main(["mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}",
+                       f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.worker_count=1"])
+    assert code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and re.fullmatch(
+        r"error: the data loader failed at step 1: train record \d+: its image bytes do not decode \(not an image "
+        r"Pillow can read\); .* or drop the record; no checkpoint was written before it", errors[0]), errors
+
+
+def test_a_dead_loader_worker_is_an_error_not_a_hang(data_dir):
+    import psutil
+
+    cfg = tiny_config(data_dir, **{"data.worker_count": 1})
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    data_iter = iter(tasks.get_task(cfg).train_loader(cfg.batch_size, cfg.seed))
+    next(data_iter)
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if p.pid not in before and "spawn_main" in " ".join(p.cmdline())]
+    assert workers
+    for worker in workers:
+        worker.kill()
+
+    class NoCheckpoints:
+        directory = "unused"
+
+        def wait(self):
+            pass
+
+        def latest_step(self):
+            return None
+
+    outcome = []
+
+    def read():  # batches already prepared still come; then the error
+        try:
+            for step in range(2, 50):
+                train.next_batch(data_iter, step, NoCheckpoints())
+        except Exception as e:
+            outcome.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(120)
+    assert not reader.is_alive(), "the loader hung for 120 s after its worker died"
+    assert outcome, "48 batches came after the worker died"
+    assert re.fullmatch(r"the data loader failed at step \d+: RuntimeError: Worker process was terminated "
+                        r"unexpectedly.*; no checkpoint was written before it", str(outcome[0])), outcome
+    data_iter.close()
+
+
+def test_texts_cut_to_fit_are_counted_and_reported(data_dir, tmp_path, capsys):
+    """``truncated_examples`` (cumulative in metrics.jsonl, total in results.json) equals the loader's own count
+    of cut rows over the steps run; one warning says how to avoid it."""
+    cfg = tiny_config(data_dir, total_steps=4, log_every=2, checkpoint_every=4, **{"data.max_len": 14})
+    results = train.train_and_evaluate(cfg, str(tmp_path))
+    data_iter = iter(tasks.get_task(cfg).train_loader(cfg.batch_size, cfg.seed))
+    cut = np.cumsum([next(data_iter)["truncated"].sum() for _ in range(4)])
+    assert 0 < cut[1] < cut[3] < 4 * cfg.batch_size
+    assert [(r["step"], r["truncated_examples"]) for r in read_metrics(str(tmp_path))] == [(2, cut[1]), (4, cut[3])]
+    assert results["truncated_examples"] == cut[3]
+    assert capsys.readouterr().err.count("longer than data.max_len=14 and are cut to fit") == 1
+
+
+def test_an_unwritable_workdir_is_a_one_line_error_before_any_work(tmp_path):
+    if os.geteuid() == 0:  # root writes through permission bits: use a filesystem that refuses directories
+        workdir = "/sys/mmjax-run"
+    else:
+        os.chmod(tmp_path, 0o500)
+        workdir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match=rf"^workdir '{workdir}' is not writable \(.+\); choose another --workdir$"):
+        train.check_workdir(workdir)
+    assert not os.path.exists(workdir)

@@ -1,5 +1,5 @@
-"""End-to-end training on the tiny config: the loss falls, outputs are written, resume is exact,
-bad command lines fail with one clear line."""
+"""End-to-end training on the tiny config: the loss falls, outputs are written, bad command lines fail with
+one clear line. (Exact resume after a kill: tests/test_reliability.py.)"""
 
 import json
 import os
@@ -11,18 +11,9 @@ import pytest
 
 from mmjax import train
 from mmjax.config import ConfigError
-from helpers import read_metrics, tiny_config
+from helpers import TRAINED, read_metrics, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="session")
-def trained(data_dir, tmp_path_factory):
-    """A 30-step run of the tiny config (shared by the tests below)."""
-    workdir = str(tmp_path_factory.mktemp("run"))
-    cfg = tiny_config(data_dir, total_steps=30, log_every=2, checkpoint_every=10)
-    results = train.train_and_evaluate(cfg, workdir)
-    return workdir, results
 
 
 def test_loss_falls(trained):
@@ -50,24 +41,9 @@ def test_outputs_are_written(trained):
     assert record["step"] == 30 and {"loss", "lr", "grad_norm", "examples_per_sec"} <= set(record)
 
 
-def test_resume_continues_exactly(trained, data_dir, tmp_path):
-    """Stopped after step 10 and rerun, a run logs the same metrics as the uninterrupted one."""
-    workdir, _ = trained
-    cfg = tiny_config(data_dir, total_steps=30, log_every=2, checkpoint_every=10)
-    resumed = str(tmp_path / "resumed")
-    assert train.train_and_evaluate(cfg, resumed, stop_at=10) is None
-    assert [r["step"] for r in read_metrics(resumed)][-1] == 10
-    train.train_and_evaluate(cfg, resumed)
-    full, again = read_metrics(workdir), read_metrics(resumed)
-    assert [r["step"] for r in again] == [r["step"] for r in full]
-    for a, b in zip(full, again):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6, abs=1e-7), a["step"]
-
-
 def test_rerun_of_a_finished_run_only_evaluates(trained, data_dir):
     workdir, results = trained
-    cfg = tiny_config(data_dir, total_steps=30, log_every=2, checkpoint_every=10)
-    again = train.train_and_evaluate(cfg, workdir)
+    again = train.train_and_evaluate(tiny_config(data_dir, **TRAINED), workdir)
     assert again["zero_shot_top1"] == results["zero_shot_top1"]
     assert len(read_metrics(workdir)) == 15
 

@@ -51,8 +51,9 @@ from collections.abc import Sequence
 
 import grain
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from mmjax.config import DataError
 from mmjax.data import shapes, shapes_builder
 from mmjax.data.tokenizer import Tokenizer
 
@@ -127,8 +128,26 @@ def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def decode_image(png: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+def decode_image(png: bytes, where: str = "a record") -> np.ndarray:
+    """PNG (or any Pillow format) bytes -> uint8 [H, W, 3]; bytes that do not decode are a ``DataError``
+    naming the record (``where``, e.g. "train record 12")."""
+    try:
+        return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated data), ...
+        why = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise DataError(f"{where}: its image bytes do not decode ({why}); the dataset is damaged: regenerate it "
+                        "(delete its directory under data.data_dir) or drop the record") from None
+
+
+def texts(record, key: str, split: str = "train") -> list[str]:
+    """``record[key]`` as a list of str; an empty or blank text is a ``DataError`` naming the record (it
+    would train on ``[BOS] [EOT]`` alone, or on an empty answer)."""
+    values = [_text(v) for v in record[key]]
+    for i, value in enumerate(values):
+        if not value.strip():
+            raise DataError(f"{split} record {record.get('id')}: {key}[{i}] is empty; repair the dataset or "
+                            "drop the record")
+    return values
 
 
 class TrainPreprocess(grain.transforms.RandomMap):
@@ -143,9 +162,9 @@ class TrainPreprocess(grain.transforms.RandomMap):
         self.hard_negatives = hard_negatives
 
     def random_map(self, record, rng: np.random.Generator):
-        image = decode_image(record["image_png"])
-        captions = record["captions"]
-        caption = _text(captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0])
+        image = decode_image(record["image_png"], f"train record {record.get('id')}")
+        captions = texts(record, "captions")
+        caption = captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0]
         if rng.random() < self.flip_prob:
             image, caption = np.ascontiguousarray(image[:, ::-1]), shapes.flip_text(caption)
         text, truncated = self.tokenizer.tokenize([caption], self.max_len, return_truncated=True)
@@ -218,18 +237,18 @@ class VlmPreprocess(grain.transforms.RandomMap):
         asked, turns = records[which], []
         if kind_u < self.caption_prob:
             kind, prompt = self.CAPTION, about(self.caption_prompt, which)
-            captions = asked["captions"]
-            answer = _text(captions[int(pick_u * len(captions))] if self.caption_sampling == "random" else captions[0])
+            captions = texts(asked, "captions")
+            answer = captions[int(pick_u * len(captions))] if self.caption_sampling == "random" else captions[0]
         else:
-            kind, i = self.VQA, int(pick_u * len(asked["questions"]))
-            prompt, answer = about(_text(asked["questions"][i]), which), _text(asked["answers"][i])
+            questions, answers = [texts(r, "questions") for r in records], [texts(r, "answers") for r in records]
+            kind, i = self.VQA, int(pick_u * len(questions[which]))
+            prompt, answer = about(questions[which][i], which), answers[which][i]
             if self.vqa_turns > 1:  # more questions (about any of the images), in random order, as later turns
-                pool = [(k, j) for k, r in enumerate(records) for j in range(len(r["questions"]))]
+                pool = [(k, j) for k, q in enumerate(questions) for j in range(len(q))]
                 others = [pool[p] for p in rng.permutation(len(pool)) if pool[p] != (which, i)][:self.vqa_turns - 1]
-                turns = [(about(_text(records[k]["questions"][j]), k), _text(records[k]["answers"][j]))
-                         for k, j in others]
-        image = np.stack([decode_image(r["image_png"]) for r in records]) if len(records) > 1 \
-            else decode_image(record["image_png"])
+                turns = [(about(questions[k][j], k), answers[k][j]) for k, j in others]
+        image = np.stack([decode_image(r["image_png"], f"train record {r.get('id')}") for r in records])
+        image = image if len(records) > 1 else image[0]
         if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer
             image = np.ascontiguousarray(np.flip(image, axis=-2))
             prompt, answer = shapes.flip_text(prompt), shapes.flip_text(answer)
@@ -310,15 +329,16 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
     source = _data_source(data_cfg, split)
     n = len(source) if max_examples is None else min(max_examples, len(source))
     records = [source[i] for i in range(n)]
-    captions = [[_text(c) for c in r["captions"]] for r in records]
-    texts = [c[0] for c in captions]
+    captions = [texts(r, "captions", split) for r in records]
+    canonical = [c[0] for c in captions]
     size = data_cfg.get("image_size", 64)
-    images = np.stack([normalize(decode_image(r["image_png"])) for r in records]) if records \
+    images = np.stack([normalize(decode_image(r["image_png"], f"{split} record {r['id']}"))
+                       for r in records]) if records \
         else np.zeros((0, size, size, 3), np.float32)
     return {
         "image": images,
-        "text": tokenizer.tokenize(texts, data_cfg.get("max_len", 32)),
-        "caption": texts,
+        "text": tokenizer.tokenize(canonical, data_cfg.get("max_len", 32)),
+        "caption": canonical,
         "captions": captions,
         "label": np.array([r["label"] for r in records], np.int32),
         "id": np.array([r["id"] for r in records], np.int32),
