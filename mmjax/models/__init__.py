@@ -12,6 +12,10 @@ Model configs:
   "cross_attn_every_n_layers", "only_attend_immediate_media", "max_images", "attn_mask"}``: Flamingo-style;
 * ``{"type": "lm", "image_size", "lm": {DecoderLM fields}}``: the LM alone, images ignored (a blind
   baseline, and LM pretraining for the fusion models).
+
+A config imported from Hugging Face (``mmjax.interop.hf``) also has an ``hf`` entry (the source's
+architecture and token ids, which the module does not need) and, for early fusion, the special token
+ids ``image_id``, ``sep_id``, ``pad_id``; ``build`` ignores ``hf``, and its ``fields`` override the ids.
 """
 
 from __future__ import annotations
@@ -91,18 +95,19 @@ def build(cfg: Mapping[str, Any], dtype: str = "float32", **fields):
     from mmjax.models.text import TextTransformer
     from mmjax.models.two_tower import TwoTower
 
-    cfg = dict(cfg)
+    cfg = {k: v for k, v in dict(cfg).items() if k != "hf"}  # "hf": where an imported model came from
+    cfg.update(fields)  # module fields given here win over the config's (an imported LLaVA's token ids)
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     kind = cfg.pop("type", "two_tower")
     dt = DTYPES[dtype]
     cfg.pop("image_size", None)
     if kind == "lm":
-        return lm_lib.BlindLM(lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
+        return lm_lib.BlindLM(lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg)
     image = vit_lib.ViT(**dict(cfg.pop("image")), dtype=dt)
     if kind == "two_tower":
-        return TwoTower(image=image, text=TextTransformer(**dict(cfg.pop("text")), dtype=dt), dtype=dt, **cfg, **fields)
+        return TwoTower(image=image, text=TextTransformer(**dict(cfg.pop("text")), dtype=dt), dtype=dt, **cfg)
     if kind in ("early_fusion", "deep_fusion"):
         cls = EarlyFusion if kind == "early_fusion" else DeepFusion
-        return cls(image=image, lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg, **fields)
+        return cls(image=image, lm=lm_lib.DecoderLM(**dict(cfg.pop("lm")), dtype=dt), dtype=dt, **cfg)
     raise ValueError(f"unknown model type {kind!r}; known types: two_tower, early_fusion, deep_fusion, lm")

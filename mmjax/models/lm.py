@@ -211,6 +211,7 @@ class DecoderLM(nn.Module):
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     dtype: layers.Dtype = jnp.float32
+    remat: str = "none"  # decoder blocks: "none" | "dots" | "full" (layers.REMAT_POLICIES; same params/results)
 
     @property
     def kv_heads(self) -> int:
@@ -230,8 +231,11 @@ class DecoderLM(nn.Module):
         self.token_embed = nn.Embed(
             self.vocab_size, self.width, dtype=self.dtype,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
-        self.block = [DecoderBlock(self.num_heads, self.kv_heads, self.mlp_dim, self.rope_theta, self.norm_eps,
-                                   self.dtype) for _ in range(self.depth)]
+        if self.remat not in layers.REMAT_POLICIES:
+            raise ValueError(f"DecoderLM: remat must be one of {', '.join(layers.REMAT_POLICIES)}, got {self.remat!r}")
+        block = DecoderBlock if self.remat == "none" else nn.remat(DecoderBlock, policy=layers.REMAT_POLICIES[self.remat])
+        self.block = [block(self.num_heads, self.kv_heads, self.mlp_dim, self.rope_theta, self.norm_eps, self.dtype)
+                      for _ in range(self.depth)]
         self.ln_final = RMSNorm(self.norm_eps, self.dtype)
         if not self.tie_embeddings:
             self.lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,

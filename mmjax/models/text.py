@@ -9,7 +9,8 @@ Pooling:
 * ``"argmax"``: the position of the largest id (OpenAI CLIP, whose EOT has the largest id);
 * ``"last"``: the final position.
 Causal attention means a position never sees padding that follows it, so the pooled vector does
-not depend on the padding length.
+not depend on the padding length. ``causal=False`` (SigLIP) attends in both directions, over padding
+too (SigLIP pads every text to ``max_len`` and pools the last position).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class TextTransformer(nn.Module):
     pool: str = "eot"
     activation: str = "gelu"
     dtype: layers.Dtype = jnp.float32
+    norm_eps: float = 1e-5  # epsilon of every layer norm (SigLIP: 1e-6)
+    causal: bool = True  # False: bidirectional attention (SigLIP)
+    remat: str = "none"  # encoder blocks: "none" | "dots" | "full" (layers.Encoder; same params and results)
+    scan: bool = False  # nn.scan over the encoder blocks; True changes the parameter layout (layers.Encoder)
 
     def check(self, seq_len: int) -> None:
         layers.check_heads(self.width, self.num_heads, "TextTransformer")
@@ -61,7 +66,7 @@ class TextTransformer(nn.Module):
         x = embed(tokens) + pos[None, : tokens.shape[1]].astype(self.dtype)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
         x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.activation, self.dtype,
-                           name="encoder")(x, causal=True)
-        x = layers.layer_norm("ln_final", self.dtype)(x)
+                           self.norm_eps, self.remat, self.scan, name="encoder")(x, causal=self.causal)
+        x = layers.layer_norm("ln_final", self.dtype, self.norm_eps)(x)
         pooled = jnp.take_along_axis(x, self.pool_index(tokens)[:, None, None], axis=1)[:, 0]
         return pooled, {"tokens": x}

@@ -5,6 +5,9 @@ learned temperature (and, for SigLIP, a learned bias).
 "logit_scale": [], "logit_bias": [] (SigLIP only)}``; embeddings are L2-normalised float32.
 ``encode_image`` / ``encode_text`` run one tower (use them with ``model.apply(..., method=...)``).
 
+``image_projection=False`` (SigLIP) uses the image tower's pooled output itself (then ``embed_dim`` must
+equal its width); ``text_proj_bias=True`` (SigLIP's text head) gives the text projection a bias.
+
 The temperature is stored as ``log(scale)``, initialised to ``log(1/0.07)`` and clipped at
 ``max_scale`` (100) in the forward pass, as in CLIP.
 """
@@ -34,13 +37,17 @@ class TwoTower(nn.Module):
     max_scale: float = 100.0
     bias_init: float | None = None  # set (e.g. -10) for SigLIP's sigmoid loss
     dtype: layers.Dtype = jnp.float32
+    image_projection: bool = True  # False: no image projection (SigLIP)
+    text_proj_bias: bool = False  # True: the text projection has a bias (SigLIP)
 
     def setup(self):
-        proj = lambda name: nn.Dense(  # noqa: E731
-            self.embed_dim, use_bias=False, dtype=self.dtype, name=name,
-            kernel_init=layers.dense_init(("embed", "proj"), nn.initializers.normal(0.02)))
-        self.image_proj = proj("image_proj")
-        self.text_proj = proj("text_proj")
+        proj = lambda name, bias=False: nn.Dense(  # noqa: E731
+            self.embed_dim, use_bias=bias, dtype=self.dtype, name=name,
+            kernel_init=layers.dense_init(("embed", "proj"), nn.initializers.normal(0.02)),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("proj",)))
+        if self.image_projection:
+            self.image_proj = proj("image_proj")
+        self.text_proj = proj("text_proj", self.text_proj_bias)
         self.logit_scale = self.param(
             "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(self.temperature_init)), ()),
             ())
@@ -50,7 +57,7 @@ class TwoTower(nn.Module):
 
     def encode_image(self, images):
         pooled, extras = self.image(images)
-        return _l2_normalize(self.image_proj(pooled)), extras
+        return _l2_normalize(self.image_proj(pooled) if self.image_projection else pooled), extras
 
     def encode_text(self, tokens):
         pooled, extras = self.text(tokens)

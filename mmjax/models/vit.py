@@ -8,6 +8,12 @@ intermediates by name: ``patch_tokens`` (encoder output for all tokens, after th
 Two flavours cover the common checkpoints:
 * OpenAI CLIP: ``patch_bias=False, pre_norm=True, pool="cls"``.
 * big_vision / Google ViT: ``patch_bias=True, pre_norm=False``, ``pool="cls"`` or ``"gap"``.
+* SigLIP: ``patch_bias=True, pre_norm=False, pool="map"`` (multi-head attention pooling: a learned
+  probe attends over the tokens, then LayerNorm + MLP with a residual), ``norm_eps=1e-6``.
+
+``feature_layer=i`` (default None) makes ``extras["patch_tokens"]`` the hidden states *entering*
+encoder block ``i`` (negative: from the end, ``-1`` = the last block's output), without the final
+norm: the features LLaVA feeds its projector (``vision_feature_layer=-2``). ``pooled`` is unchanged.
 
 ``stem_channels=(c1, c2, ...)`` makes a *hybrid* ViT (as in the ViT paper's ResNet+ViT hybrids, and
 "Early convolutions help transformers see better", Xiao et al. 2021): each entry is a 3x3 convolution +
@@ -58,12 +64,19 @@ class ViT(nn.Module):
     stem_channels: tuple[int, ...] = ()  # hybrid: conv stages before the patch embedding
     num_classes: int | None = None  # optional linear head on the pooled features
     dtype: layers.Dtype = jnp.float32
+    norm_eps: float = 1e-5  # epsilon of every layer norm
+    feature_layer: int | None = None  # None: patch_tokens after the final norm; i: hidden states before block i
+    remat: str = "none"  # encoder blocks: "none" | "dots" | "full" (layers.Encoder; same params and results)
+    scan: bool = False  # nn.scan over the encoder blocks; True changes the parameter layout (layers.Encoder)
 
     def check(self, image_size: tuple[int, int]) -> None:
         """Raise a one-line ValueError for impossible sizes."""
         layers.check_heads(self.width, self.num_heads, "ViT")
-        if self.pool not in ("cls", "gap"):
-            raise ValueError(f"ViT: pool must be 'cls' or 'gap', got {self.pool!r}")
+        if self.pool not in ("cls", "gap", "map"):
+            raise ValueError(f"ViT: pool must be 'cls', 'gap' or 'map', got {self.pool!r}")
+        if self.feature_layer is not None and not -self.depth - 1 <= self.feature_layer <= self.depth:
+            raise ValueError(f"ViT: feature_layer {self.feature_layer} is out of range for depth {self.depth}; "
+                             f"use -{self.depth + 1} .. {self.depth}")
         h, w = image_size
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(
@@ -109,15 +122,47 @@ class ViT(nn.Module):
                          (1, x.shape[1], self.width))
         x = nn.with_logical_constraint(x + pos.astype(x.dtype), layers.ACT_AXES)
         if self.pre_norm:
-            x = layers.layer_norm("ln_pre", self.dtype)(x)
+            x = layers.layer_norm("ln_pre", self.dtype, self.norm_eps)(x)
 
-        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.activation, self.dtype,
-                           name="encoder")(x)
-        x = layers.layer_norm("ln_post", self.dtype)(x)
-        pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
-        extras = {"patch_tokens": x, "pre_logits": pooled}
+        x, hidden = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.activation, self.dtype,
+                                   self.norm_eps, self.remat, self.scan, name="encoder")(x, return_all=True)
+        x = layers.layer_norm("ln_post", self.dtype, self.norm_eps)(x)
+        if self.pool == "map":
+            pooled = MAPHead(self.num_heads, self.mlp_dim, self.activation, self.norm_eps, self.dtype,
+                             name="map_head")(x)
+        else:
+            pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+        tokens = x if self.feature_layer is None else hidden[self.feature_layer]
+        extras = {"patch_tokens": tokens, "pre_logits": pooled}
         if self.num_classes:
             pooled = nn.Dense(self.num_classes, dtype=self.dtype,
                               kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.zeros),
                               name="head")(pooled)
         return pooled, extras
+
+
+class MAPHead(nn.Module):
+    """Multi-head attention pooling (SigLIP, big_vision's ``MAPHead``): a learned ``probe`` query attends
+    over the tokens; then ``y + mlp(ln(y))``. Returns ``[batch, width]``."""
+
+    num_heads: int
+    mlp_dim: int
+    activation: str = "gelu_tanh"
+    norm_eps: float = 1e-6
+    dtype: layers.Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, _, width = x.shape
+        hd = width // self.num_heads
+        probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+                           (1, 1, width))
+        proj = lambda name: layers.HeadsDense("bse,ehd->bshd", (width, self.num_heads, hd),  # noqa: E731
+                                              ("embed", "heads", "kv"), (0,), True, self.dtype, name=name)
+        q = proj("query")(jnp.broadcast_to(probe, (b, 1, width)).astype(self.dtype))
+        out = layers.attention(q, proj("key")(x), proj("value")(x))
+        y = layers.HeadsDense("bshd,hde->bse", (self.num_heads, hd, width), ("heads", "kv", "embed"), (0, 1), True,
+                              self.dtype, name="out")(out)
+        y = y + layers.Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(
+            layers.layer_norm("ln", self.dtype, self.norm_eps)(y))
+        return y[:, 0]

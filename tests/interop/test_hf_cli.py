@@ -1,0 +1,159 @@
+"""The command lines on tiny exported directories: ``python -m mmjax.zero_shot`` (CLIP) and
+``python -m mmjax.generate`` (LLaVA), checked against transformers on the same inputs."""
+
+import json
+import os
+import subprocess
+import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from mmjax import generate, zero_shot  # noqa: E402
+from mmjax.interop import hf  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 63)] + ["<image>"]  # 64 ids; <image> = 63
+
+
+def _perturbed(model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def _word_tokenizer(directory):
+    """A word-level tokenizer.json over WORDS, with a "<s> $A </s>" template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<image>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)
+
+
+def _write_images(directory, sizes):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (w, h) in enumerate(sizes):
+        path = os.path.join(directory, f"img{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+PREPROCESS = {"do_resize": True, "size": {"shortest_edge": 30}, "resample": 3, "do_center_crop": True,
+              "crop_size": {"height": 30, "width": 30}, "do_rescale": True, "rescale_factor": 1 / 255,
+              "do_normalize": True, "image_mean": [0.48, 0.46, 0.41], "image_std": [0.27, 0.26, 0.28]}
+
+
+def test_preprocess_resizes_crops_and_normalises(tmp_path):
+    from PIL import Image
+
+    path = str(tmp_path / "x.png")
+    Image.fromarray(np.full((40, 60, 3), 255, np.uint8)).save(path)  # white, landscape
+    x = zero_shot.preprocess(path, PREPROCESS, 30)
+    assert x.shape == (30, 30, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[0, 0], (1 - np.array([0.48, 0.46, 0.41])) / np.array([0.27, 0.26, 0.28]), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=36, intermediate_size=37, num_hidden_layers=1, num_attention_heads=3,
+                         max_position_embeddings=8, bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=36, intermediate_size=37, num_hidden_layers=1, num_attention_heads=3,
+                           image_size=30, patch_size=6),
+        projection_dim=20)
+    torch.manual_seed(0)
+    model = _perturbed(transformers.CLIPModel(config), 3)
+    directory = str(tmp_path_factory.mktemp("clip"))
+    model.save_pretrained(directory)
+    _word_tokenizer(directory)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump(PREPROCESS, f)
+    return model, directory
+
+
+def test_zero_shot_command_prints_one_json_line_per_image(clip_dir, tmp_path):
+    model, directory = clip_dir
+    images = _write_images(str(tmp_path), [(30, 30), (50, 37)])
+    labels = ["w5 w6", "w7", "w8 w9 w10"]
+    result = subprocess.run([sys.executable, "-m", "mmjax.zero_shot", "--model", directory, "--labels", ",".join(labels),
+                             *images], capture_output=True, text=True, check=True, timeout=120)
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["image"] for r in rows] == images and all(list(r["probs"]) == labels for r in rows)
+    # the same probabilities from transformers on the same pixels and tokens (eos_token_id 2 = argmax pooling)
+    tok = hf.load_tokenizer(directory)
+    ids = torch.from_numpy(tok.tokenize_like_hf(labels, 8).astype(np.int64))
+    assert ids[1].tolist() == [1, 7, 2, 0, 0, 0, 0, 0]
+    pixels = torch.from_numpy(np.stack([zero_shot.preprocess(p, PREPROCESS, 30) for p in images])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = model(input_ids=ids, pixel_values=pixels).logits_per_image.softmax(-1).numpy()
+    got = np.array([[r["probs"][label] for label in labels] for r in rows])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert np.abs(got[0] - got[1]).max() > 1e-4  # the two images are told apart
+
+
+def test_zero_shot_command_rejects_a_non_two_tower_directory(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert zero_shot.main(["--model", str(tmp_path), "--labels", "a,b", "x.png"]) == 2
+    assert "unsupported architecture 'BertModel'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory):
+    config = transformers.LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=36, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=3, image_size=30, patch_size=10),
+        text_config=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
+                         bos_token_id=1, eos_token_id=2),
+        image_token_id=63)
+    torch.manual_seed(0)
+    model = _perturbed(transformers.LlavaForConditionalGeneration(config), 4)
+    cfg, params = hf.load(model)
+    directory = hf.save(cfg, params, str(tmp_path_factory.mktemp("llava")))
+    _word_tokenizer(directory)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump(PREPROCESS, f)
+    return model, directory
+
+
+def test_generate_command_matches_transformers_greedy(llava_dir, tmp_path, capsys):
+    model, directory = llava_dir
+    images = _write_images(str(tmp_path), [(45, 30)])
+    prompt = "w10 <image> w11 w12"
+    assert generate.main(["--model", directory, "--prompt", prompt, "--max-new-tokens", "5", *images]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["image"] == images[0] and row["prompt"] == prompt
+    ids = [1, 10] + [63] * 9 + [11, 12]  # a 3x3 patch grid: 9 image tokens where <image> stands
+    pixels = torch.from_numpy(zero_shot.preprocess(images[0], PREPROCESS, 30)[None]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        expected = model.generate(input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=5,
+                                  do_sample=False)[0, len(ids):].tolist()
+    if 2 in expected:
+        expected = expected[: expected.index(2) + 1]
+    assert row["tokens"] == expected
+    assert row["text"] == " ".join(WORDS[t] for t in expected if t > 2)
+
+
+def test_unreadable_weights_are_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["CLIPModel"]}))
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(hf.InteropError, match=r"model\.safetensors: not a readable safetensors file \(.*\)$"):
+        hf.load(str(tmp_path))
