@@ -23,3 +23,15 @@ def tiny_config(data_dir, **overrides):
 def read_metrics(workdir):
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+def perturbed(model, seed: int):
+    """A torch model with every parameter moved by N(0, 0.05) noise, in eval mode: random-init models have
+    ones/zeros layer norms, which would let a swapped scale and bias pass a parity test."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()

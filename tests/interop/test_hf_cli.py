@@ -17,17 +17,10 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from mmjax import generate, zero_shot  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
+from helpers import perturbed  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 63)] + ["<image>"]  # 64 ids; <image> = 63
-
-
-def _perturbed(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 def _word_tokenizer(directory):
@@ -79,7 +72,7 @@ def clip_dir(tmp_path_factory):
                            image_size=30, patch_size=6),
         projection_dim=20)
     torch.manual_seed(0)
-    model = _perturbed(transformers.CLIPModel(config), 3)
+    model = perturbed(transformers.CLIPModel(config), 3)
     directory = str(tmp_path_factory.mktemp("clip"))
     model.save_pretrained(directory)
     _word_tokenizer(directory)
@@ -125,7 +118,7 @@ def llava_dir(tmp_path_factory):
                          bos_token_id=1, eos_token_id=2),
         image_token_id=63)
     torch.manual_seed(0)
-    model = _perturbed(transformers.LlavaForConditionalGeneration(config), 4)
+    model = perturbed(transformers.LlavaForConditionalGeneration(config), 4)
     cfg, params = hf.load(model)
     directory = hf.save(cfg, params, str(tmp_path_factory.mktemp("llava")))
     _word_tokenizer(directory)

@@ -21,6 +21,7 @@ pytest.importorskip("safetensors")
 from mmjax import models  # noqa: E402
 from mmjax.config import ConfigError  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
+from helpers import perturbed  # noqa: E402
 
 ATOL = 1e-5
 transformers.logging.set_verbosity_error()
@@ -53,19 +54,11 @@ TOKENS = np.array([[97, 5, 6, 7, 98, 0, 0, 0, 0, 0, 0],
                    [97, 98, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.int64)
 
 
-def _perturb(model, seed):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 def _hf_model(name):
     arch, kwargs = CASES[name]
     config = getattr(transformers, arch.replace("Model", "Config"))(**kwargs)
     torch.manual_seed(0)
-    return _perturb(getattr(transformers, arch)(config), seed=1)
+    return perturbed(getattr(transformers, arch)(config), seed=1)
 
 
 def _images(size, n=3, seed=0):
@@ -267,7 +260,7 @@ def llava(tmp_path_factory):
                          bos_token_id=1, eos_token_id=2),
         image_token_id=IMAGE_ID)
     torch.manual_seed(0)
-    model = _perturb(transformers.LlavaForConditionalGeneration(config), seed=2)
+    model = perturbed(transformers.LlavaForConditionalGeneration(config), seed=2)
     cfg, params = hf.load(model)
     directory = hf.save(cfg, params, str(tmp_path_factory.mktemp("llava")))
     n = models.build(cfg).num_image_tokens(cfg.image_size)
