@@ -77,7 +77,8 @@ class Checkpointer:
         """Restore the newest readable checkpoint: ``(step, state, info)``, or ``(None, target_state, {})``
         when there is none.
 
-        A checkpoint that cannot be read (a file missing or damaged) is moved aside to
+        A checkpoint that cannot be read (a file missing or damaged; tried twice, a second apart, so that a
+        read failing for a moment does not count) is moved aside to
         ``<step>.corrupt-<time>`` (kept for inspection; Orbax no longer sees it as a step) with one warning
         line on stderr, and the next older one is tried. A checkpoint whose train state has other shapes
         than ``target_state`` was written by another model or optimizer config: ``ConfigError``, and
@@ -86,12 +87,18 @@ class Checkpointer:
         initial = data_iterator.get_state() if steps and data_iterator is not None else None
         unreadable, found = [], (None, target_state, {})
         for step in steps:
-            try:
-                found = (step, self.restore(step, target_state, data_iterator), self.restore_info(step))
+            for attempt in range(2):  # a second try first: a read can fail for a moment (a network filesystem)
+                try:
+                    found = (step, self.restore(step, target_state, data_iterator), self.restore_info(step))
+                    break
+                except Exception as e:  # TensorStore raises bare Exception; see _check_shapes
+                    self._check_shapes(step, target_state)
+                    error = e
+                    if attempt == 0:
+                        time.sleep(1.0)
+            if found[0] is not None:
                 break
-            except Exception as e:  # TensorStore raises bare Exception; see _check_shapes
-                self._check_shapes(step, target_state)
-                unreadable.append((step, e))
+            unreadable.append((step, error))
         if jax.process_count() > 1:  # every process must resume from the same step (and see the moves below)
             from jax.experimental import multihost_utils
 

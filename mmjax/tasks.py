@@ -57,6 +57,9 @@ class ContrastiveTask:
         if config.data.image_size != config.model.image_size:
             raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
                               f"{config.model.image_size}; make them equal")
+        if config.data.get("images_per_example", 1) != 1:
+            raise ConfigError(f"data.images_per_example={config.data.images_per_example} is for task='vlm'; "
+                              "the contrastive task pairs one image with one text: set it to 1")
         # Impossible sizes fail here, before any data is built.
         self.model.image.check((config.model.image_size,) * 2)
         self.model.text.check(config.data.max_len)

@@ -322,6 +322,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                 state = state.replace(params=load_init_from(config, state.params))
             skipped = int(info.get("skipped_steps", 0))  # steps whose update nan_policy="skip" dropped
             truncated = int(info.get("truncated_examples", 0))  # training texts cut to fit data.max_len
+            train_seconds = float(info.get("train_seconds", 0.0))  # over all the runs that led here
             log = MetricsLog(workdir, start)
 
             trainable = optimizer_lib.trainable(config.optimizer, state.params)
@@ -329,7 +330,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                               in_shardings=(state_shardings, None), out_shardings=(state_shardings, None),
                               donate_argnums=0)
             lr_schedule = optimizer_lib.schedule(config.optimizer, config.total_steps)
-            train_seconds = 0.0
             t_log, n_log = time.perf_counter(), 0
             # (step, its "finite" flag, its truncated count), still on the device: fetched at log and checkpoint
             # steps only, so the loop does not wait for the device at every step
@@ -383,7 +383,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                         if not bool(all_finite(state)):  # one sync per checkpoint: never save a non-finite state
                             raise _nonfinite("train state (not saved)", step, ckpt, hint=False)
                         ckpt.save(step, state, data_iter, config.to_dict(),
-                                  info={"skipped_steps": skipped, "truncated_examples": truncated})
+                                  info={"skipped_steps": skipped, "truncated_examples": truncated,
+                                        "train_seconds": train_seconds + time.perf_counter() - t0})
                     bar.update(1)
                     train_seconds += time.perf_counter() - t0
                     if step == stop_at or stopping:

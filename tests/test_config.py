@@ -44,3 +44,24 @@ def test_split_overrides():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file 'configs/nope.py' does not exist"):
         config_lib.load_file("configs/nope.py")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"data.images_per_example": 2}, "data.images_per_example=2 is for task='vlm'; the contrastive task pairs one "
+     "image with one text: set it to 1"),
+    ({"data.image_size": 32}, "data.image_size 32 differs from model.image_size 64; make them equal"),
+    ({"loss.kind": "sigmoid", "model.bias_init": None}, "config.loss.kind='sigmoid' needs a learned bias"),
+])
+def test_contrastive_task_config_errors_are_one_line(cfg, changes, message):
+    from mmjax import tasks
+
+    with cfg.unlocked():
+        for key, value in changes.items():
+            *parents, leaf = key.split(".")
+            node = cfg
+            for name in parents:
+                node = node[name]
+            node[leaf] = value
+    with pytest.raises(ConfigError) as e:
+        tasks.get_task(cfg)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

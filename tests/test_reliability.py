@@ -377,7 +377,7 @@ def test_restore_latest_moves_unreadable_checkpoints_aside(stopped, data_dir, tm
     ckpt = Checkpointer(ckpts)
     try:
         step, state, info = ckpt.restore_latest(abstract, data_iter)
-        assert (step, int(state.step), info) == (good, good, {"skipped_steps": 0, "truncated_examples": 0})
+        assert (step, int(state.step), info["skipped_steps"], info["truncated_examples"]) == (good, good, 0, 0)
         assert ckpt.latest_step() == good
     finally:
         ckpt.close()
@@ -396,6 +396,29 @@ def test_restore_latest_moves_unreadable_checkpoints_aside(stopped, data_dir, tm
     err = capsys.readouterr().err
     assert f"warning: checkpoint {ckpts}/{good} is unreadable" in err and "no readable checkpoint remains" in err
     assert steps_on_disk(workdir) == [] and len(glob.glob(os.path.join(ckpts, "*.corrupt-*"))) == 2
+
+
+def test_restore_latest_retries_a_read_that_fails_once(stopped, data_dir, tmp_path, monkeypatch, capsys):
+    """A read that fails for a moment (a network filesystem) does not move a good checkpoint aside."""
+    workdir = copy_run(stopped[0], tmp_path)
+    before = steps_on_disk(workdir)
+    failures, restore = [], Checkpointer.restore
+
+    def flaky(self, *args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise OSError("connection reset (simulated)")
+        return restore(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "restore", flaky)
+    abstract, data_iter = restore_target(tiny_config(data_dir, **STOPPED))
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        step, _, _ = ckpt.restore_latest(abstract, data_iter)
+    finally:
+        ckpt.close()
+    assert failures and step == before[-1] and steps_on_disk(workdir) == before
+    assert "unreadable" not in capsys.readouterr().err
 
 
 def test_restore_latest_refuses_a_checkpoint_of_another_model(stopped, data_dir, tmp_path):

@@ -45,6 +45,7 @@ def test_rerun_of_a_finished_run_only_evaluates(trained, data_dir):
     workdir, results = trained
     again = train.train_and_evaluate(tiny_config(data_dir, **TRAINED), workdir)
     assert again["zero_shot_top1"] == results["zero_shot_top1"]
+    assert again["train_seconds"] == pytest.approx(results["train_seconds"], abs=0.5) and again["train_seconds"] > 0
     assert len(read_metrics(workdir)) == 15
 
 
