@@ -206,12 +206,10 @@ def markdown(rows, curves, header: str) -> str:
 
 
 def chart(rows, curves, title: str, path: str) -> None:
-    import matplotlib
+    from mmjax.evaluate.report import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), gridspec_kw={"width_ratios": [1.6, 1, 1]})
+    fig = figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.6, 1, 1]})
     for r in rows:
         mine = [c for c in curves if c["variant"] == r["variant"]]
         axes[0].plot([c["step"] for c in mine], [100 * c["vqa_accuracy"] for c in mine], marker="o",
@@ -235,7 +233,6 @@ def chart(rows, curves, title: str, path: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def write_csv(path, rows) -> None:

@@ -282,16 +282,14 @@ def _bars(ax, xs, values, width, top, **kw):
 
 
 def chart(rows: list[dict], title: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mmjax.evaluate.report import figure
 
     names = [r["strategy"] for r in rows]
     x = np.arange(len(rows))
     times = [r["step_ms"] for r in rows]
     timed = not any(np.isnan(times))
-    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10.5, 4.2))
+    fig = figure(figsize=(15 if timed else 10.5, 4.2))
+    axes = fig.subplots(1, 3 if timed else 2)
     mem = [("params", "param_bytes"), ("optimizer", "opt_bytes"), ("temp", "temp_bytes")]
     w = 0.8 / len(mem)
     top = max((r[key] or 0) / MiB for r in rows for _, key in mem)
@@ -312,7 +310,6 @@ def chart(rows: list[dict], title: str, path: str) -> None:
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str]) -> int:

@@ -9,33 +9,30 @@ import textwrap
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def figure(**kwargs):
+    """A matplotlib ``Figure`` drawn off-screen and saved with ``fig.savefig``. It is not pyplot's: no global
+    backend switch and nothing to close, so writing a report leaves a notebook's inline plots alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def loss_curve(path: str, history: list[dict]) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     steps = [r["step"] for r in history if "loss" in r]
     ax.plot(steps, [r["loss"] for r in history if "loss" in r])
     ax.set(xlabel="step", ylabel="training loss", title="Training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def similarity_matrix(path: str, images: np.ndarray, captions: list[str], similarity: np.ndarray,
                       predictions: list[str]) -> None:
     """Rows: captions; columns: images (with the zero-shot prediction under each)."""
-    plt = _pyplot()
     n = len(images)
-    fig = plt.figure(figsize=(2 + 1.2 * n, 1.6 + 0.9 * n))
+    fig = figure(figsize=(2 + 1.2 * n, 1.6 + 0.9 * n))
     grid = fig.add_gridspec(2, n + 1, height_ratios=[1.3, n], width_ratios=[4.5] + [1] * n, hspace=0.05)
     for j in range(n):
         ax = fig.add_subplot(grid[0, j + 1])
@@ -51,7 +48,6 @@ def similarity_matrix(path: str, images: np.ndarray, captions: list[str], simila
     ax.set_yticks(range(n), [textwrap.shorten(c, 60) for c in captions], fontsize=7)
     fig.suptitle("Cosine similarity: captions (rows) x images (columns); titles: zero-shot class", fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str) -> None:
@@ -59,14 +55,13 @@ def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str)
     a generated caption, ...) wrapped at 40 characters underneath."""
     if len(images) != len(panels) or not len(images):
         raise ValueError(f"need one panel of text per image; got {len(images)} images, {len(panels)} panels")
-    plt = _pyplot()
     n, cols = len(images), min(4, len(images))
     rows = -(-n // cols)
     texts = ["\n".join(textwrap.fill(line, 40) for line in lines) for lines in panels]
     side = 2.5  # inches per image; 40 characters of 6.5 pt monospace are about 2.2 inches wide
     text_h = 0.12 * max(t.count("\n") + 1 for t in texts) + 0.1
     height = rows * (side + text_h) + 0.4
-    fig = plt.figure(figsize=(side * cols + 0.2, height))
+    fig = figure(figsize=(side * cols + 0.2, height))
     # Image and text rows alternate, so long text never runs into the next row's images.
     grid = fig.add_gridspec(2 * rows, cols, height_ratios=[side, text_h] * rows, left=0.02, right=0.98,
                             bottom=0.01, top=1 - 0.4 / height, wspace=0.08, hspace=0.03)
@@ -82,7 +77,6 @@ def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str)
                 family="monospace")
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
 
 
 def metrics_table(results: dict) -> str:
