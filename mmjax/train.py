@@ -299,6 +299,12 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     policy = nan_policy(config)
     distributed.initialize(config.get("distributed"))  # before anything asks JAX for devices
     task = tasks.get_task(config)
+    from mmjax.data import pipeline  # the data stack: needed from here on, not by the step above
+
+    try:
+        pipeline.get_dataset(config.data)  # an unknown data.name fails now, as one line
+    except (ValueError, TypeError) as e:
+        raise ConfigError(str(e)) from None
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config.sharding)
     dp = sharding.data_parallel_size(mesh, rules)

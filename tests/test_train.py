@@ -66,6 +66,7 @@ def run_cli(*args):
     (["--config.model.image.patch_size=7"], "error: ViT: image size 64x64 is not divisible by patch size 7"),
     (["--config.model.text.num_heads=3"], "error: TextTransformer: width 32 is not divisible by num_heads 3"),
     (["--workdir=/nonexistent/parent/run"], "error: workdir parent '/nonexistent/parent' does not exist"),
+    (["--config.data.name=imagenet"], "error: unknown dataset 'imagenet'; valid names: shapes"),
 ])
 def test_cli_errors_are_one_line(args, message, tmp_path):
     base = ["--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}"]

@@ -1,5 +1,11 @@
 """Grain input pipelines over TFDS array_record sources (no TensorFlow).
 
+Datasets: ``data.name`` picks a registered ``Dataset`` (``DATASETS``; ``register_dataset(name, Dataset(...))``
+or, lazily, ``register_dataset(name, "package.module:ATTRIBUTE")``): its random-access source of a split,
+class names and zero-shot prompt templates. "shapes" is registered here. Only the main process consults the
+registry: the per-example transforms below read records, and Grain pickles the built pipeline (source
+included) into its workers, so a dataset registered at run time works with ``worker_count > 0`` too.
+
 Training (``train_loader``) is a Grain dataset pipeline over ``builder.as_data_source("train")``, built
 lazily on a ``MapDataset`` so that every process describes the same *global* sequence of examples but
 reads only its own: ``MapDataset.source`` -> ``shuffle(seed)`` -> ``repeat(num_epochs)`` (infinite by
@@ -45,9 +51,14 @@ guard (absl's ``app.run`` style is fine).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import io
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -68,20 +79,95 @@ def denormalize(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def prompt_templates() -> list[str]:
-    """Zero-shot prompts; ``template.format(class_name)``. Every word is in the shapes vocabulary."""
-    return list(shapes.PROMPT_TEMPLATES)
+GENERIC_PROMPT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.",
+                            "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.")
+
+
+def _generic_prompt_templates(data_cfg) -> list[str]:
+    return list(GENERIC_PROMPT_TEMPLATES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """How the pipeline reads one dataset (``data.name``); register it with ``register_dataset``.
+
+    ``source(data_cfg, split)``: a random-access source of the split (``len()``, ``source[i]`` -> record
+    dict; what ``builder.as_data_source(split)`` returns; record ``i`` is example ``i``), called in the
+    main process only (Grain pickles the built pipeline, source included, into its workers).
+    ``class_names(data_cfg)``: the names of the labels, for zero-shot classification.
+    ``prompt_templates(data_cfg)``: zero-shot prompts, ``template.format(class_name)``.
+    ``splits``: the valid split names."""
+
+    source: Callable[[Any, str], Any]
+    class_names: Callable[[Any], list[str]]
+    prompt_templates: Callable[[Any], list[str]] = _generic_prompt_templates
+    splits: tuple[str, ...] = ("train", "validation", "test")
+
+
+# data.name -> Dataset, or "package.module:ATTRIBUTE" naming one (imported on first use, then cached).
+DATASETS: dict[str, Dataset | str] = {}
+
+
+def register_dataset(name: str, dataset: Dataset | str) -> None:
+    """Make ``data.name=name`` read ``dataset``: a ``Dataset``, or the import path ``"module:attr"`` of one
+    (lazy: the module is imported when the name is first used, so a config naming it needs no import)."""
+    if isinstance(dataset, str):
+        if not re.fullmatch(r"[\w.]+:[\w.]+", dataset):
+            raise ValueError(f"dataset {name!r}: import path {dataset!r} is not of the form 'package.module:ATTRIBUTE'")
+    elif not isinstance(dataset, Dataset):
+        raise TypeError(f"dataset {name!r} must be a pipeline.Dataset or a 'module:attr' path, "
+                        f"got {type(dataset).__name__}")
+    DATASETS[name] = dataset
+
+
+def get_dataset(data_cfg_or_name) -> Dataset:
+    """The registered ``Dataset`` of ``data.name`` (default "shapes"); an unknown name is a ``ValueError``
+    listing the registered ones."""
+    name = data_cfg_or_name if isinstance(data_cfg_or_name, str) else data_cfg_or_name.get("name", "shapes")
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
+    entry = DATASETS[name]
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        try:
+            found = functools.reduce(getattr, attr.split("."), importlib.import_module(module))
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"dataset {name!r} is registered as {entry!r}, which does not import: "
+                             f"{type(e).__name__}: {e}") from e
+        if not isinstance(found, Dataset):
+            raise TypeError(f"dataset {name!r}: {entry!r} is a {type(found).__name__}, not a pipeline.Dataset")
+        entry = DATASETS[name] = found
+    return entry
+
+
+def prompt_templates(data_cfg=None) -> list[str]:
+    """Zero-shot prompts of ``data.name``; ``template.format(class_name)``. Without ``data_cfg``, the
+    shapes templates (every word is in the shapes vocabulary)."""
+    return get_dataset(data_cfg if data_cfg is not None else "shapes").prompt_templates(data_cfg)
 
 
 def class_names(data_cfg) -> list[str]:
-    _check_name(data_cfg)
-    return list(shapes.CLASS_NAMES)
+    return list(get_dataset(data_cfg).class_names(data_cfg))
 
 
-def _check_name(data_cfg) -> None:
-    name = data_cfg.get("name", "shapes")
-    if name != "shapes":
-        raise ValueError(f"unknown dataset {name!r}; valid names: shapes")
+def _data_source(data_cfg, split: str):
+    ds = get_dataset(data_cfg)
+    if split not in ds.splits:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(ds.splits)}")
+    return ds.source(data_cfg, split)
+
+
+def _shapes_source(data_cfg, split: str):
+    builder = shapes_builder.ensure_built(
+        data_cfg.get("data_dir", None), seed=data_cfg.get("seed", 0),
+        image_size=data_cfg.get("image_size", 64), num_train=data_cfg.get("num_train", 20_000),
+        num_validation=data_cfg.get("num_validation", 1_000), num_test=data_cfg.get("num_test", 1_000))
+    return builder.as_data_source(split)
+
+
+register_dataset("shapes", Dataset(source=_shapes_source, class_names=lambda data_cfg: list(shapes.CLASS_NAMES),
+                                   prompt_templates=lambda data_cfg: list(shapes.PROMPT_TEMPLATES),
+                                   splits=shapes.SPLITS))
 
 
 def images_per_example(data_cfg) -> int:
@@ -111,17 +197,6 @@ class PairSource:
 
     def __getitem__(self, i):
         return self.source[i], self.source[int(self.partners[i])]
-
-
-def _data_source(data_cfg, split: str):
-    _check_name(data_cfg)
-    if split not in shapes.SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(shapes.SPLITS)}")
-    builder = shapes_builder.ensure_built(
-        data_cfg.get("data_dir", None), seed=data_cfg.get("seed", 0),
-        image_size=data_cfg.get("image_size", 64), num_train=data_cfg.get("num_train", 20_000),
-        num_validation=data_cfg.get("num_validation", 1_000), num_test=data_cfg.get("num_test", 1_000))
-    return builder.as_data_source(split)
 
 
 def _text(value) -> str:
@@ -342,9 +417,10 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
         "captions": captions,
         "label": np.array([r["label"] for r in records], np.int32),
         "id": np.array([r["id"] for r in records], np.int32),
-        "questions": [[_text(q) for q in r["questions"]] for r in records],
-        "answers": [[_text(a) for a in r["answers"]] for r in records],
-        "question_types": [[_text(t) for t in r["question_types"]] for r in records],
+        # Captions-only datasets may leave these fields out: empty lists then.
+        "questions": [[_text(q) for q in r.get("questions", ())] for r in records],
+        "answers": [[_text(a) for a in r.get("answers", ())] for r in records],
+        "question_types": [[_text(t) for t in r.get("question_types", ())] for r in records],
         "class_names": class_names(data_cfg),
     }
 

@@ -47,7 +47,7 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     class_emb = zero_shot.class_embeddings(
         lambda t: batched(encode_text, t, bs),
         lambda texts: task.tokenizer.tokenize(texts, cfg.data.max_len),
-        class_names, pipeline.prompt_templates())
+        class_names, pipeline.prompt_templates(cfg.data))
     logits = image_emb @ class_emb.T
     labels = np.asarray(data["label"])
     acc = zero_shot.topk_accuracy(logits, labels)

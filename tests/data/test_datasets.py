@@ -1,0 +1,175 @@
+"""The dataset registry of ``pipeline``: datasets other than shapes, by object or by import path."""
+
+import io
+import sys
+import textwrap
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmjax.data import pipeline, shapes
+
+SIZES = dict(num_train=64, num_validation=16, num_test=16)  # as in conftest.py
+CAPTIONS = ("a red circle", "a blue square", "a green star", "a yellow cross")
+
+
+def _records(n: int, size: int = 16) -> list[dict]:
+    """``n`` records of a captions-only dataset (no questions/answers/question_types fields)."""
+    out = []
+    for i in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(np.full((size, size, 3), 10 * i, np.uint8)).save(buffer, format="PNG")
+        out.append({"id": i, "image_png": buffer.getvalue(), "label": i % 2,
+                    "captions": [CAPTIONS[i % 4], CAPTIONS[(i + 1) % 4]]})
+    return out
+
+
+def _tiny(**kwargs) -> pipeline.Dataset:
+    records = {"train": _records(12), "test": _records(5)}
+    return pipeline.Dataset(source=lambda data_cfg, split: records[split],
+                            class_names=lambda data_cfg: ["dark", "light"], splits=("train", "test"), **kwargs)
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """A copy of the registry for the test: what it registers is gone afterwards."""
+    monkeypatch.setattr(pipeline, "DATASETS", dict(pipeline.DATASETS))
+    return pipeline.DATASETS
+
+
+def _cfg(name="tiny", **overrides):
+    return ml_collections.ConfigDict({**dict(name=name, image_size=16, max_len=8, flip_prob=0.0, worker_count=0,
+                                             caption_sampling="canonical"), **overrides})
+
+
+def _batches(cfg, tok, n, batch=4):
+    it = iter(pipeline.train_loader(cfg, tokenizer=tok, global_batch_size=batch, seed=0, shard_index=0,
+                                    shard_count=1))
+    try:
+        return [next(it) for _ in range(n)]
+    finally:
+        if hasattr(it, "close"):
+            it.close()
+
+
+def test_train_batches_come_from_a_registered_dataset(registry, tok):
+    pipeline.register_dataset("tiny", _tiny())
+    batches = _batches(_cfg(), tok, 3)  # 12 records: one epoch
+    ids = np.concatenate([b["id"] for b in batches])
+    assert sorted(ids) == list(range(12))
+    for b in batches:
+        assert b["image"].shape == (4, 16, 16, 3) and b["image"].dtype == np.float32
+        assert b["text"].shape == (4, 8) and not b["truncated"].any()
+        for i, image, text, label in zip(b["id"], b["image"], b["text"], b["label"]):
+            assert (pipeline.denormalize(image) == 10 * i).all()
+            assert tok.decode(text) == CAPTIONS[i % 4] and label == i % 2
+
+
+def test_workers_read_a_dataset_registered_at_run_time(registry, tok):
+    """Spawned Grain workers never see this registration: they get the pickled pipeline, source included."""
+    pipeline.register_dataset("tiny", _tiny())
+    want, got = _batches(_cfg(), tok, 2), _batches(_cfg(worker_count=1), tok, 2)
+    for x, y in zip(want, got):
+        assert x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_load_split_of_a_captions_only_dataset(registry, tok):
+    pipeline.register_dataset("tiny", _tiny())
+    d = pipeline.load_split(_cfg(), "test", tokenizer=tok)
+    assert d["image"].shape == (5, 16, 16, 3) and d["caption"] == [CAPTIONS[i % 4] for i in range(5)]
+    assert d["questions"] == d["answers"] == d["question_types"] == [[]] * 5
+    assert d["class_names"] == pipeline.class_names(_cfg()) == ["dark", "light"]
+    assert d["label"].tolist() == [0, 1, 0, 1, 0] and d["id"].tolist() == list(range(5))
+
+
+def test_prompt_templates_per_dataset(registry, data_dir):
+    pipeline.register_dataset("tiny", _tiny())
+    pipeline.register_dataset("own", _tiny(prompt_templates=lambda data_cfg: ["{} here"]))
+    shapes_cfg = ml_collections.ConfigDict(dict(name="shapes", data_dir=data_dir, **SIZES))
+    assert pipeline.prompt_templates() == pipeline.prompt_templates(shapes_cfg) == list(shapes.PROMPT_TEMPLATES)
+    assert pipeline.prompt_templates(_cfg()) == list(pipeline.GENERIC_PROMPT_TEMPLATES)
+    assert pipeline.prompt_templates(_cfg("own")) == ["{} here"]
+
+
+def test_unknown_dataset_and_split(registry, tok):
+    pipeline.register_dataset("tiny", _tiny())
+    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; valid names: shapes, tiny$"):
+        pipeline.train_loader(_cfg("mnist"), tokenizer=tok, global_batch_size=4, seed=0, shard_index=0,
+                              shard_count=1)
+    with pytest.raises(ValueError, match=r"^unknown split 'validation'; valid splits: train, test$"):
+        pipeline.load_split(_cfg(), "validation", tokenizer=tok)
+
+
+def test_register_by_import_path_is_lazy(registry, tok, tmp_path, monkeypatch):
+    (tmp_path / "mmjax_tiny_dataset.py").write_text(textwrap.dedent('''
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from mmjax.data import pipeline
+
+
+        def png(i):
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((16, 16, 3), i, np.uint8)).save(buffer, format="PNG")
+            return buffer.getvalue()
+
+
+        RECORDS = [{"id": i, "image_png": png(i), "label": i % 2, "captions": ["a red circle"],
+                    "questions": ["what colour is the circle?"], "answers": ["red"], "question_types": ["colour"]}
+                   for i in range(6)]
+        DATASET = pipeline.Dataset(source=lambda data_cfg, split: RECORDS,
+                                   class_names=lambda data_cfg: ["dark", "light"])
+        '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pipeline.register_dataset("by_path", "mmjax_tiny_dataset:DATASET")
+    assert "mmjax_tiny_dataset" not in sys.modules  # nothing imported until a config names it
+    try:
+        d = pipeline.load_split(_cfg("by_path"), "validation", tokenizer=tok)
+        assert isinstance(registry["by_path"], pipeline.Dataset)  # resolved once, then cached
+    finally:
+        sys.modules.pop("mmjax_tiny_dataset", None)
+    assert d["id"].tolist() == list(range(6)) and d["answers"] == [["red"]] * 6
+    assert pipeline.class_names(_cfg("by_path")) == ["dark", "light"]
+
+
+def test_bad_registrations(registry):
+    with pytest.raises(ValueError, match="not of the form 'package.module:ATTRIBUTE'"):
+        pipeline.register_dataset("bad", "mmjax.data.shapes.CLASS_NAMES")
+    with pytest.raises(TypeError, match="must be a pipeline.Dataset"):
+        pipeline.register_dataset("bad", ["not", "a", "dataset"])
+    pipeline.register_dataset("missing", "mmjax.data.no_such_module:DATASET")
+    with pytest.raises(ValueError, match=r"'missing' is registered as 'mmjax.data.no_such_module:DATASET', which "
+                                         "does not import: ModuleNotFoundError"):
+        pipeline.class_names(_cfg("missing"))
+    pipeline.register_dataset("wrong", "mmjax.data.shapes:CLASS_NAMES")
+    with pytest.raises(TypeError, match="'mmjax.data.shapes:CLASS_NAMES' is a list, not a pipeline.Dataset"):
+        pipeline.class_names(_cfg("wrong"))
+
+
+def test_every_registered_dataset_resolves():
+    """Import paths fail only when used: resolve every built-in registration here instead."""
+    for name in list(pipeline.DATASETS):
+        assert isinstance(pipeline.get_dataset(name), pipeline.Dataset)
+
+
+def test_shapes_batches_are_unchanged(data_dir, tok):
+    """Fingerprint of the first shapes batches, computed before the registry replaced the hard-coded
+    "shapes" branches: the same records, augmentations and tokens."""
+    cfg = ml_collections.ConfigDict(dict(name="shapes", data_dir=data_dir, seed=0, image_size=64, max_len=32,
+                                         flip_prob=0.5, worker_count=0, caption_sampling="random",
+                                         hard_negatives=True, **SIZES))
+    it = iter(pipeline.train_loader(cfg, tokenizer=tok, global_batch_size=8, seed=0, shard_index=0, shard_count=1))
+    batches = [next(it) for _ in range(3)]
+    weights = np.arange(1, 33)
+    assert [b["id"].tolist() for b in batches] == [[49, 4, 10, 45, 39, 63, 27, 9], [62, 20, 54, 7, 23, 13, 28, 35],
+                                                    [16, 0, 33, 53, 12, 59, 25, 44]]
+    assert [b["label"].tolist() for b in batches] == [[31, 11, 34, 37, 24, 17, 24, 8], [32, 27, 13, 27, 4, 18, 18, 17],
+                                                       [17, 35, 26, 24, 45, 3, 25, 18]]
+    assert [int((b["text"].astype(np.int64) * weights).sum()) for b in batches] == [45710, 44094, 36901]
+    assert [int((b["text_neg"].astype(np.int64) * weights).sum()) for b in batches] == [46128, 43629, 37138]
+    assert [int(pipeline.denormalize(b["image"]).astype(np.int64).sum()) for b in batches] == \
+        [12732996, 11336822, 12083375]
