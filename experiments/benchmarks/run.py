@@ -1,0 +1,550 @@
+"""Train-step benchmarks with model FLOP utilisation (MFU), and the levers that move it.
+
+For one model (a CLIP two-tower or an early-fusion model), compile mmjax's one train step on a synthetic
+batch under each lever, time it (compile time apart from the steady-state median), and report
+pairs/s (two-tower) or tokens/s (early fusion), analytic TFLOP/s per device (``flops.py``) and MFU
+against the bf16 and fp32 matmul peaks MEASURED IN THE SAME RUN (a large jitted matmul), and against the
+datasheet bf16 peak where the device is known. ``--compare-torch`` adds Hugging Face ``CLIPModel``
+(torch, float32, same dimensions and batch, AdamW; eager and ``torch.compile``) and, on CUDA with
+open_clip installed, open_clip with bf16 autocast + ``torch.compile``. Timed steps are interleaved
+round-robin over all variants, so a change of the machine's load affects them alike.
+
+    python experiments/benchmarks/run.py --model clip-small --levers all --compare-torch     # CPU
+    python experiments/benchmarks/run.py --model llava-small --levers baseline,bf16,remat_dots,scan
+    python experiments/benchmarks/run.py --model clip-vit-b16 --batch 256 --levers all --compare-torch  # GPU
+
+Writes ``<out>/<platform>_<model>.{md,csv}``. Levers (``--levers``, comma-separated, or ``all``):
+
+  baseline       float32 compute, donated state, JAX's default attention, no remat, unrolled layers
+  bf16           bfloat16 compute (config.dtype), float32 master weights and optimizer state
+  attn_xla       attention with implementation='xla'
+  attn_cudnn     bf16 + attention with implementation='cudnn' (falls back, and says so, off GPU)
+  remat_dots     remat of every block, policy jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+  remat_full     remat of every block, nothing saved inside a block
+  scan           nn.scan over the ViT/text encoder blocks (parameter layout changes; off by default)
+  no_donate      the train state is not donated to the step
+  xla_gpu_flags  baseline in a child process with XLA_GPU_FLAGS added to XLA_FLAGS (GPU only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import flops as flops_lib  # noqa: E402
+from mmjax import config as config_lib  # noqa: E402
+from mmjax import models, sharding, tasks, train  # noqa: E402
+from mmjax.models import layers  # noqa: E402
+from mmjax.models import lm as lm_lib  # noqa: E402
+
+LEVERS = ("baseline", "bf16", "attn_xla", "attn_cudnn", "remat_dots", "remat_full", "scan", "no_donate",
+          "xla_gpu_flags")
+
+# XLA flags commonly recommended for GPU training throughput (applied only on GPU, lever xla_gpu_flags).
+# Flags unknown to the installed XLA make it abort, so the lever runs in a child process.
+XLA_GPU_FLAGS = (
+    "--xla_gpu_enable_latency_hiding_scheduler=true",  # overlap collectives/copies with compute
+    "--xla_gpu_enable_triton_gemm=false",  # cuBLAS(Lt) for every matmul
+    "--xla_gpu_enable_highest_priority_async_stream=true",
+    "--xla_gpu_all_reduce_combine_threshold_bytes=134217728",  # fewer, larger gradient all-reduces
+)
+
+# Datasheet dense bf16 peak FLOP/s per device (matched against device_kind, first match wins).
+DATASHEET_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
+                  ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5p", 459e12),
+                  ("TPU v6 lite", 918e12), ("TPU v6e", 918e12))
+
+_CLIP_VIT = dict(pool="cls", patch_bias=False, pre_norm=True, activation="quick_gelu")
+_CLIP_TXT = dict(pool="argmax", activation="quick_gelu", eot_id=2)
+
+
+def _small_clip(image, patch, width, depth, heads, vocab, length, text_width, text_depth):
+    return dict(type="two_tower", image_size=image, embed_dim=width,
+                image=dict(width=width, depth=depth, num_heads=heads, mlp_dim=4 * width, patch_size=patch,
+                           **_CLIP_VIT),
+                text=dict(vocab_size=vocab, max_len=length, width=text_width, depth=text_depth, num_heads=heads,
+                          mlp_dim=4 * text_width, **_CLIP_TXT))
+
+
+# Benchmark-only models (OpenAI CLIP architecture at small sizes, so that HF CLIPModel can mirror them),
+# besides every named model of mmjax.models.
+BENCH_MODELS = {
+    "clip-tiny": _small_clip(32, 8, 32, 1, 2, 256, 8, 32, 1),  # tests
+    "clip-small": _small_clip(64, 8, 256, 4, 4, 1024, 32, 256, 4),  # CPU
+    "llava-tiny": dict(type="early_fusion", image_size=32, projector="mlp2x_gelu", vision_tokens="patches",
+                       image_pool=1, attn_mask="prefix",
+                       image=_small_clip(32, 8, 32, 1, 2, 256, 8, 32, 1)["image"],
+                       lm=dict(lm_lib.variant("lm-tiny", vocab_size=256))),
+    "llava-small": dict(type="early_fusion", image_size=64, projector="mlp2x_gelu", vision_tokens="patches",
+                        image_pool=1, attn_mask="prefix",
+                        image=_small_clip(64, 8, 256, 4, 4, 1024, 32, 256, 4)["image"],
+                        lm=dict(width=256, depth=4, num_heads=4, num_kv_heads=4, mlp_dim=704, vocab_size=1024)),
+    # GPU: a ViT-B/16 tower with a 16-layer, 1024-wide LM (lm-base), 196 image tokens in 320 positions.
+    "llava-b16-base": dict(type="early_fusion", image_size=224, projector="mlp2x_gelu", vision_tokens="patches",
+                           image_pool=1, attn_mask="prefix", image=models.model_config("clip-vit-b16")["image"],
+                           lm=dict(lm_lib.variant("lm-base", vocab_size=32000))),
+}
+LLAVA_SEQ = {"llava-tiny": 24, "llava-small": 96, "llava-b16-base": 320, "llava-shapes": 64}
+
+
+def model_config(name: str) -> dict:
+    if name in BENCH_MODELS:
+        return json.loads(json.dumps(BENCH_MODELS[name]))
+    return models.model_config(name)
+
+
+# ------------------------------------------------------------------------------------------- peaks
+def matmul_peak(dtype, n: int, seconds: float = 1.0) -> float:
+    """FLOP/s of a jitted ``n x n @ n x n`` matmul in ``dtype`` (float32 accumulation precision as XLA
+    chooses), median over repeats filling about ``seconds``."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    t0 = time.perf_counter()
+    f(a, b).block_until_ready()
+    reps = max(3, min(50, int(seconds / max(time.perf_counter() - t0, 1e-6))))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
+
+
+def measure_peaks(n: int | None) -> dict:
+    if n is None:
+        n = 8192 if jax.default_backend() in ("gpu", "tpu") else 2048
+    return {"fp32": matmul_peak(jnp.float32, n), "bf16": matmul_peak(jnp.bfloat16, n), "n": n}
+
+
+def datasheet_peak(kind: str) -> float | None:
+    return next((p for pat, p in DATASHEET_BF16 if pat.lower() in kind.lower()), None)
+
+
+# ------------------------------------------------------------------------------------------- mmjax
+def make_config(model: str, lever: str, batch: int):
+    mcfg = model_config(model)
+    if mcfg["type"] == "two_tower":
+        config = config_lib.load_file(os.path.join(ROOT, "configs", "clip_shapes.py"))
+        config.model = mcfg
+        config.data.max_len = mcfg["text"]["max_len"]
+    elif mcfg["type"] == "early_fusion":
+        config = config_lib.load_file(os.path.join(ROOT, "configs", "llava_shapes.py") + ":stage=2")
+        config.model = mcfg
+        config.data.max_len = LLAVA_SEQ[model]
+        config.optimizer.freeze_regex = ()  # train everything: the step whose FLOPs are counted
+        config.init_from = dict(workdir=None, regex=())
+    else:
+        raise SystemExit(f"error: --model {model!r} is a {mcfg['type']} model; benchmark a two_tower or "
+                         "early_fusion one")
+    config.data.image_size = mcfg["image_size"]
+    config.batch_size = batch * jax.device_count()
+    config.mesh = dict(data=-1, fsdp=1, tensor=1)
+    config.sharding = dict(strategy="dp", rules=())
+    if lever in ("bf16", "attn_cudnn"):
+        config.dtype = "bfloat16"
+    towers = ("image", "text") if mcfg["type"] == "two_tower" else ("image", "lm")
+    if lever.startswith("remat_"):
+        for t in towers:
+            config.model[t].remat = lever.removeprefix("remat_")
+    if lever == "scan":
+        for t in towers:
+            if t != "lm":  # the decoder LM has no scanned form
+                config.model[t].scan = True
+    return config
+
+
+def synthetic_batch(task, batch: int, seed: int = 0) -> dict:
+    rs = np.random.RandomState(seed)
+    spec = task.batch_spec(batch)
+    image = rs.uniform(-1, 1, spec["image"].shape).astype(np.float32)
+    if "text" in spec:  # BOS words... EOT PAD...
+        n, length = spec["text"].shape
+        text = rs.randint(4, task.config.model.text.vocab_size, (n, length)).astype(np.int32)
+        text[:, 0] = 1
+        for i, e in enumerate(rs.randint(2, length, n)):
+            text[i, e], text[i, e + 1:] = 2, 0
+        return {"image": image, "text": text}
+    tok = task.tokenizer  # early fusion: BOS [IMG]*N prompt... SEP answer... EOT, no padding
+    n, length = spec["tokens"].shape
+    words = [i for i in range(tok.vocab_size) if i not in (tok.bos_id, tok.eot_id, tok.pad_id, tok.sep_id,
+                                                          tok.image_id)]
+    tokens = rs.choice(words, (n, length)).astype(np.int32)
+    k = task.num_image_tokens
+    tokens[:, 0], tokens[:, 1:1 + k], tokens[:, -1] = tok.bos_id, tok.image_id, tok.eot_id
+    tokens[:, 1 + k + (length - k - 2) // 2] = tok.sep_id
+    return {"image": image, "tokens": tokens}
+
+
+def build_runner(model: str, lever: str, batch: int) -> tuple[dict, callable]:
+    """Compile the train step under ``lever``; returns (row, run_step)."""
+    config = make_config(model, lever, batch)
+    task = tasks.get_task(config)
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.logical_rules(config.sharding)
+    impl = {"attn_xla": "xla", "attn_cudnn": "cudnn"}.get(lever)
+    donate = () if lever == "no_donate" else (0,)
+    row = {"model": model, "lever": lever, "framework": "mmjax (jax)", "dtype": config.dtype,
+           "batch_per_device": batch}
+    mcfg = config.model.to_dict()
+    if mcfg["type"] == "two_tower":
+        row["flops_per_step"] = flops_lib.two_tower_train_flops(mcfg, config.batch_size)
+        row["items_per_step"], row["unit"] = config.batch_size, "pairs/s"
+    else:
+        row["flops_per_step"] = flops_lib.early_fusion_train_flops(mcfg, config.batch_size, config.data.max_len)
+        row["items_per_step"], row["unit"] = config.batch_size * config.data.max_len, "tokens/s"
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), layers.attention_implementation(impl):
+        tx = train.make_optimizer(config, task)
+        state, shardings = train.init_state(task, tx, config.seed, mesh, rules)
+        batch_sh = sharding.batch_sharding(mesh, rules)
+        data = sharding.global_batch(synthetic_batch(task, config.batch_size), mesh, rules)
+        step = jax.jit(train.make_train_step(task, tx, config.seed), in_shardings=(shardings, batch_sh),
+                       out_shardings=(shardings, None), donate_argnums=donate)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, data).compile()
+        row["compile_s"] = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    row["temp_mib"] = getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem is not None else float("nan")
+    held = {"state": state}
+
+    def run_step():
+        held["state"], metrics = compiled(held["state"], data)
+        jax.block_until_ready((held["state"], metrics))
+        row["loss"] = float(metrics["loss"])
+
+    return row, run_step
+
+
+# ------------------------------------------------------------------------------------------- torch
+def hf_clip(mcfg: dict):
+    """A Hugging Face CLIPModel with the dimensions of an mmjax CLIP-architecture two-tower config."""
+    from transformers import CLIPConfig, CLIPModel
+
+    im, tx = mcfg["image"], mcfg["text"]
+    if (im.get("stem_channels") or im.get("pool") != "cls" or not im.get("pre_norm") or im.get("patch_bias")
+            or tx.get("pool") != "argmax"):
+        raise ValueError("HF CLIPModel mirrors only OpenAI-CLIP-architecture models (clip-small, clip-vit-*)")
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=tx["vocab_size"], hidden_size=tx["width"], intermediate_size=tx["mlp_dim"],
+                         num_hidden_layers=tx["depth"], num_attention_heads=tx["num_heads"],
+                         max_position_embeddings=tx["max_len"], hidden_act=tx["activation"], bos_token_id=1,
+                         eos_token_id=2, pad_token_id=0),
+        vision_config=dict(hidden_size=im["width"], intermediate_size=im["mlp_dim"], num_hidden_layers=im["depth"],
+                           num_attention_heads=im["num_heads"], image_size=mcfg["image_size"],
+                           patch_size=im["patch_size"], hidden_act=im["activation"]),
+        projection_dim=mcfg["embed_dim"])
+    return CLIPModel(cfg)
+
+
+def torch_runner(model: str, batch: int, compiled: bool, threads: int) -> tuple[dict, callable]:
+    """HF CLIPModel, float32 on CPU (or the first CUDA device), one AdamW step with the mmjax config's
+    gradient clipping (1.0), on a batch of the same shapes."""
+    import torch
+
+    torch.set_num_threads(threads)
+    mcfg = model_config(model)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    net = hf_clip(mcfg).to(dev).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1)
+    rs = np.random.RandomState(0)
+    s, length = mcfg["image_size"], mcfg["text"]["max_len"]
+    pixels = torch.tensor(rs.uniform(-1, 1, (batch, 3, s, s)).astype(np.float32), device=dev)
+    ids = torch.tensor(rs.randint(3, mcfg["text"]["vocab_size"], (batch, length)), device=dev)
+    fwd = torch.compile(net) if compiled else net
+
+    def step():
+        loss = fwd(input_ids=ids, pixel_values=pixels, return_loss=True).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        return float(loss)  # a sync
+
+    row = {"model": model, "lever": "torch.compile" if compiled else "torch eager",
+           "framework": f"HF CLIPModel (torch {torch.__version__}, {dev})", "dtype": "float32",
+           "batch_per_device": batch, "flops_per_step": flops_lib.two_tower_train_flops(mcfg, batch),
+           "items_per_step": batch, "unit": "pairs/s", "temp_mib": float("nan")}
+    t0 = time.perf_counter()
+    step()  # first step: includes torch.compile's compilation
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step()
+    row["compile_s"] = max(first - (time.perf_counter() - t0), 0.0) if compiled else 0.0
+
+    def run_step():
+        row["loss"] = step()
+
+    return row, run_step
+
+
+def open_clip_runner(model: str, batch: int) -> tuple[dict, callable]:
+    """open_clip at the same architecture, bf16 autocast + torch.compile, on CUDA. Raises RuntimeError
+    with the reason when open_clip or CUDA is missing."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("open_clip") is None:
+        raise RuntimeError("open_clip is not installed (pip install open_clip_torch)")
+    if not torch.cuda.is_available():
+        raise RuntimeError("no CUDA device")
+    import open_clip
+
+    names = {"clip-vit-b16": "ViT-B-16-quickgelu", "clip-vit-b32": "ViT-B-32-quickgelu", "clip-vit-l14": "ViT-L-14-quickgelu"}
+    if model not in names:
+        raise RuntimeError(f"no open_clip architecture named for {model}; use one of {', '.join(names)}")
+    net = open_clip.create_model(names[model]).cuda().train()
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1, fused=True)
+    mcfg = model_config(model)
+    s, length = mcfg["image_size"], mcfg["text"]["max_len"]
+    images = torch.randn(batch, 3, s, s, device="cuda")
+    text = torch.randint(3, mcfg["text"]["vocab_size"], (batch, length), device="cuda")
+    fwd = torch.compile(net)
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            img, txt, scale = fwd(images, text)
+            loss = loss_fn(img, txt, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        return float(loss)
+
+    row = {"model": model, "lever": "open_clip bf16 autocast + torch.compile",
+           "framework": f"open_clip {open_clip.__version__} (torch {torch.__version__}, cuda)", "dtype": "bf16 autocast",
+           "batch_per_device": batch, "flops_per_step": flops_lib.two_tower_train_flops(mcfg, batch),
+           "items_per_step": batch, "unit": "pairs/s", "temp_mib": float("nan")}
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step()
+    row["compile_s"] = max(first - (time.perf_counter() - t0), 0.0)
+
+    def run_step():
+        row["loss"] = step()
+
+    return row, run_step
+
+
+# ------------------------------------------------------------------------------------------- driver
+def xla_flags_child(args) -> dict:
+    """The baseline lever in a child process with XLA_GPU_FLAGS added to XLA_FLAGS."""
+    out = os.path.join(args.out, "_xla_gpu_flags")
+    env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " " + " ".join(XLA_GPU_FLAGS)).strip())
+    cmd = [sys.executable, os.path.abspath(__file__), "--model", args.model, "--batch", str(args.batch), "--steps",
+           str(args.steps), "--levers", "baseline", "--out", out, "--peak-n", str(args.peak_n or 8192)]
+    subprocess.run(cmd, env=env, check=True)
+    with open(os.path.join(out, f"{jax.default_backend()}_{args.model}.csv")) as f:
+        row = next(csv.DictReader(f))
+    keep = ("model", "framework", "dtype", "batch_per_device", "flops_per_step", "items_per_step", "unit",
+            "compile_s", "temp_mib", "step_ms", "step_ms_min", "loss")
+    row = {k: (v if k in ("model", "framework", "dtype", "unit") else float(v)) for k, v in row.items() if k in keep}
+    return dict(row, lever="xla_gpu_flags", note="child process; timed there, not interleaved")
+
+
+def time_interleaved(runners, steps: int) -> list[list[float]]:
+    for run in runners:
+        run()  # warm-up
+    times = [[] for _ in runners]
+    for _ in range(steps):
+        for i, run in enumerate(runners):
+            t0 = time.perf_counter()
+            run()
+            times[i].append(time.perf_counter() - t0)
+    return times
+
+
+COLUMNS = ["model", "lever", "framework", "dtype", "batch_per_device", "compile_s", "step_ms", "step_ms_min",
+           "throughput", "unit", "tflop_per_step", "tflops_per_device", "mfu_vs_measured_fp32",
+           "mfu_vs_measured_bf16", "mfu_vs_datasheet_bf16", "temp_mib", "loss", "note"]
+
+
+def finish(row: dict, peaks: dict, n_dev: int, datasheet: float | None) -> dict:
+    s = row["step_ms"] / 1e3
+    tflops = row["flops_per_step"] / s / n_dev / 1e12 if not row["framework"].startswith(("HF", "open_clip")) else \
+        row["flops_per_step"] / s / 1e12  # torch runs on one device
+    row.update(throughput=row["items_per_step"] / s, tflop_per_step=row["flops_per_step"] / 1e12,
+               tflops_per_device=tflops, mfu_vs_measured_fp32=tflops * 1e12 / peaks["fp32"],
+               mfu_vs_measured_bf16=tflops * 1e12 / peaks["bf16"],
+               mfu_vs_datasheet_bf16=tflops * 1e12 / datasheet if datasheet else float("nan"))
+    row.setdefault("note", "")
+    return row
+
+
+def fmt(v, digits=3):
+    if isinstance(v, float):
+        if v != v:
+            return "n/a"
+        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return str(v)
+
+
+def markdown(rows, header: list[str], ratios: list[tuple[str, str, float]]) -> str:
+    cols = ["lever", "framework", "dtype", "batch/dev", "compile s", "step ms median (min)", "throughput",
+            "TFLOP/s/dev", "MFU vs measured fp32 peak", "MFU vs measured bf16 peak", "MFU vs datasheet bf16",
+            "temp MiB", "loss", "note"]
+    lines = header + ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["lever"], r["framework"], r["dtype"], str(int(r["batch_per_device"])), fmt(r["compile_s"]),
+            f"{fmt(r['step_ms'])} ({fmt(r['step_ms_min'])})", f"{fmt(r['throughput'])} {r['unit']}",
+            fmt(r["tflops_per_device"]), f"{100 * r['mfu_vs_measured_fp32']:.1f} %",
+            f"{100 * r['mfu_vs_measured_bf16']:.1f} %",
+            "n/a" if r["mfu_vs_datasheet_bf16"] != r["mfu_vs_datasheet_bf16"] else
+            f"{100 * r['mfu_vs_datasheet_bf16']:.1f} %",
+            fmt(r["temp_mib"]), fmt(r.get("loss", float("nan")), 4), r.get("note", "")]) + " |")
+    if ratios:
+        lines += ["", "| mmjax variant | torch variant | mmjax / torch throughput |", "|---|---|---|"]
+        lines += [f"| {a} | {b} | {x:.2f}x |" for a, b, x in ratios]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--model", default="clip-small",
+                        help=f"one of {', '.join(sorted(BENCH_MODELS))} or a named mmjax two_tower/early_fusion model")
+    parser.add_argument("--batch", type=int, default=32, help="batch per device")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per variant (after one warm-up)")
+    parser.add_argument("--levers", default="baseline", help=f"comma-separated: {', '.join(LEVERS)}; or 'all'")
+    parser.add_argument("--compare-torch", action="store_true",
+                        help="add HF CLIPModel (eager, torch.compile) and, on CUDA, open_clip")
+    parser.add_argument("--torch-compile", choices=("on", "off"), default="on",
+                        help="with --compare-torch: also time torch.compile (minutes of compiling on CPU)")
+    parser.add_argument("--peak-n", type=int, default=None, help="matmul size of the peak measurement")
+    parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "benchmarks", "results"))
+    args = parser.parse_args(argv[1:])
+    levers = list(LEVERS) if args.levers == "all" else [x for x in args.levers.split(",") if x]
+    bad = [x for x in levers if x not in LEVERS]
+    if bad or not levers:
+        parser.error(f"--levers: unknown {bad}; choose from {', '.join(LEVERS)} or 'all'")
+    if args.batch < 1 or args.steps < 1:
+        parser.error("--batch and --steps must be positive")
+    try:
+        mcfg = model_config(args.model)
+    except ValueError as e:
+        parser.error(str(e))
+
+    backend, n_dev = jax.default_backend(), jax.device_count()
+    dev = jax.devices()[0]
+    rows, runners, skipped = [], [], []
+    for lever in levers:
+        if lever == "xla_gpu_flags":
+            if backend != "gpu" or os.environ.get("_MMJAX_BENCH_CHILD"):
+                skipped.append(f"xla_gpu_flags: skipped (GPU only; backend is {backend})")
+            continue
+        if lever == "scan" and mcfg["type"] == "early_fusion":
+            pass  # scans the ViT only (noted below)
+        print(f"compiling {args.model} / {lever} ...", file=sys.stderr)
+        row, run = build_runner(args.model, lever, args.batch)
+        if lever == "attn_cudnn" and backend != "gpu":
+            row["note"] = "cuDNN unavailable off GPU: fell back to JAX's default attention"
+        if lever == "scan" and mcfg["type"] == "early_fusion":
+            row["note"] = "ViT blocks scanned; the decoder LM stays unrolled"
+        rows.append(row)
+        runners.append(run)
+    if args.compare_torch:
+        if mcfg["type"] != "two_tower":
+            skipped.append("--compare-torch: only two-tower (CLIP) models have a torch reference")
+        else:
+            for compiled in ((False, True) if args.torch_compile == "on" else (False,)):
+                name = "torch.compile" if compiled else "torch eager"
+                print(f"preparing {name} ...", file=sys.stderr)
+                try:
+                    row, run = torch_runner(args.model, args.batch, compiled, max(1, os.cpu_count() or 1))
+                except Exception as e:  # e.g. no C++ compiler for inductor
+                    skipped.append(f"{name}: failed ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+                    continue
+                rows.append(row)
+                runners.append(run)
+            try:
+                row, run = open_clip_runner(args.model, args.batch)
+                rows.append(row)
+                runners.append(run)
+            except Exception as e:
+                skipped.append(f"open_clip bf16 + torch.compile: skipped ({e})")
+    print(f"timing {len(runners)} variants x {args.steps} steps ...", file=sys.stderr)
+    times = time_interleaved(runners, args.steps)
+    for row, t in zip(rows, times):
+        row["step_ms"], row["step_ms_min"] = 1e3 * statistics.median(t), 1e3 * min(t)
+    if "xla_gpu_flags" in levers and backend == "gpu" and not os.environ.get("_MMJAX_BENCH_CHILD"):
+        os.environ["_MMJAX_BENCH_CHILD"] = "1"
+        rows.append(xla_flags_child(args))
+    print("measuring the matmul peaks ...", file=sys.stderr)
+    peaks = measure_peaks(args.peak_n)
+    datasheet = datasheet_peak(dev.device_kind)
+    rows = [finish(r, peaks, n_dev, datasheet) for r in rows]
+
+    ratios = []
+    base = [r for r in rows if r["framework"].startswith("mmjax")]
+    for r in rows:
+        if not r["framework"].startswith("mmjax"):
+            for b in base:
+                if b["lever"] in ("baseline", "bf16"):
+                    ratios.append((f"{b['lever']} ({b['dtype']})", r["lever"], b["throughput"] / r["throughput"]))
+
+    import flax
+    import jaxlib
+    import optax
+
+    versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
+                "optax": optax.__version__}
+    try:
+        import torch
+        import transformers
+
+        versions.update(torch=torch.__version__, transformers=transformers.__version__)
+    except ImportError:
+        pass
+    command = "python " + " ".join([os.path.relpath(os.path.abspath(__file__), ROOT), *argv[1:]])
+    cpu = platform.processor() or platform.machine()
+    header = [f"# Train-step benchmark: {args.model} on {backend}", "",
+              f"- device: {n_dev} x {dev.device_kind} ({backend}; host {cpu}, {os.cpu_count()} cores)",
+              f"- software: Python {platform.python_version()}, " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+              f"- date: {time.strftime('%Y-%m-%d %H:%M %Z')}",
+              f"- command: `{command}`",
+              f"- measured matmul peak ({peaks['n']}x{peaks['n']}, same run): fp32 {peaks['fp32'] / 1e12:.3g} TFLOP/s, "
+              f"bf16 {peaks['bf16'] / 1e12:.3g} TFLOP/s per device; datasheet bf16: "
+              f"{'%.0f TFLOP/s' % (datasheet / 1e12) if datasheet else 'unknown for this device'}",
+              f"- analytic FLOPs per step (experiments/benchmarks/flops.py, 3 x forward): "
+              f"{rows[0]['tflop_per_step'] * 1e3:.4g} GFLOP" if rows else "",
+              f"- timing: one warm-up step each, then {args.steps} steps per variant, interleaved round-robin; "
+              "median (min)"]
+    header += [f"- {s}" for s in skipped]
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"{backend}_{args.model}")
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(rows, header, ratios))
+    with open(stem + ".csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS + ["device", "versions", "date", "command"], extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow(dict(r, device=f"{n_dev} x {dev.device_kind}", versions=json.dumps(versions),
+                            date=time.strftime("%Y-%m-%d"), command=command))
+    print(markdown(rows, header, ratios))
+    print(f"wrote {stem}.md, {stem}.csv", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
