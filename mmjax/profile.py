@@ -28,6 +28,23 @@ import numpy as np
 from mmjax import models
 
 
+def time_interleaved(runners, rounds: int) -> tuple[list[list[float]], list]:
+    """Time several variants side by side: one warm-up call of each runner, then ``rounds`` rounds of one
+    call of each, round-robin, so a change in the machine's load during the run affects every variant
+    alike. A runner must return only once its work is done (block on its result). Returns ``(seconds,
+    last)``: ``seconds[i]`` the per-round times of runner ``i``, ``last[i]`` what its last call returned."""
+    import time
+
+    last = [run() for run in runners]
+    seconds = [[] for _ in runners]
+    for _ in range(rounds):
+        for i, run in enumerate(runners):
+            t0 = time.perf_counter()
+            last[i] = run()
+            seconds[i].append(time.perf_counter() - t0)
+    return seconds, last
+
+
 def _encoder_macs(tokens: int, width: int, mlp_dim: int, depth: int) -> int:
     return depth * (4 * tokens * width**2 + 2 * tokens**2 * width + 2 * tokens * width * mlp_dim)
 

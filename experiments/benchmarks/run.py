@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import flops as flops_lib  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import models, sharding, tasks, train  # noqa: E402
+from mmjax.profile import time_interleaved  # noqa: E402
 from mmjax.models import layers  # noqa: E402
 from mmjax.models import lm as lm_lib  # noqa: E402
 
@@ -362,18 +363,6 @@ def xla_flags_child(args) -> dict:
     return dict(row, lever="xla_gpu_flags", note="child process; timed there, not interleaved")
 
 
-def time_interleaved(runners, steps: int) -> list[list[float]]:
-    for run in runners:
-        run()  # warm-up
-    times = [[] for _ in runners]
-    for _ in range(steps):
-        for i, run in enumerate(runners):
-            t0 = time.perf_counter()
-            run()
-            times[i].append(time.perf_counter() - t0)
-    return times
-
-
 COLUMNS = ["model", "lever", "framework", "dtype", "batch_per_device", "compile_s", "step_ms", "step_ms_min",
            "throughput", "unit", "tflop_per_step", "tflops_per_device", "mfu_vs_measured_fp32",
            "mfu_vs_measured_bf16", "mfu_vs_datasheet_bf16", "temp_mib", "loss", "note"]
@@ -484,7 +473,7 @@ def main(argv: list[str]) -> int:
             except Exception as e:
                 skipped.append(f"open_clip bf16 + torch.compile: skipped ({e})")
     print(f"timing {len(runners)} variants x {args.steps} steps ...", file=sys.stderr)
-    times = time_interleaved(runners, args.steps)
+    times, _ = time_interleaved(runners, args.steps)
     for row, t in zip(rows, times):
         row["step_ms"], row["step_ms_min"] = 1e3 * statistics.median(t), 1e3 * min(t)
     if "xla_gpu_flags" in levers and backend == "gpu" and not os.environ.get("_MMJAX_BENCH_CHILD"):

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import sharding, tasks, train  # noqa: E402
 from mmjax import optimizer as optimizer_lib  # noqa: E402
+from mmjax.profile import time_interleaved  # noqa: E402
 
 VARIANTS = ("early", "early_frozen_lm", "deep", "deep_lm")
 LABELS = {"early": "early fusion (projector + LM train)", "early_frozen_lm": "early fusion (projector only)",
@@ -153,20 +154,6 @@ def profile(name, config, task, mesh, rules, tx, state, shardings) -> tuple[dict
         jax.block_until_ready(metrics)
 
     return row, run_step
-
-
-def time_interleaved(runners, rounds: int) -> list[float]:
-    """Median seconds per step of each runner: one warm-up each, then ``rounds`` round-robin rounds, so
-    a change in the machine's load affects every variant alike."""
-    for run_step in runners:
-        run_step()
-    times = [[] for _ in runners]
-    for _ in range(rounds):
-        for i, run_step in enumerate(runners):
-            t0 = time.perf_counter()
-            run_step()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 MiB = 2**20
@@ -287,7 +274,7 @@ def main(argv: list[str]) -> int:
         row["caption_bleu4"] = results["caption_bleu4"]
         rows.append(row)
         runners.append(run_step)
-    for row, seconds in zip(rows, time_interleaved(runners, args.time_rounds)):
+    for row, seconds in zip(rows, map(statistics.median, time_interleaved(runners, args.time_rounds)[0])):
         row["step_s"] = seconds
 
     dev = jax.devices()[0]

@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import models, profile, sharding, tasks, train  # noqa: E402
+from mmjax.profile import time_interleaved  # noqa: E402
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -224,15 +225,7 @@ def measure(args, strategy: str, mesh_cfg: dict):
 def time_steps(args, rows: list[dict], runners: list) -> None:
     """One warm-up step each, then ``--steps`` rounds of one step per strategy, round-robin, so that
     a change in the machine's load during the run affects every strategy alike."""
-    for run_step in runners:
-        run_step()
-    times = [[] for _ in runners]
-    metrics = [None] * len(runners)
-    for _ in range(args.steps):
-        for i, run_step in enumerate(runners):
-            t0 = time.perf_counter()
-            metrics[i] = run_step()
-            times[i].append(time.perf_counter() - t0)
+    times, metrics = time_interleaved(runners, args.steps)
     peak = peak_flops(jax.devices()[0].device_kind)
     for row, t, m in zip(rows, times, metrics):
         row["step_ms"], row["step_ms_min"] = 1e3 * statistics.median(t), 1e3 * min(t)
