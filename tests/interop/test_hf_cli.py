@@ -17,7 +17,7 @@ tokenizers = pytest.importorskip("tokenizers")
 
 from mmjax import generate, zero_shot  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
-from helpers import perturbed  # noqa: E402
+from helpers import perturbed, tiny_llava_config  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 63)] + ["<image>"]  # 64 ids; <image> = 63
@@ -110,13 +110,7 @@ def test_zero_shot_command_rejects_a_non_two_tower_directory(tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory):
-    config = transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=36, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=3, image_size=30, patch_size=10),
-        text_config=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2),
-        image_token_id=63)
+    config = tiny_llava_config(vision_layers=2, patch_size=10, max_positions=64)
     torch.manual_seed(0)
     model = perturbed(transformers.LlavaForConditionalGeneration(config), 4)
     cfg, params = hf.load(model)

@@ -21,7 +21,7 @@ pytest.importorskip("safetensors")
 from mmjax import models  # noqa: E402
 from mmjax.config import ConfigError  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
-from helpers import perturbed  # noqa: E402
+from helpers import perturbed, tiny_llava_config  # noqa: E402
 
 ATOL = 1e-5
 transformers.logging.set_verbosity_error()
@@ -252,13 +252,7 @@ IMAGE_ID = 63
 def llava(tmp_path_factory):
     """A tiny random LLaVA: CLIP vision tower (3 layers, features of layer -2, CLS dropped), 2-layer Llama
     with grouped-query attention (4 heads, 2 key/value heads)."""
-    config = transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=36, intermediate_size=37, num_hidden_layers=3,
-                           num_attention_heads=3, image_size=30, patch_size=6),
-        text_config=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2),
-        image_token_id=IMAGE_ID)
+    config = tiny_llava_config(vision_layers=3, patch_size=6, max_positions=128, image_token_id=IMAGE_ID)
     torch.manual_seed(0)
     model = perturbed(transformers.LlavaForConditionalGeneration(config), seed=2)
     cfg, params = hf.load(model)
