@@ -44,7 +44,8 @@ def tiny_llava_config(*, vision_layers: int, patch_size: int, max_positions: int
 
     return transformers.LlavaConfig(
         vision_config=dict(model_type="clip_vision_model", hidden_size=36, intermediate_size=37,
-                           num_hidden_layers=vision_layers, num_attention_heads=3, image_size=30, patch_size=patch_size),
+                           num_hidden_layers=vision_layers, num_attention_heads=3, image_size=30,
+                           patch_size=patch_size),
         text_config=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
                          pad_token_id=0, bos_token_id=1, eos_token_id=2),
