@@ -164,19 +164,33 @@ def test_sigterm_stops_after_a_checkpoint_and_a_rerun_resumes(stopped, data_dir,
 def test_stop_request_handles_signals_and_restores_handlers():
     """The first signal only asks to stop; a second acts as if we were not there; the previous handlers come
     back on leaving, also on an exception."""
-    before = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
-    with train.StopRequest() as stop:
-        assert all(signal.getsignal(sig) == stop._handle for sig in train.StopRequest.SIGNALS)
-        assert not stop.requested(1)
-        signal.raise_signal(signal.SIGINT)
-        assert stop.requested(2) and stop.reason == "SIGINT"
-        with pytest.raises(KeyboardInterrupt):
+    # Known previous handlers (whatever ran earlier in this process may have left others): Python's default
+    # for SIGINT (raises KeyboardInterrupt), a recorder for SIGTERM.
+    seen = []
+    outer = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        before = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
+        with train.StopRequest() as stop:
+            assert all(signal.getsignal(sig) == stop._handle for sig in train.StopRequest.SIGNALS)
+            assert not stop.requested(1)
             signal.raise_signal(signal.SIGINT)
-    assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before
-    with pytest.raises(ZeroDivisionError):
-        with train.StopRequest():
-            1 / 0
-    assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before
+            assert stop.requested(2) and stop.reason == "SIGINT"
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before
+        with train.StopRequest() as stop:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.reason == "SIGTERM" and seen == [signal.SIGTERM]
+        with pytest.raises(ZeroDivisionError):
+            with train.StopRequest():
+                1 / 0
+        assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before
+    finally:
+        for sig, handler in outer.items():
+            signal.signal(sig, handler)
 
 
 def test_stop_request_outside_the_main_thread_installs_nothing():
