@@ -78,10 +78,20 @@ def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config
     return sorted(name for name, cfg in _MODELS.items() if type in (None, cfg["type"]))
 
 
+# Speed/memory levers of the towers, listed in every named config so that the command line can set them
+# (``--config.model.image.remat=dots``); the defaults are the plain stack. See docs/performance.md.
+_LEVERS = {"image": {"remat": "none", "scan": False}, "text": {"remat": "none", "scan": False},
+           "lm": {"remat": "none"}}
+
+
 def model_config(name: str) -> dict:
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return copy.deepcopy(_MODELS[name])
+    cfg = copy.deepcopy(_MODELS[name])
+    for tower, levers in _LEVERS.items():
+        if isinstance(cfg.get(tower), dict):
+            cfg[tower] = {**levers, **cfg[tower]}
+    return cfg
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
