@@ -225,11 +225,6 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
 def _shapes_by_path(tree) -> dict[str, tuple]:
     """``{"params/image/...": shape}`` for the arrays of ``tree`` (a train state or Orbax's metadata of one:
     attribute, dict and sequence keys all become path parts)."""
-    def part(k):
-        for attr in ("name", "key", "idx"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(part(k) for k in path): tuple(x.shape) for path, x in leaves if hasattr(x, "shape")}
+    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape)
+            for path, x in leaves if hasattr(x, "shape")}

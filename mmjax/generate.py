@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     from mmjax import models
     from mmjax.config import ConfigError
     from mmjax.interop import hf
-    from mmjax.zero_shot import preprocess
+    from mmjax.zero_shot import preprocess, preprocessor_config
 
     parser = argparse.ArgumentParser(prog="python -m mmjax.generate", description=main.__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a LLaVA directory (see mmjax.interop.hf)")
@@ -142,11 +142,7 @@ def main(argv=None) -> int:
         if cfg.get("type") != "early_fusion":
             raise hf.InteropError(f"{args.model!r} is a {cfg.get('type')} model; generation needs LLaVA")
         tok = hf.load_tokenizer(args.model)
-        pre_path = f"{args.model}/preprocessor_config.json"
-        try:
-            pre = json.load(open(pre_path))
-        except FileNotFoundError:
-            pre = {}
+        pre = preprocessor_config(args.model)
         model = models.build(cfg)
         image_tokens = [cfg.image_id] * model.num_image_tokens(cfg.image_size)
         parts = args.prompt.split("<image>") if "<image>" in args.prompt else ["", args.prompt]

@@ -28,6 +28,25 @@ import numpy as np
 from mmjax import models
 
 
+# Dense bf16 matmul peak per chip (datasheets), by a substring of ``device.device_kind``; more specific
+# names first ("H100 PCIe" before "H100", "TPU v5 lite" before "TPU v5").
+DATASHEET_BF16_PEAKS = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("A100", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12), ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
+)
+
+
+def datasheet_peak(device_kind: str) -> float | None:
+    """The datasheet bf16 FLOP/s of one ``device_kind`` chip, or None for an unknown one (e.g. a CPU)."""
+    return next((peak for name, peak in DATASHEET_BF16_PEAKS if name.lower() in device_kind.lower()), None)
+
+
 def time_interleaved(runners, rounds: int) -> tuple[list[list[float]], list]:
     """Time several variants side by side: one warm-up call of each runner, then ``rounds`` rounds of one
     call of each, round-robin, so a change in the machine's load during the run affects every variant

@@ -208,6 +208,14 @@ def read_jsonl(path: str) -> list[dict]:
     return records
 
 
+def last_logged_step(workdir: str) -> int:
+    """The step of the last complete record of ``workdir``'s ``metrics.jsonl`` (0 if none yet); safe to call
+    while a run is writing it (to watch a run from another process)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    records = read_jsonl(path) if os.path.exists(path) else []
+    return records[-1]["step"] if records else 0
+
+
 class MetricsLog:
     """Metrics as JSON lines and TensorBoard events; only process 0 writes."""
 
@@ -341,13 +349,14 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
             # steps only, so the loop does not wait for the device at every step
             pending = []
 
-            def settle(fetched) -> None:
-                """Account for ``pending``'s ``fetched`` values: raise (stop) or count (skip) non-finite steps;
-                count truncated texts (one warning, the first time)."""
+            def settle() -> None:
+                """Fetch ``pending`` and account for it: raise (stop) or count (skip) non-finite steps; count
+                truncated texts (one warning, the first time)."""
                 nonlocal skipped, truncated
-                bad = [s for (s, _, _), (ok, _) in zip(pending, fetched) if not ok]
-                cut = sum(int(n) for _, n in fetched)
+                fetched = jax.device_get(pending)
                 pending.clear()
+                bad = [s for s, ok, _ in fetched if not ok]
+                cut = sum(int(n) for _, _, n in fetched)
                 if bad and policy == "stop":
                     raise _nonfinite("loss or gradient", bad[0], ckpt, hint=True)
                 skipped += len(bad)
@@ -357,9 +366,6 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                           "they are counted as truncated_examples in metrics.jsonl and results.json (raise "
                           "data.max_len to keep them whole)", file=sys.stderr)
                 truncated += cut
-
-            def fetch_pending():
-                return [(f, n) for _, f, n in pending]
 
             bar = tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
                        dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
@@ -372,8 +378,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                     pending.append((step, metrics.pop("finite"), metrics.pop("truncated", 0)))
                     n_log += 1
                     if step % config.log_every == 0 or step == config.total_steps:
-                        metrics, fetched = jax.device_get((metrics, fetch_pending()))
-                        settle(fetched)
+                        settle()
+                        metrics = jax.device_get(metrics)
                         now = time.perf_counter()
                         metrics["examples_per_sec"] = n_log * config.batch_size / (now - t_log)
                         metrics["lr"] = lr_schedule(step - 1)
@@ -385,7 +391,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                         t_log, n_log = now, 0
                     stopping = stop.requested(step)
                     if step % config.checkpoint_every == 0 or step in (config.total_steps, stop_at) or stopping:
-                        settle(jax.device_get(fetch_pending()))
+                        settle()
                         if not bool(all_finite(state)):  # one sync per checkpoint: never save a non-finite state
                             raise _nonfinite("train state (not saved)", step, ckpt, hint=False)
                         ckpt.save(step, state, data_iter, config.to_dict(),

@@ -52,6 +52,15 @@ def preprocess(path: str, config: dict, image_size: int) -> np.ndarray:
     return x
 
 
+def preprocessor_config(model_dir: str) -> dict:
+    """The directory's ``preprocessor_config.json`` ({} without one: the defaults of ``preprocess``)."""
+    path = os.path.join(model_dir, "preprocessor_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def classify(model_dir: str, labels: list[str], images: list[str], template: str = "{}") -> list[dict]:
     import jax.numpy as jnp
 
@@ -62,8 +71,7 @@ def classify(model_dir: str, labels: list[str], images: list[str], template: str
     if cfg.get("type") != "two_tower":
         raise hf.InteropError(f"{model_dir!r} is a {cfg.get('type')} model; zero-shot needs CLIP or SigLIP")
     tok = hf.load_tokenizer(model_dir)
-    pre_path = os.path.join(model_dir, "preprocessor_config.json")
-    pre = json.load(open(pre_path)) if os.path.isfile(pre_path) else {}
+    pre = preprocessor_config(model_dir)
     model = models.build(cfg)
     tokens = tok.tokenize_like_hf([template.format(label) for label in labels], cfg.text.max_len)
     pixels = np.stack([preprocess(p, pre, cfg.image_size) for p in images])

@@ -47,16 +47,6 @@ def load_state(workdir, step):
 
 # --- exact resume after a crash -------------------------------------------------------------------------
 
-def last_logged_step(workdir) -> int:
-    """The step of the last complete line of ``metrics.jsonl`` (0 if none yet)."""
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            lines = f.read().split("\n")[:-1]
-    except FileNotFoundError:
-        return 0
-    return json.loads(lines[-1])["step"] if lines else 0
-
-
 def without_timing(records):
     return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in records]
 
@@ -78,7 +68,7 @@ def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
             cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and (last_logged_step(workdir) < kill_after or not os.path.isdir(first_checkpoint)):
+        while proc.poll() is None and (train.last_logged_step(workdir) < kill_after or not os.path.isdir(first_checkpoint)):
             assert time.monotonic() < deadline, f"step {kill_after} not logged after 120 s"
             time.sleep(0.01)
         time.sleep(delay)
@@ -104,15 +94,6 @@ def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
 STOPPED = dict(total_steps=400, log_every=1, checkpoint_every=2)  # the run below; 400 steps would take minutes
 
 
-def logged_lines(workdir) -> int:
-    """The complete lines of ``metrics.jsonl`` so far (another process is writing it)."""
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            return f.read().count("\n")
-    except FileNotFoundError:
-        return 0
-
-
 @pytest.fixture(scope="module")
 def stopped(data_dir, tmp_path_factory):
     """``python -m mmjax.train`` sent SIGTERM once step 3 is logged: ``(workdir, returncode, stdout, stderr)``.
@@ -125,7 +106,7 @@ def stopped(data_dir, tmp_path_factory):
         text=True)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and logged_lines(workdir) < 3:
+        while proc.poll() is None and train.last_logged_step(workdir) < 3:
             assert time.monotonic() < deadline, "step 3 not logged after 120 s"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)

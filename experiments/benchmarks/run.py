@@ -50,7 +50,7 @@ import numpy as np  # noqa: E402
 import flops as flops_lib  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
 from mmjax import models, sharding, tasks, train  # noqa: E402
-from mmjax.profile import time_interleaved  # noqa: E402
+from mmjax.profile import datasheet_peak, time_interleaved  # noqa: E402
 from mmjax.models import layers  # noqa: E402
 from mmjax.models import lm as lm_lib  # noqa: E402
 
@@ -67,9 +67,6 @@ XLA_GPU_FLAGS = (
 )
 
 # Datasheet dense bf16 peak FLOP/s per device (matched against device_kind, first match wins).
-DATASHEET_BF16 = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12),
-                  ("TPU v4", 275e12), ("TPU v5 lite", 197e12), ("TPU v5e", 197e12), ("TPU v5p", 459e12),
-                  ("TPU v6 lite", 918e12), ("TPU v6e", 918e12))
 
 _CLIP_VIT = dict(pool="cls", patch_bias=False, pre_norm=True, activation="quick_gelu")
 _CLIP_TXT = dict(pool="argmax", activation="quick_gelu", eot_id=2)
@@ -133,10 +130,6 @@ def measure_peaks(n: int | None) -> dict:
     if n is None:
         n = 8192 if jax.default_backend() in ("gpu", "tpu") else 2048
     return {"fp32": matmul_peak(jnp.float32, n), "bf16": matmul_peak(jnp.bfloat16, n), "n": n}
-
-
-def datasheet_peak(kind: str) -> float | None:
-    return next((p for pat, p in DATASHEET_BF16 if pat.lower() in kind.lower()), None)
 
 
 # ------------------------------------------------------------------------------------------- mmjax

@@ -43,26 +43,8 @@ from mmjax.profile import time_interleaved  # noqa: E402
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 # bf16 dense peak FLOP/s per device, matched against ``jax.devices()[0].device_kind`` (first match wins).
-PEAK_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H100", 989e12),  # SXM
-    ("H200", 989e12),
-    ("A100", 312e12),
-    ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12), ("TPU v5", 459e12),
-    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
-)
-
 DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "token": 0}
-
-
-def peak_flops(device_kind: str) -> float | None:
-    for pattern, peak in PEAK_FLOPS:
-        if pattern.lower() in device_kind.lower():
-            return peak
-    return None
 
 
 def shape_bytes(shape_text: str) -> int:
@@ -226,7 +208,7 @@ def time_steps(args, rows: list[dict], runners: list) -> None:
     """One warm-up step each, then ``--steps`` rounds of one step per strategy, round-robin, so that
     a change in the machine's load during the run affects every strategy alike."""
     times, metrics = time_interleaved(runners, args.steps)
-    peak = peak_flops(jax.devices()[0].device_kind)
+    peak = profile.datasheet_peak(jax.devices()[0].device_kind)
     for row, t, m in zip(rows, times, metrics):
         row["step_ms"], row["step_ms_min"] = 1e3 * statistics.median(t), 1e3 * min(t)
         row["loss"] = float(m["loss"])

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from mmjax.train import last_logged_step
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TIMING = ("examples_per_sec",)  # metrics that measure the machine, not the run
@@ -41,16 +43,6 @@ def start(workdir: str, args, log_path: str) -> subprocess.Popen:
     log = open(log_path, "w")
     return subprocess.Popen(command(workdir, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-def last_logged_step(workdir: str) -> int:
-    """The step of the last complete line of ``metrics.jsonl`` (0 if none)."""
-    try:
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            lines = f.read().split("\n")[:-1]  # the part after the last newline may be cut short
-    except FileNotFoundError:
-        return 0
-    return json.loads(lines[-1])["step"] if lines else 0
 
 
 def committed_steps(workdir: str) -> list[int]:

@@ -214,6 +214,11 @@ def decode_image(png: bytes, where: str = "a record") -> np.ndarray:
                         "(delete its directory under data.data_dir) or drop the record") from None
 
 
+def record_image(record, split: str = "train") -> np.ndarray:
+    """``decode_image`` of a record's ``image_png``, naming the record if it does not decode."""
+    return decode_image(record["image_png"], f"{split} record {record.get('id')}")
+
+
 def texts(record, key: str, split: str = "train") -> list[str]:
     """``record[key]`` as a list of str; an empty or blank text is a ``DataError`` naming the record (it
     would train on ``[BOS] [EOT]`` alone, or on an empty answer)."""
@@ -237,7 +242,7 @@ class TrainPreprocess(grain.transforms.RandomMap):
         self.hard_negatives = hard_negatives
 
     def random_map(self, record, rng: np.random.Generator):
-        image = decode_image(record["image_png"], f"train record {record.get('id')}")
+        image = record_image(record)
         captions = texts(record, "captions")
         caption = captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0]
         if rng.random() < self.flip_prob:
@@ -322,8 +327,8 @@ class VlmPreprocess(grain.transforms.RandomMap):
                 pool = [(k, j) for k, q in enumerate(questions) for j in range(len(q))]
                 others = [pool[p] for p in rng.permutation(len(pool)) if pool[p] != (which, i)][:self.vqa_turns - 1]
                 turns = [(about(questions[k][j], k), answers[k][j]) for k, j in others]
-        image = np.stack([decode_image(r["image_png"], f"train record {r.get('id')}") for r in records])
-        image = image if len(records) > 1 else image[0]
+        images = [record_image(r) for r in records]
+        image = np.stack(images) if len(images) > 1 else images[0]
         if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer
             image = np.ascontiguousarray(np.flip(image, axis=-2))
             prompt, answer = shapes.flip_text(prompt), shapes.flip_text(answer)
@@ -407,8 +412,7 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
     captions = [texts(r, "captions", split) for r in records]
     canonical = [c[0] for c in captions]
     size = data_cfg.get("image_size", 64)
-    images = np.stack([normalize(decode_image(r["image_png"], f"{split} record {r['id']}"))
-                       for r in records]) if records \
+    images = np.stack([normalize(record_image(r, split)) for r in records]) if records \
         else np.zeros((0, size, size, 3), np.float32)
     return {
         "image": images,
