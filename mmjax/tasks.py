@@ -110,7 +110,7 @@ class VlmTask:
     """
 
     def __init__(self, config):
-        from mmjax.data import pipeline
+        from mmjax.data import layout
         from mmjax.data import tokenizer as tok_lib
 
         self.config = config
@@ -123,10 +123,10 @@ class VlmTask:
         if config.data.image_size != config.model.image_size:
             raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
                               f"{config.model.image_size}; make them equal")
-        self.images_per_example = pipeline.images_per_example(config.data)
+        self.images_per_example = layout.images_per_example(config.data)
         # [IMG] placeholders per row, for all of its images (the model's count checks the sizes)
         self.num_image_tokens = self.model.num_image_tokens(config.model.image_size) * self.images_per_example
-        pipeline.encode_vlm(tok, self.num_image_tokens, config.data.caption_prompt, "", config.data.max_len)
+        layout.encode_vlm(tok, self.num_image_tokens, config.data.caption_prompt, "", config.data.max_len)
 
     def batch_spec(self, batch_size: int) -> dict:
         s, t = self.config.data.image_size, self.images_per_example

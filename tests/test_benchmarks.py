@@ -3,6 +3,7 @@ it measures (remat, scan, attention implementation): defaults unchanged, non-def
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -44,33 +45,108 @@ def test_lm_and_early_fusion_flops_by_hand():
     assert flops.early_fusion_train_flops(cfg, 2, 3) == 6 * flops.early_fusion_forward_flops(cfg, 3)
 
 
-def test_benchmark_runs_end_to_end(tmp_path):
-    env = dict(os.environ)
+# gpu_session.sh at tiny sizes (MMJAX_BENCH_SMOKE=1) with the data stack unimportable: the prepared GPU
+# script's commands all run, and a GPU/TPU machine with only jax, flax, optax, ml_collections (and torch
+# for the references) can run the benchmark.
+_NO_DATA_STACK = """
+import sys
+for name in ("grain", "PIL", "tensorflow_datasets", "array_record", "tensorflow", "matplotlib"):
+    sys.modules[name] = None  # 'import name' raises ImportError; importlib.util.find_spec(name) is None
+"""
+
+
+def test_gpu_session_script_runs_at_tiny_size_without_the_data_stack(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_NO_DATA_STACK)
+    env = dict(os.environ, MMJAX_BENCH_SMOKE="1", PYTHONPATH=str(tmp_path / "site"))
     # one CPU device (the suite simulates 8); keep conftest's fast-compile flags
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                 if "xla_force_host_platform_device_count" not in f)
-    cmd = [sys.executable, os.path.join(BENCH, "run.py"), "--model", "clip-tiny", "--batch", "2", "--steps", "2",
-           "--levers", "baseline", "--peak-n", "128", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    with open(tmp_path / "cpu_clip-tiny.csv") as f:
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", os.path.join(BENCH, "gpu_session.sh"), "1", str(out)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    with open(out / "cpu_clip-tiny_part1.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["lever"] for r in rows] == ["baseline"]
+    assert [r["lever"] for r in rows] == ["bf16+attn_cudnn", "bf16", "bf16+attn_cudnn@4", "torch eager"]
     for col in ("compile_s", "step_ms", "throughput", "tflops_per_device", "mfu_vs_measured_fp32",
                 "mfu_vs_measured_bf16", "device", "versions", "date", "command"):
         assert rows[0][col] not in ("", None), col
     assert float(rows[0]["step_ms"]) > 0 and float(rows[0]["mfu_vs_measured_fp32"]) > 0
-    assert np.isfinite(float(rows[0]["loss"]))
+    assert all(np.isfinite(float(r["loss"])) for r in rows)
+    # the @4 variant: bf16 compute at 4 examples per device, its FLOPs counted for 4 (the others run 2)
+    assert (rows[2]["dtype"], rows[2]["batch_per_device"]) == ("bfloat16", "4")
+    assert float(rows[2]["tflop_per_step"]) == pytest.approx(float(rows[0]["tflop_per_step"]) * 2, rel=1e-3)
+    md = (out / "cpu_clip-tiny_part1.md").read_text()
+    assert "MFU vs measured fp32 peak" in md and "| bf16+attn_cudnn@4 (bfloat16) | torch eager |" in md
+    with open(out / "cpu_llava-tiny_part1.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["unit"] for r in rows] == ["tokens/s"] * 2 and all(float(r["throughput"]) > 0 for r in rows)
+    assert (out / "clip.log").read_text().endswith("cpu_clip-tiny_part1.csv\n")
+    # part 2's variants parse (it is not run here: seven more compiles)
+    import run
+
+    script = open(os.path.join(BENCH, "gpu_session.sh")).read()
+    specs = [v.replace("$big", "4") for m in re.findall(r"--levers (\S+)", script) for v in m.split(",")]
+    assert len(specs) == 12 and all(run.parse_variant(v) for v in specs if v != "baseline")
+
+
+def test_variants_parse_and_combine():
+    import run
+
+    assert run.parse_variant("baseline") == (frozenset(), None)
+    assert run.parse_variant("bf16+attn_cudnn+remat_dots@512") == ({"bf16", "attn_cudnn", "remat_dots"}, 512)
+    for spec, message in [("turbo", "unknown lever ['turbo']"), ("bf16+", "unknown lever ['']"),
+                          ("remat_dots+remat_full", "choose one of them"), ("bf16@0", "positive integer"),
+                          ("bf16@x", "positive integer"), ("baseline+bf16", "unknown lever ['baseline']")]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run.parse_variant(spec)
+    config = run.make_config("clip-tiny", frozenset({"attn_cudnn", "remat_full", "scan"}), 3)
+    assert config.dtype == "bfloat16" and config.batch_size == 3 * jax.device_count()
+    assert [(config.model[t].remat, config.model[t].scan) for t in ("image", "text")] == [("full", True)] * 2
+    config = run.make_config("llava-tiny", frozenset({"remat_dots", "scan"}), 1)
+    assert (config.model.lm.remat, config.model.image.scan, config.dtype) == ("dots", True, "float32")
+
+
+def test_a_failing_or_late_variant_is_listed_and_the_others_still_run(tmp_path, monkeypatch):
+    """One variant failing to compile (e.g. out of memory), one failing at its first step, and --budget-s
+    spent: each is one line in the results, and the others are timed and written."""
+    import run
+
+    def fake_build(model, spec, batch):
+        if spec == "bf16":
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.\nmore")
+        row = {"model": model, "lever": spec, "framework": "mmjax (jax)", "dtype": "float32",
+               "batch_per_device": batch, "flops_per_step": 1e6, "items_per_step": batch, "unit": "pairs/s",
+               "compile_s": 0.0, "temp_mib": 1.0}
+
+        def run_step():
+            if spec == "scan":
+                raise ValueError("step failed")
+            row["loss"] = 1.0
+
+        return row, run_step
+
+    monkeypatch.setattr(run, "build_runner", fake_build)
+    args = ["run.py", "--model", "clip-tiny", "--steps", "2", "--peak-n", "64", "--out", str(tmp_path)]
+    assert run.main(args + ["--levers", "baseline,bf16,scan,xla_gpu_flags"]) == 0
     md = (tmp_path / "cpu_clip-tiny.md").read_text()
-    assert "MFU vs measured fp32 peak" in md and "compile s" in md and "xla_gpu_flags" not in md
+    assert "| baseline | mmjax" in md and "| scan | mmjax" not in md
+    assert "- bf16: failed (RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.)" in md
+    assert "- scan: failed while running (ValueError: step failed)" in md
+    assert "- xla_gpu_flags: skipped (xla_gpu_flags: GPU only" in md
+    assert run.main(args + ["--levers", "baseline,no_donate", "--budget-s", "0"]) == 0
+    md = (tmp_path / "cpu_clip-tiny.md").read_text()
+    assert "- baseline: not run (--budget-s 0 spent)" in md and "- no_donate: not run" in md
 
 
 def test_benchmark_rejects_unknown_lever(capsys):
     import run  # experiments/benchmarks/run.py (argument errors stop it before any work)
 
     with pytest.raises(SystemExit) as e:
-        run.main(["run.py", "--levers", "turbo"])
-    assert e.value.code == 2 and "unknown ['turbo']" in capsys.readouterr().err
+        run.main(["run.py", "--levers", "baseline,bf16+turbo"])
+    assert e.value.code == 2 and "--levers: unknown lever ['turbo'] in 'bf16+turbo'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------- model options

@@ -30,7 +30,6 @@ import functools
 import re
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
 COLOUR_RGB = ((220, 30, 30), (30, 170, 40), (30, 60, 220), (240, 210, 20),
@@ -168,6 +167,8 @@ def _outline(shape: str, s: float) -> list[tuple[float, float]] | None:
 @functools.lru_cache(maxsize=None)
 def shape_mask(shape: str, px: int) -> np.ndarray:
     """Boolean [px, px] mask, exactly left-right symmetric."""
+    from PIL import Image, ImageDraw  # here, so that the vocabulary (the tokenizer) needs no Pillow
+
     img = Image.new("L", (px, px), 0)
     draw = ImageDraw.Draw(img)
     outline = _outline(shape, px - 1)
