@@ -106,7 +106,7 @@ def test_variants_parse_and_combine():
     assert config.dtype == "bfloat16" and config.batch_size == 3 * jax.device_count()
     assert [(config.model[t].remat, config.model[t].scan) for t in ("image", "text")] == [("full", True)] * 2
     config = run.make_config("llava-tiny", frozenset({"remat_dots", "scan"}), 1)
-    assert (config.model.lm.remat, config.model.image.scan, config.dtype) == ("dots", True, "float32")
+    assert (config.model.lm.remat, config.model.lm.scan, config.model.image.scan) == ("dots", True, True)
 
 
 def test_a_failing_or_late_variant_is_listed_and_the_others_still_run(tmp_path, monkeypatch):
@@ -226,6 +226,34 @@ def test_lm_remat_gives_the_same_loss_and_grads():
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("remat", ["none", "dots"])
+def test_lm_scan_equals_the_unrolled_lm_on_restacked_parameters(remat):
+    tokens = jnp.arange(14).reshape(2, 7) % 50
+    kw = dict(vocab_size=64, width=32, depth=3, num_heads=4, num_kv_heads=2, mlp_dim=48)
+    base, scanned = lm_lib.DecoderLM(**kw), lm_lib.DecoderLM(**kw, scan=True, remat=remat)
+    params = nn.unbox(base.init(jax.random.key(0), tokens))
+    boxed = scanned.init(jax.random.key(0), tokens)["params"]["blocks"]["attn"]["q"]["kernel"]
+    assert boxed.names == ("layers", "embed", "heads", "kv") and boxed.value.shape == (3, 32, 4, 8)
+    stacked = models.stack_layers(params)
+    assert set(stacked["params"]) == {"blocks", "token_embed", "ln_final", "lm_head"}
+    f = lambda m, p: jax.jit(jax.value_and_grad(lambda p: (m.apply(p, tokens)[0] ** 2).mean()))(p)  # noqa: E731
+    (l0, g0), (l1, g1) = f(base, params), f(scanned, stacked)
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(models.stack_layers(g0)), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    cache = lm_lib.init_cache(scanned, 2, 9)
+    assert cache["k"].shape == (3, 2, 9, 2, 8)  # one stacked {"k", "v"}: [depth, B, T, kv heads, head]
+
+
+def test_stack_layers_refuses_a_gap_and_deep_fusion_refuses_a_scanned_lm():
+    with pytest.raises(ValueError, match=r"blocks \['block_0', 'block_2'\] are not block_0 ... block_1"):
+        models.stack_layers({"block_0": {"w": jnp.ones(2)}, "block_2": {"w": jnp.ones(2)}})
+    cfg = models.model_config("flamingo-shapes")
+    cfg["lm"]["scan"] = True
+    with pytest.raises(ValueError, match="DeepFusion: model.lm.scan=True is not supported"):
+        models.build(cfg, image_id=5, sep_id=4).num_image_tokens(cfg["image_size"])
 
 
 def test_model_options_default_off_and_reach_the_towers():

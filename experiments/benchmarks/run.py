@@ -25,7 +25,7 @@ runs faster?). The levers:
   attn_cudnn     bf16 + attention with implementation='cudnn' (falls back, and says so, off GPU)
   remat_dots     remat of every block, policy jax.checkpoint_policies.dots_with_no_batch_dims_saveable
   remat_full     remat of every block, nothing saved inside a block
-  scan           nn.scan over the ViT/text encoder blocks (parameter layout changes; off by default)
+  scan           nn.scan over the blocks of every tower, LM included (parameter layout changes; off by default)
   no_donate      the train state is not donated to the step
   xla_gpu_flags  the variant's other levers in a child process with XLA_GPU_FLAGS added to XLA_FLAGS (GPU only)
 
@@ -192,8 +192,7 @@ def make_config(model: str, levers: frozenset, batch: int):
             config.model[t].remat = remat.removeprefix("remat_")
     if "scan" in levers:
         for t in towers:
-            if t != "lm":  # the decoder LM has no scanned form
-                config.model[t].scan = True
+            config.model[t].scan = True
     return config
 
 
@@ -532,8 +531,6 @@ def main(argv: list[str]) -> int:
             notes = []
             if "attn_cudnn" in atoms and backend != "gpu":
                 notes.append("cuDNN unavailable off GPU: fell back to JAX's default attention")
-            if "scan" in atoms and mcfg["type"] == "early_fusion":
-                notes.append("ViT blocks scanned; the decoder LM stays unrolled")
             rows[-1]["note"] = "; ".join(notes)
     print(f"timing {len(runners)} variants x {args.steps} steps ...", file=sys.stderr)
     times, _ = time_interleaved(runners, args.steps)

@@ -539,6 +539,12 @@ def from_hf(hf_config: Mapping, state: Mapping[str, Any]):
 def to_hf(cfg, params) -> tuple[dict, dict[str, np.ndarray]]:
     """``(hf_config, state)``: the transformers config (dict) and state dict (numpy) of an mmjax model."""
     cfg = _to_plain(cfg)
+    scanned = [t for t in ("image", "text", "lm") if isinstance(cfg.get(t), Mapping) and cfg[t].get("scan")]
+    if scanned:  # stacked layers (scan=True): export the unrolled layout, the same numbers
+        from mmjax import models
+
+        params = models.unstack_layers(params)
+        cfg = {**cfg, **{t: {**cfg[t], "scan": False} for t in scanned}}
     arch = _mm_architecture(cfg)
     spec = _ARCHS[arch]
     flat = {k: np.asarray(v, np.float32) for k, v in _flatten(params).items()}

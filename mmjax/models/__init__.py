@@ -21,8 +21,10 @@ ids ``image_id``, ``sep_id``, ``pad_id``; ``build`` ignores ``hf``, and its ``fi
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from mmjax.models import lm as lm_lib
@@ -81,7 +83,7 @@ def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config
 # Speed/memory levers of the towers, listed in every named config so that the command line can set them
 # (``--config.model.image.remat=dots``); the defaults are the plain stack. See docs/performance.md.
 _LEVERS = {"image": {"remat": "none", "scan": False}, "text": {"remat": "none", "scan": False},
-           "lm": {"remat": "none"}}
+           "lm": {"remat": "none", "scan": False}}
 
 
 def model_config(name: str) -> dict:
@@ -92,6 +94,33 @@ def model_config(name: str) -> dict:
         if isinstance(cfg.get(tower), dict):
             cfg[tower] = {**levers, **cfg[tower]}
     return cfg
+
+
+def unstack_layers(params: Mapping) -> dict:
+    """Parameters (plain arrays, e.g. ``nn.unbox``-ed) of towers built with ``scan=True`` in the unrolled
+    layout: every ``blocks`` entry (a leading ``layers`` axis) becomes ``block_0 ... block_{n-1}``, what
+    the same model with ``scan=False`` takes (and what the Hugging Face export reads). The inverse of
+    :func:`stack_layers`."""
+    out = {}
+    for key, value in params.items():
+        if key == "blocks":
+            depth = jax.tree.leaves(value)[0].shape[0]
+            out.update({f"block_{i}": jax.tree.map(lambda x, i=i: x[i], value) for i in range(depth)})
+        else:
+            out[key] = unstack_layers(value) if isinstance(value, Mapping) else value
+    return out
+
+
+def stack_layers(params: Mapping) -> dict:
+    """The inverse of :func:`unstack_layers`: every run ``block_0 ... block_{n-1}`` becomes one ``blocks``
+    entry with a leading axis, the layout of towers (and LMs) built with ``scan=True``."""
+    names = [k for k in params if re.fullmatch(r"block_\d+", k)]
+    out = {k: stack_layers(v) if isinstance(v, Mapping) else v for k, v in params.items() if k not in names}
+    if names:
+        if sorted(names) != sorted(f"block_{i}" for i in range(len(names))):
+            raise ValueError(f"stack_layers: blocks {sorted(names)} are not block_0 ... block_{len(names) - 1}")
+        out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"block_{i}"] for i in range(len(names))])
+    return out
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -136,6 +136,9 @@ class DeepFusion(nn.Module):
             raise ValueError(f"DeepFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
         if self.max_images < 0:
             raise ValueError(f"DeepFusion: max_images must be >= 0, got {self.max_images}")
+        if self.lm.scan:
+            raise ValueError("DeepFusion: model.lm.scan=True is not supported (the gated cross-attention sits "
+                             "between decoder blocks, which scan runs as one loop); set model.lm.scan=False")
 
     def setup(self):
         w = self.image.width

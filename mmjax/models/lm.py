@@ -11,7 +11,8 @@ embeddings, grouped-query causal attention and an explicit KV cache.
 * ``mask`` bool ``[B, 1, S, T]``: which of the ``T`` keys each query sees (``attention_mask``);
   ``T = S`` without a cache, the cache length with one;
 * ``cache`` (optional): ``init_cache(...)``, one ``{"k", "v"}`` of ``[B, T, kv_heads, head_dim]`` per
-  layer; the ``S`` new keys/values are written at slots ``index .. index + S - 1``.
+  layer (with ``scan=True`` one ``{"k", "v"}`` of ``[depth, B, T, kv_heads, head_dim]``); the ``S`` new
+  keys/values are written at slots ``index .. index + S - 1``.
 * ``before_layer(i, x) -> x`` (optional) runs before block ``i`` (deep fusion inserts its gated
   cross-attention there);
 * ``logits`` float32 ``[B, S, vocab]``; ``extras = {"hidden": final-norm output, "cache": updated}``.
@@ -118,9 +119,12 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
-def init_cache(lm: "DecoderLM", batch: int, length: int, dtype=jnp.float32) -> list[dict]:
-    """An empty KV cache of ``length`` slots for ``lm``."""
+def init_cache(lm: "DecoderLM", batch: int, length: int, dtype=jnp.float32) -> list[dict] | dict:
+    """An empty KV cache of ``length`` slots for ``lm``: a list of one ``{"k", "v"}`` per layer, or for a
+    scanned LM one ``{"k", "v"}`` with a leading ``depth`` axis."""
     shape = (batch, length, lm.kv_heads, lm.width // lm.num_heads)
+    if lm.scan:
+        return {"k": jnp.zeros((lm.depth, *shape), dtype), "v": jnp.zeros((lm.depth, *shape), dtype)}
     return [{"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(lm.depth)]
 
 
@@ -212,6 +216,9 @@ class DecoderLM(nn.Module):
     tie_embeddings: bool = False
     dtype: layers.Dtype = jnp.float32
     remat: str = "none"  # decoder blocks: "none" | "dots" | "full" (layers.REMAT_POLICIES; same params/results)
+    # nn.scan over the blocks: one traced block, faster compiles for deep LMs. CHANGES THE PARAMETER LAYOUT
+    # (one ``blocks`` entry with a leading ``layers`` axis instead of ``block_0 ...``); no ``before_layer``.
+    scan: bool = False
 
     @property
     def kv_heads(self) -> int:
@@ -233,9 +240,15 @@ class DecoderLM(nn.Module):
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
         if self.remat not in layers.REMAT_POLICIES:
             raise ValueError(f"DecoderLM: remat must be one of {', '.join(layers.REMAT_POLICIES)}, got {self.remat!r}")
-        block = DecoderBlock if self.remat == "none" else nn.remat(DecoderBlock, policy=layers.REMAT_POLICIES[self.remat])
-        self.block = [block(self.num_heads, self.kv_heads, self.mlp_dim, self.rope_theta, self.norm_eps, self.dtype)
-                      for _ in range(self.depth)]
+        block = DecoderBlock if self.remat == "none" else nn.remat(
+            DecoderBlock, policy=layers.REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+        args = (self.num_heads, self.kv_heads, self.mlp_dim, self.rope_theta, self.norm_eps, self.dtype)
+        if self.scan:  # carry x; positions, mask and index are shared; the cache is scanned over its layer axis
+            self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                                  in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=self.depth,
+                                  metadata_params={nn.PARTITION_NAME: "layers"})(*args)
+        else:
+            self.block = [block(*args) for _ in range(self.depth)]
         self.ln_final = RMSNorm(self.norm_eps, self.dtype)
         if not self.tie_embeddings:
             self.lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
@@ -252,12 +265,18 @@ class DecoderLM(nn.Module):
             valid = jnp.ones(x.shape[:2], bool)
             positions = positions_of(valid) if positions is None else positions
             mask = attention_mask(valid) if mask is None else mask
-        new_cache = []
-        for i, block in enumerate(self.block):
-            if before_layer is not None:  # e.g. deep fusion's gated cross-attention: x = f(i, x)
-                x = before_layer(i, x)
-            x, c = block(x, positions, mask, None if cache is None else cache[i], index)
-            new_cache.append(c)
+        if self.scan:
+            if before_layer is not None:
+                raise ValueError("DecoderLM: scan=True runs the blocks as one loop, so nothing can be inserted "
+                                 "between them (deep fusion's cross-attention); set scan=False")
+            x, new_cache = self.blocks(x, positions, mask, cache, index)
+        else:
+            new_cache = []
+            for i, block in enumerate(self.block):
+                if before_layer is not None:  # e.g. deep fusion's gated cross-attention: x = f(i, x)
+                    x = before_layer(i, x)
+                x, c = block(x, positions, mask, None if cache is None else cache[i], index)
+                new_cache.append(c)
         x = self.ln_final(x)
         logits = self.token_embed.attend(x) if self.tie_embeddings else self.lm_head(x)
         return logits.astype(jnp.float32), {"hidden": x, "cache": new_cache if cache is not None else None}

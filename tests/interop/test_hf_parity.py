@@ -316,6 +316,29 @@ def test_llava_export_import_identity_and_transformers_loads_it(llava):
         assert torch.equal(value, original[key]), key
 
 
+def test_llava_with_scanned_layers_matches_and_exports_the_same(llava):
+    """scan=True on the vision tower and on the LM (stacked parameters from models.stack_layers): the same
+    logits and greedy generation (through the stacked KV cache), and the same Hugging Face export."""
+    from mmjax import generate
+
+    cfg = llava["cfg"].to_dict()
+    cfg["image"]["scan"] = cfg["lm"]["scan"] = True
+    params = models.stack_layers(llava["params"])
+    assert params["lm"]["blocks"]["attn"]["q"]["kernel"].shape == (2, 32, 4, 8)
+    back = hf._flatten(models.unstack_layers(params))
+    assert sorted(back) == sorted(hf._flatten(llava["params"]))
+    ids, images = jnp.asarray(llava["ids"], jnp.int32), jnp.asarray(llava["images"])
+    logits, _ = models.build(cfg).apply({"params": params}, images, ids)
+    expected, _ = models.build(llava["cfg"]).apply({"params": llava["params"]}, images, ids)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
+    tokens = [np.asarray(generate.make_generate(models.build(c), max_new_tokens=6, eos_id=2, pad_id=0)(
+        p, images, ids, jax.random.key(0))) for c, p in ((cfg, params), (llava["cfg"], llava["params"]))]
+    np.testing.assert_array_equal(*tokens)
+    (hf_cfg, state), (hf_cfg0, state0) = hf.to_hf(cfg, params), hf.to_hf(llava["cfg"], llava["params"])
+    assert hf_cfg == hf_cfg0 and sorted(state) == sorted(state0)
+    assert all(np.array_equal(state[k], state0[k]) for k in state)
+
+
 def test_llava_unsupported_options(llava):
     config = dict(llava["model"].config.to_dict(), architectures=["LlavaForConditionalGeneration"])
     state = {k: v.numpy() for k, v in llava["model"].state_dict().items()}
