@@ -26,6 +26,9 @@ def get_config(arg=None):
     # leaves that step's update out and counts it as skipped_steps (docs/reliability.md).
     c.nan_policy = "stop"
     c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+    # attention kernel: "default" (JAX picks), "xla", or "cudnn" (GPU with bfloat16/float16; elsewhere
+    # it falls back to the default with one warning). docs/performance.md measures them.
+    c.attention = "default"
 
     c.model = models.model_config("clip-shapes")
     c.model.temperature_init = 1 / 0.07  # CLIP's initial logit scale (clipped at 100 in training)

@@ -50,6 +50,9 @@ def get_config(arg=None):
     c.checkpoint_every = 3 if tiny else 200
     c.keep_checkpoints = 2
     c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+    # attention kernel: "default" (JAX picks), "xla", or "cudnn" (GPU with bfloat16/float16; elsewhere
+    # it falls back to the default with one warning). docs/performance.md measures them.
+    c.attention = "default"
 
     c.model = models.model_config("llava-shapes")
     if tiny:  # the vision tower of configs/clip_shapes.py:tiny, so its checkpoint loads

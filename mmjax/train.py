@@ -29,6 +29,7 @@ import optax
 
 from mmjax import optimizer as optimizer_lib
 from mmjax import distributed, sharding, tasks
+from mmjax.models import layers
 from mmjax.config import ConfigError, DataError
 
 
@@ -53,6 +54,17 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+
+
+ATTENTION = {"default": None, "xla": "xla", "cudnn": "cudnn"}
+
+
+def attention_implementation(config) -> str | None:
+    """``config.attention`` ("default" | "xla" | "cudnn") as ``layers.attention_implementation`` takes it."""
+    name = config.get("attention", "default")
+    if name not in ATTENTION:
+        raise ConfigError(f"attention={name!r} is not an attention kernel; use one of {', '.join(ATTENTION)}")
+    return ATTENTION[name]
 
 
 def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop"):
@@ -305,6 +317,7 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
 
     workdir = check_workdir(workdir)
     policy = nan_policy(config)
+    attention = attention_implementation(config)
     distributed.initialize(config.get("distributed"))  # before anything asks JAX for devices
     task = tasks.get_task(config)
     from mmjax.data import pipeline  # the data stack: needed from here on, not by the step above
@@ -320,7 +333,8 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by the data-parallel size {dp} "
                           f"and process count {jax.process_count()}; choose a multiple of both")
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    # the attention kernel is chosen when a function is traced: every step and evaluation below
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), layers.attention_implementation(attention):
         tx = make_optimizer(config, task)
         state, state_shardings = init_state(task, tx, config.seed, mesh, rules)
         loader = task.train_loader(config.batch_size, config.seed)
@@ -390,15 +404,17 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                         bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}")
                         t_log, n_log = now, 0
                     stopping = stop.requested(step)
+                    # Writing checkpoints is not training time; so the checkpoint's train_seconds is exactly
+                    # what this run reports, and a rerun of a finished run reports the same.
+                    train_seconds += time.perf_counter() - t0
                     if step % config.checkpoint_every == 0 or step in (config.total_steps, stop_at) or stopping:
                         settle()
                         if not bool(all_finite(state)):  # one sync per checkpoint: never save a non-finite state
                             raise _nonfinite("train state (not saved)", step, ckpt, hint=False)
                         ckpt.save(step, state, data_iter, config.to_dict(),
                                   info={"skipped_steps": skipped, "truncated_examples": truncated,
-                                        "train_seconds": train_seconds + time.perf_counter() - t0})
+                                        "train_seconds": train_seconds})
                     bar.update(1)
-                    train_seconds += time.perf_counter() - t0
                     if step == stop_at or stopping:
                         break
             bar.close()

@@ -45,7 +45,7 @@ def test_rerun_of_a_finished_run_only_evaluates(trained, data_dir):
     workdir, results = trained
     again = train.train_and_evaluate(tiny_config(data_dir, **TRAINED), workdir)
     assert again["zero_shot_top1"] == results["zero_shot_top1"]
-    assert again["train_seconds"] == pytest.approx(results["train_seconds"], abs=0.5) and again["train_seconds"] > 0
+    assert again["train_seconds"] == results["train_seconds"] > 0  # kept in the checkpoint, exactly
     assert len(read_metrics(workdir)) == 15
 
 
@@ -67,6 +67,7 @@ def run_cli(*args):
     (["--config.model.text.num_heads=3"], "error: TextTransformer: width 32 is not divisible by num_heads 3"),
     (["--workdir=/nonexistent/parent/run"], "error: workdir parent '/nonexistent/parent' does not exist"),
     (["--config.data.name=imagenet"], "error: unknown dataset 'imagenet'; valid names: shapes"),
+    (["--config.attention=flash"], "error: attention='flash' is not an attention kernel; use one of default, xla, cudnn"),
 ])
 def test_cli_errors_are_one_line(args, message, tmp_path):
     base = ["--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}"]
@@ -78,3 +79,32 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert lines[-1].startswith(message), proc.stderr
     assert len([line for line in lines if line.startswith("error:")]) == 1
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["clip_shapes", "siglip_shapes", "llava_shapes", "flamingo_shapes", "lm_shapes"])
+def test_every_config_names_the_attention_kernel(name):
+    from mmjax import config as config_lib
+
+    assert config_lib.load_file(os.path.join(ROOT, "configs", f"{name}.py")).attention == "default"
+
+
+def test_config_attention_reaches_every_traced_function(data_dir, tmp_path, monkeypatch):
+    """--config.attention=cudnn is in force while the train step and the evaluation are traced (on CPU it
+    falls back to the default kernel, with one warning)."""
+    from mmjax.models import layers
+
+    seen = []
+    original = layers.attention
+
+    def spy(*args, **kwargs):
+        seen.append(layers._attention_impl)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(layers, "attention", spy)
+    monkeypatch.setattr(layers, "_warned", set())
+    cfg = tiny_config(data_dir, attention="cudnn", total_steps=2, log_every=1, checkpoint_every=2)
+    with pytest.warns(UserWarning, match=r"cuDNN unavailable \(backend is cpu\)"):
+        results = train.train_and_evaluate(cfg, str(tmp_path / "w"))
+    assert np.isfinite(results["zero_shot_top1"])
+    assert seen and set(seen) == {"cudnn"}
+    assert layers._attention_impl is None  # restored after the run
