@@ -328,33 +328,34 @@ def _torch_variant(row: dict, model: str, batch: int, step, compiled: bool) -> t
     return row, run_step
 
 
-def open_clip_runner(model: str, batch: int, compiled: bool = True) -> tuple[dict, callable]:
-    """open_clip at the same architecture, bf16 autocast (+ torch.compile), on CUDA. Raises RuntimeError
-    with the reason when open_clip or CUDA is missing."""
+def open_clip_runner(model: str, batch: int, compiled: bool = True, device: str = "cuda") -> tuple[dict, callable]:
+    """open_clip at the same architecture, bf16 autocast (+ torch.compile), on ``device`` (the benchmark
+    uses it on CUDA; "cpu" checks the code path). Raises RuntimeError with the reason when open_clip or
+    the device is missing."""
     import importlib.util
 
     import torch
 
     if importlib.util.find_spec("open_clip") is None:
         raise RuntimeError("open_clip is not installed (pip install open_clip_torch)")
-    if not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device")
     import open_clip
 
     names = {"clip-vit-b16": "ViT-B-16-quickgelu", "clip-vit-b32": "ViT-B-32-quickgelu", "clip-vit-l14": "ViT-L-14-quickgelu"}
     if model not in names:
         raise RuntimeError(f"no open_clip architecture named for {model}; use one of {', '.join(names)}")
-    net = open_clip.create_model(names[model]).cuda().train()
+    net = open_clip.create_model(names[model]).to(device).train()
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.1, fused=True)
     mcfg = model_config(model)
     s, length = mcfg["image_size"], mcfg["text"]["max_len"]
-    images = torch.randn(batch, 3, s, s, device="cuda")
-    text = torch.randint(3, mcfg["text"]["vocab_size"], (batch, length), device="cuda")
+    images = torch.randn(batch, 3, s, s, device=device)
+    text = torch.randint(3, mcfg["text"]["vocab_size"], (batch, length), device=device)
     fwd = torch.compile(net) if compiled else net
 
     def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             img, txt, scale = fwd(images, text)
             loss = loss_fn(img, txt, scale)
         opt.zero_grad(set_to_none=True)
@@ -365,7 +366,7 @@ def open_clip_runner(model: str, batch: int, compiled: bool = True) -> tuple[dic
 
     name = "open_clip bf16 autocast" + (" + torch.compile" if compiled else ", eager")
     return _torch_variant(dict(lever=name, dtype="bf16 autocast",
-                               framework=f"open_clip {open_clip.__version__} (torch {torch.__version__}, cuda)"),
+                               framework=f"open_clip {open_clip.__version__} (torch {torch.__version__}, {device})"),
                           model, batch, step, compiled)
 
 
