@@ -401,7 +401,10 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
                         if policy == "skip":
                             metrics["skipped_steps"] = skipped
                         log.write(step, metrics)
-                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}")
+                        # refresh=False: shown at the bar's next redraw (every 1 s on a terminal, 30 s in a
+                        # log file), so a log is not written a line per logged step
+                        bar.set_postfix(loss=f"{metrics['loss']:.3f}", ex_s=f"{metrics['examples_per_sec']:.0f}",
+                                        refresh=False)
                         t_log, n_log = now, 0
                     stopping = stop.requested(step)
                     # Writing checkpoints is not training time; so the checkpoint's train_seconds is exactly
