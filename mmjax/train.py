@@ -56,15 +56,14 @@ class TrainState:
     opt_state: Any
 
 
-ATTENTION = {"default": None, "xla": "xla", "cudnn": "cudnn"}
-
-
 def attention_implementation(config) -> str | None:
-    """``config.attention`` ("default" | "xla" | "cudnn") as ``layers.attention_implementation`` takes it."""
+    """``config.attention`` as ``layers.attention_implementation`` takes it: "default" (JAX picks) is None,
+    the others (``layers.ATTENTION_IMPLEMENTATIONS``: "xla", "cudnn") are passed on."""
     name = config.get("attention", "default")
-    if name not in ATTENTION:
-        raise ConfigError(f"attention={name!r} is not an attention kernel; use one of {', '.join(ATTENTION)}")
-    return ATTENTION[name]
+    names = ["default", *[impl for impl in layers.ATTENTION_IMPLEMENTATIONS if impl]]
+    if name not in names:
+        raise ConfigError(f"attention={name!r} is not an attention kernel; use one of {', '.join(names)}")
+    return None if name == "default" else name
 
 
 def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop"):

@@ -222,12 +222,12 @@ def test_scan_equals_the_unrolled_stack_on_restacked_parameters(remat):
     boxed = scanned.init(jax.random.key(0), X, causal=True, mask=MASK)
     kernel = boxed["params"]["blocks"]["attn"]["query"]["kernel"]
     assert kernel.names == ("layers", "embed", "heads", "kv") and kernel.value.shape == (3, 16, 2, 8)
-    blocks = [params["params"][f"block_{i}"] for i in range(3)]
-    stacked = {"params": {"blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}}
+    stacked = models.stack_layers(params)
+    assert list(stacked["params"]) == ["blocks"]
     (l0, g0), (l1, g1) = _loss_and_grads(_encoder(), params), _loss_and_grads(scanned, stacked)
     np.testing.assert_allclose(l0, l1, rtol=1e-5)
-    g0 = jax.tree.map(lambda *xs: jnp.stack(xs), *[g0["params"][f"block_{i}"] for i in range(3)])
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1["params"]["blocks"])):
+    g0 = models.stack_layers(g0)
+    for a, b in zip(jax.tree.leaves(g0["params"]["blocks"]), jax.tree.leaves(g1["params"]["blocks"])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     _, hidden = scanned.apply(stacked, X, causal=True, mask=MASK, return_all=True)
     _, hidden0 = _encoder().apply(params, X, causal=True, mask=MASK, return_all=True)

@@ -186,6 +186,8 @@ def make_config(model: str, levers: frozenset, batch: int):
     config.sharding = dict(strategy="dp", rules=())
     if levers & {"bf16", "attn_cudnn"}:
         config.dtype = "bfloat16"
+    for attention in levers & {"attn_xla", "attn_cudnn"}:
+        config.attention = attention.removeprefix("attn_")
     towers = ("image", "text") if mcfg["type"] == "two_tower" else ("image", "lm")
     for remat in levers & {"remat_dots", "remat_full"}:
         for t in towers:
@@ -227,10 +229,12 @@ def build_runner(model: str, lever: str, batch: int) -> tuple[dict, callable]:
     task = tasks.get_task(config)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.logical_rules(config.sharding)
-    impl = "xla" if "attn_xla" in levers else "cudnn" if "attn_cudnn" in levers else None
+    impl = train.attention_implementation(config)
     donate = () if "no_donate" in levers else (0,)
     row = {"model": model, "lever": lever, "framework": "mmjax (jax)", "dtype": config.dtype,
-           "batch_per_device": batch}
+           "batch_per_device": batch,
+           "note": "cuDNN unavailable off GPU: fell back to JAX's default attention"
+           if impl == "cudnn" and jax.default_backend() != "gpu" else ""}
     mcfg = config.model.to_dict()
     if mcfg["type"] == "two_tower":
         row["flops_per_step"] = flops_lib.two_tower_train_flops(mcfg, config.batch_size)
@@ -390,6 +394,12 @@ def xla_flags_child(args, spec: str) -> dict:
     return dict(row, lever=spec, note="child process; timed there, not interleaved")
 
 
+def first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (at most 200 characters of it), for one line of the results."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200] if lines else ''}"
+
+
 def guarded(row: dict, run):
     """``run`` that records its first exception in ``row["failed"]`` (e.g. out of memory) and is a no-op
     after it, so that one variant's failure does not stop the others."""
@@ -398,7 +408,7 @@ def guarded(row: dict, run):
             try:
                 run()
             except Exception as e:  # noqa: BLE001 - reported in the results
-                row["failed"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+                row["failed"] = first_line(e)
     return call
 
 
@@ -538,7 +548,7 @@ def main(argv: list[str]) -> int:
         try:
             row, run = make()
         except Exception as e:  # noqa: BLE001 - e.g. out of memory, no C++ compiler for inductor
-            skipped.append(f"{what}: failed ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})")
+            skipped.append(f"{what}: failed ({first_line(e)})")
             return
         print(f"  ready ({row['compile_s']:.1f} s to compile)", file=sys.stderr)
         rows.append(row)
@@ -566,11 +576,6 @@ def main(argv: list[str]) -> int:
                 children.append(spec)  # after the interleaved timing, in a child process
             continue
         add(spec, lambda spec=spec: build_runner(args.model, spec, args.batch))
-        if rows and rows[-1]["lever"] == spec:
-            notes = []
-            if "attn_cudnn" in atoms and backend != "gpu":
-                notes.append("cuDNN unavailable off GPU: fell back to JAX's default attention")
-            rows[-1]["note"] = "; ".join(notes)
     print(f"timing {len(runners)} variants x {args.steps} steps ...", file=sys.stderr)
     times, _ = time_interleaved(runners, args.steps)
     for row, t in zip(rows, times):
