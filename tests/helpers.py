@@ -1,11 +1,32 @@
-"""Helpers shared by the train-loop tests (``import helpers``: pytest puts ``tests/`` on ``sys.path``)."""
+"""Helpers shared by the tests (``import helpers``: pytest puts ``tests/`` on ``sys.path``)."""
 
 import json
 import os
 
+import pytest
+
 from mmjax import config as config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def in_ci(value: str | None) -> bool:
+    """Whether the ``CI`` environment variable's value says this is a CI run (``true``, ``1``, ``yes``: GitHub
+    Actions, GitLab and most others set ``CI=true``)."""
+    return (value or "").strip().lower() in ("true", "1", "yes")
+
+
+def require(module: str):
+    """``pytest.importorskip(module)`` for the optional parity extra (torch, transformers, safetensors,
+    tokenizers), except in CI (``in_ci($CI)``), where a module that does not import fails the run: CI installs
+    the extra, and a silent skip there would hide every parity test."""
+    try:
+        return pytest.importorskip(module, exc_type=ImportError)  # (a broken install too)
+    except pytest.skip.Exception as e:
+        if in_ci(os.environ.get("CI")):
+            pytest.fail(f"CI={os.environ['CI']}: {module!r} does not import, so the parity tests cannot run "
+                        f"({e}); install the extra: pip install -e '.[test,parity]'", pytrace=False)
+        raise
 
 
 TRAINED = dict(total_steps=30, log_every=2, checkpoint_every=10)  # the ``trained`` fixture's run (conftest.py)
@@ -18,6 +39,37 @@ def tiny_config(data_dir, **overrides):
     for key, value in overrides.items():
         config_lib.override(cfg, key, str(value))
     return cfg
+
+
+def step_with_grads(task, tx, seed: int, trainable=None):
+    """``train.make_train_step``'s step, also returning the gradients of the loss at the state it is given:
+    ``(state, metrics, grads)`` (all parameters' gradients, frozen ones too). Equivalence tests compare them:
+    Adam's update ignores a uniform scale of the gradient (a psum where a pmean belongs), and clipping hides
+    it too."""
+    import jax
+
+    from mmjax import train
+
+    train_step = train.make_train_step(task, tx, seed, trainable)
+
+    def step(state, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)  # as the train step makes it
+        grads = jax.grad(lambda p: task.loss(p, batch, rng)[0])(state.params)
+        return *train_step(state, batch), grads
+
+    return step
+
+
+def assert_grads_close(got, want):
+    """Gradient trees equal up to float32 sums in another order: per leaf, rtol 1e-4 and an absolute
+    tolerance of 1e-5 of the leaf's largest gradient (+1e-7, for gradients that are zero up to rounding)."""
+    import flax
+    import numpy as np
+
+    want = flax.traverse_util.flatten_dict(want, sep="/")
+    for name, g in flax.traverse_util.flatten_dict(got, sep="/").items():
+        w = want[name]
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7 + 1e-5 * np.abs(w).max(), err_msg=name)
 
 
 def read_metrics(workdir):

@@ -151,9 +151,32 @@ def test_unknown_loss_and_impl():
         losses.contrastive_loss("softmax", out, impl="ring")
 
 
-def test_ring_without_a_mesh_is_the_plain_sigmoid_loss():
+def reference_sigmoid_loss(img, txt, scale, bias):
+    """SigLIP's loss on the whole batch and its gradients, written out in float64 numpy (no JAX, no autodiff):
+    ``L = 1/B sum_ij log(1 + exp(-z_ij l_ij))``, ``l = s I T^T + b``, ``z = +1`` on the diagonal, else -1.
+    ``dL/dl = -z sigmoid(-z l) / B``; returns ``(loss, (dL/dI, dL/dT, dL/ds, dL/db), i2t_acc, t2i_acc)``."""
+    img, txt = np.asarray(img, np.float64), np.asarray(txt, np.float64)
+    b = len(img)
+    z = 2 * np.eye(b) - 1
+    cos = img @ txt.T
+    logits = scale * cos + bias
+    loss = np.logaddexp(0, -z * logits).sum() / b
+    dl = -z / (1 + np.exp(z * logits)) / b
+    grads = (scale * dl @ txt, scale * dl.T @ img, (dl * cos).sum(), dl.sum())
+    rows = np.arange(b)
+    return loss, grads, np.mean(logits.argmax(1) == rows), np.mean(logits.argmax(0) == rows)
+
+
+@pytest.mark.parametrize("impl", ["ring", "gather"])
+@pytest.mark.parametrize("mesh_axes", [None, ("data", "fsdp", "tensor"), ("fsdp",)], ids=["one", "8", "2"])
+def test_sigmoid_losses_equal_an_independent_reference(impl, mesh_axes):
+    """The sharded SigLIP forms (texts round a ring of 8 or 2 devices; gathered texts) and the single-device
+    one == ``reference_sigmoid_loss`` on the full batch: value, metrics and every gradient."""
+    (loss, metrics), grads = sharded("sigmoid", impl, mesh_axes)
     img, txt, _ = embeddings()
-    out = {"image": img, "text": txt, "logit_scale": jnp.float32(7.0), "logit_bias": jnp.float32(-3.0)}
-    ring, _ = losses.contrastive_loss("sigmoid", out, impl="ring")
-    plain, _ = losses.sigmoid_loss(img, txt, out["logit_scale"], out["logit_bias"])
-    assert ring == plain
+    ref, ref_grads, i2t, t2i = reference_sigmoid_loss(img, txt, 7.0, -3.0)  # the scale and bias of sharded()
+    np.testing.assert_allclose(loss, ref, rtol=1e-6)
+    assert metrics["i2t_acc"] == pytest.approx(i2t) and metrics["t2i_acc"] == pytest.approx(t2i)
+    for name, g, want in zip(("image", "text", "scale", "bias"), grads, ref_grads):
+        np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-7, err_msg=name)
+        assert np.abs(want).max() > 1e-3, name  # a gradient that is there to be got wrong

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from mmjax import config as config_lib
 from mmjax import sharding, tasks, train
 from mmjax.checkpoint import Checkpointer
+from helpers import assert_grads_close, step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,20 +48,43 @@ def synthetic_batches(task, n, batch_size=32):
 
 
 def run_steps(cfg, n=3, devices=None):
-    """Losses, params and state after ``n`` steps of ``cfg`` on ``devices`` (default: all)."""
+    """What ``n`` train steps of ``cfg`` on ``devices`` (default: all) compute, as a dict: per-step ``losses``
+    and ``grad_norms``, ``grads`` (the gradients of the last step, at a state that has moved), the
+    ``initial`` and final ``params`` (numpy), and the final ``state``.
+
+    Warmup is off: its first step has learning rate 0, so the first update would be empty and two of the
+    three losses would be computed on the initial parameters. The gradients are compared as well as the
+    parameters because Adam's update ignores a uniform scale of the gradient (a psum for a pmean)."""
+    config_lib.override(cfg, "optimizer.warmup_steps", "0")
     task = tasks.get_task(cfg)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     rules = sharding.logical_rules(cfg.sharding)
-    losses = []
+    out = {"losses": [], "grad_norms": []}
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         tx = train.make_optimizer(cfg, task)
         state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
-        step = jax.jit(train.make_train_step(task, tx, cfg.seed), in_shardings=(shardings, None),
-                       out_shardings=(shardings, None))
+        out["initial"] = jax.device_get(state.params)
+        step = jax.jit(step_with_grads(task, tx, cfg.seed), in_shardings=(shardings, None),
+                       out_shardings=(shardings, None, shardings.params))
         for batch in synthetic_batches(task, n):
-            state, metrics = step(state, sharding.global_batch(batch, mesh, rules))
-            losses.append(float(metrics["loss"]))
-    return losses, jax.device_get(state.params), state
+            state, metrics, grads = step(state, sharding.global_batch(batch, mesh, rules))
+            out["losses"].append(float(metrics["loss"]))
+            out["grad_norms"].append(float(metrics["grad_norm"]))
+    return dict(out, grads=jax.device_get(grads), params=jax.device_get(state.params), state=state)
+
+
+def assert_trained_alike(got, want):
+    """``got`` (a sharded run) computed what ``want`` (one device) did: losses, gradient norms, the last
+    step's gradients and the final parameters; and the parameters really moved."""
+    np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["grad_norms"], want["grad_norms"], rtol=1e-5)
+    assert_grads_close(got["grads"], want["grads"])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+                 got["params"], want["params"])
+    # every parameter trained (Adam's steps are about lr = 2e-3), except the attention key biases: softmax
+    # over the keys ignores a shift that is the same for every key, so their gradient is zero up to rounding
+    moved = {k: float(np.abs(v - flat(want["initial"])[k]).max()) for k, v in flat(want["params"]).items()}
+    assert all(m > 1e-4 for k, m in moved.items() if not k.endswith("/key/bias")), moved
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +95,7 @@ def single_device():
 
 @pytest.fixture(scope="module")
 def runs():
-    """strategy -> (losses, params, state) after 3 steps on its mesh, computed on first use."""
+    """strategy -> ``run_steps`` of 3 steps on its mesh, computed on first use."""
     cache = {}
 
     def get(strategy):
@@ -84,20 +108,13 @@ def runs():
 
 @pytest.mark.parametrize("strategy", list(MESHES))
 def test_strategy_equals_single_device(strategy, single_device, runs):
-    losses1, params1, _ = single_device["clip_shapes"]
-    losses8, params8, _ = runs(strategy)
-    np.testing.assert_allclose(losses8, losses1, rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), params8, params1)
-    assert len(set(losses1)) == 3  # the three steps really changed the model
+    assert_trained_alike(runs(strategy), single_device["clip_shapes"])
 
 
 def test_siglip_ring_on_fsdp_tp_equals_single_device(single_device):
-    losses1, params1, _ = single_device["siglip_shapes"]
     cfg = config("fsdp_tp", file="siglip_shapes")
     assert cfg.loss.impl == "ring"
-    losses8, params8, _ = run_steps(cfg)
-    np.testing.assert_allclose(losses8, losses1, rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), params8, params1)
+    assert_trained_alike(run_steps(cfg), single_device["siglip_shapes"])
 
 
 # What each strategy declares for representative parameters (tiny model: width 32, 2 heads of 16,
@@ -128,7 +145,7 @@ def flat(tree):
 
 @pytest.mark.parametrize("strategy", list(MESHES))
 def test_parameter_shardings_are_declared(strategy, runs):
-    state = runs(strategy)[2]  # after 3 steps: the train step keeps the placement
+    state = runs(strategy)["state"]  # after 3 steps: the train step keeps the placement
     mesh = sharding.make_mesh(config(strategy).mesh)
     params = flat({"params": state.params})
     for name, spec in EXPECTED[strategy].items():
@@ -148,8 +165,8 @@ def per_device_bytes(tree):
 
 
 def test_fsdp_divides_state_memory_by_device_count(runs):
-    dp = per_device_bytes(runs("dp")[2])
-    fsdp = per_device_bytes(runs("fsdp")[2])
+    dp = per_device_bytes(runs("dp")["state"])
+    fsdp = per_device_bytes(runs("fsdp")["state"])
     assert fsdp == pytest.approx(dp / 8, rel=0.05)
 
 
@@ -172,7 +189,7 @@ def test_param_spec_skips_axes_that_do_not_divide():
 
 def test_checkpoint_moves_between_meshes(tmp_path, runs):
     """fsdp=8 -> data=2 x fsdp=4 (fsdp_tp) -> one device: the values survive, the placement is the target's."""
-    saved = runs("fsdp")[2]
+    saved = runs("fsdp")["state"]
     ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
     ckpt.save(3, saved)
     ckpt.wait()
@@ -199,6 +216,8 @@ def test_train_command_logs_the_same_losses_under_fsdp_tp_and_dp(tmp_path):
         workdir = str(tmp_path / strategy)
         train.train_and_evaluate(cfg, workdir, stop_at=10)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            runs[strategy] = [json.loads(line)["loss"] for line in f]
+            runs[strategy] = [json.loads(line) for line in f]
     assert len(runs["dp"]) == 5
-    np.testing.assert_allclose(runs["fsdp_tp"], runs["dp"], rtol=1e-5)
+    for key in ("loss", "grad_norm"):  # (the gradient's scale, which Adam's update does not show)
+        np.testing.assert_allclose([r[key] for r in runs["fsdp_tp"]], [r[key] for r in runs["dp"]], rtol=1e-5,
+                                   err_msg=key)

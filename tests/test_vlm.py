@@ -1,7 +1,8 @@
 """Fusion models through the one train loop: stage 1 loads a CLIP vision tower and trains only the
 projector (frozen parameters unchanged, no optimizer state for them); stage 2 starts from stage 1's
 weights; deep fusion trains only its resampler, cross-attention and new tokens; the sharded steps equal
-the single-device ones; init_from errors name the parameter."""
+the single-device ones (gradients included, deep fusion's with its gates open); init_from errors name the
+parameter."""
 
 import json
 import os
@@ -17,6 +18,7 @@ from mmjax import checkpoint, sharding, tasks, train
 from mmjax import config as config_lib
 from mmjax import optimizer as optimizer_lib
 from mmjax.config import ConfigError
+from helpers import assert_grads_close, step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -185,10 +187,16 @@ def test_init_sources():
         checkpoint.init_sources(dict(workdir=None, regex=(), also=(("b", "y/.*"),)))
 
 
+GATE = 0.5  # deep fusion's gates start at 0 (tanh(0) = 0): no gradient reaches its resampler and blocks
+
+
 @pytest.mark.parametrize("spec", ["llava_shapes.py:stage=2,tiny", "flamingo_shapes.py:tiny"])
 def test_vlm_step_sharded_equals_single_device(data_dir, spec):
+    """Two steps on fsdp_tp over 8 devices == on one: losses, gradient norms, the gradients (at the moved
+    state of the second step: Adam's update would hide a gradient's scale) and the parameters. Warmup is off
+    (its first step has lr 0) and deep fusion's gates are set to GATE, so that every trainable part moves."""
     def run(mesh_shape, strategy, devices):
-        cfg = load(spec, data_dir)
+        cfg = load(spec, data_dir, **{"optimizer.warmup_steps": 0})
         cfg.mesh, cfg.sharding.strategy = ml_collections.ConfigDict(mesh_shape), strategy
         task = tasks.get_task(cfg)
         from mmjax.data.pipeline import encode_vlm
@@ -204,19 +212,38 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
             tx = train.make_optimizer(cfg, task)
             state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
+            params = jax.tree_util.tree_map_with_path(
+                lambda path, x: np.full_like(x, GATE) if "gate" in jax.tree_util.keystr(path) else x,
+                jax.device_get(state.params))
+            state = state.replace(params=jax.device_put(params, shardings.params))
             trainable = optimizer_lib.trainable(cfg.optimizer, state.params)
-            step = jax.jit(train.make_train_step(task, tx, cfg.seed, trainable), in_shardings=(shardings, None),
-                           out_shardings=(shardings, None))
-            losses = []
+            step = jax.jit(step_with_grads(task, tx, cfg.seed, trainable), in_shardings=(shardings, None),
+                           out_shardings=(shardings, None, shardings.params))
+            losses, grad_norms = [], []
             for _ in range(2):
-                state, metrics = step(state, sharding.global_batch(batch, mesh, rules))
+                state, metrics, grads = step(state, sharding.global_batch(batch, mesh, rules))
                 losses.append(float(metrics["loss"]))
-        return losses, jax.device_get(state.params)
+                grad_norms.append(float(metrics["grad_norm"]))
+        return losses, grad_norms, jax.device_get(grads), params, jax.device_get(state.params), trainable
 
     one = run(dict(data=1, fsdp=1, tensor=1), "dp", jax.devices()[:1])
     many = run(dict(data=2, fsdp=2, tensor=2), "fsdp_tp", jax.devices())
     np.testing.assert_allclose(many[0], one[0], rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), many[1], one[1])
+    np.testing.assert_allclose(many[1], one[1], rtol=1e-5)
+    assert_grads_close(many[2], one[2])
+    # Adam divides each update by the gradient's own size, so where a gradient is at rounding level (eps=1e-8)
+    # the update's rounding is a fraction of lr=1e-3: the gradients above are the tight check
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=5e-5), many[4], one[4])
+    grads, initial, final, trainable = (flat(x) for x in one[2:])
+    for key, t in trainable.items():  # the trainable parameters had gradients and moved; the frozen did not
+        moved = np.abs(final[key] - initial[key]).max()
+        if not t:
+            assert moved == 0, key
+        elif not key.endswith("/key/bias"):  # (softmax ignores a shift shared by all keys: no gradient)
+            assert moved > 1e-4 and np.abs(grads[key]).max() > 1e-6, (key, moved)
+    parts = {k.split("/")[0] for k, t in trainable.items() if t}
+    assert parts == ({"resampler", "new_token_embed", "xattn_0", "xattn_1"} if "flamingo" in spec else
+                     {"lm", "proj_0", "proj_1"}), parts
 
 
 def test_early_fusion_pairs_config_gives_two_images_and_their_placeholders(data_dir):

@@ -11,9 +11,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+from helpers import require  # noqa: E402  (importorskip, but an error under CI=true)
+
+torch = require("torch")
+transformers = require("transformers")
+tokenizers = require("tokenizers")
 
 from mmjax import generate, zero_shot  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
@@ -53,14 +55,56 @@ PREPROCESS = {"do_resize": True, "size": {"shortest_edge": 30}, "resample": 3, "
               "do_normalize": True, "image_mean": [0.48, 0.46, 0.41], "image_std": [0.27, 0.26, 0.28]}
 
 
-def test_preprocess_resizes_crops_and_normalises(tmp_path):
+def _textured_images(directory):
+    """PNG files of several non-square sizes (odd crop offsets; one smaller than the model's input, so it is
+    enlarged): random noise, colour gradients, and one greyscale image (converted to RGB)."""
     from PIL import Image
 
-    path = str(tmp_path / "x.png")
-    Image.fromarray(np.full((40, 60, 3), 255, np.uint8)).save(path)  # white, landscape
-    x = zero_shot.preprocess(path, PREPROCESS, 30)
-    assert x.shape == (30, 30, 3) and x.dtype == np.float32
-    np.testing.assert_allclose(x[0, 0], (1 - np.array([0.48, 0.46, 0.41])) / np.array([0.27, 0.26, 0.28]), rtol=1e-6)
+    rng = np.random.default_rng(1)
+    images = {}
+    for w, h in [(61, 40), (37, 50), (31, 29), (100, 33), (20, 25)]:
+        yy, xx = np.mgrid[0:h, 0:w]
+        ramp = np.stack([xx / (w - 1), yy / (h - 1), (xx + yy) / (w + h - 2)], -1)
+        images[f"noise_{w}x{h}"] = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        images[f"gradient_{w}x{h}"] = Image.fromarray((255 * ramp).round().astype(np.uint8))
+    images["grey_45x30"] = Image.fromarray(rng.integers(0, 256, (30, 45), dtype=np.uint8), mode="L")
+    paths = {}
+    for name, image in images.items():
+        paths[name] = os.path.join(directory, f"{name}.png")
+        image.save(paths[name])
+    return paths
+
+
+def _pil_processor(name):
+    """transformers' PIL image processor (the default one without torchvision; transformers 5 names it
+    ``...Pil``): ``zero_shot.preprocess`` resizes with PIL, as it does."""
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+@pytest.mark.parametrize("resample", [3, 2], ids=["bicubic", "bilinear"])
+@pytest.mark.parametrize("processor", ["CLIPImageProcessor", "SiglipImageProcessor"])
+def test_preprocess_equals_transformers_image_processors(processor, resample, tmp_path):
+    """``zero_shot.preprocess`` with the ``preprocessor_config.json`` that transformers' own processor writes
+    == that processor's ``pixel_values``, on textured non-square images. CLIP: shortest edge 30, centre crop
+    30x30, its own mean/std; SigLIP: resize to 28x28, mean/std 0.5. Both resize with PIL from the same uint8
+    image, so only float32 rounding of the rescale and normalisation differs: tolerance 1e-5 (one grey level
+    is 0.015 after normalisation)."""
+    kwargs = dict(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, do_center_crop=True,
+                  image_mean=[0.48, 0.46, 0.41], image_std=[0.27, 0.26, 0.28]) \
+        if processor == "CLIPImageProcessor" else dict(size={"height": 28, "width": 28})
+    proc = _pil_processor(processor)(resample=resample, **kwargs)
+    proc.save_pretrained(str(tmp_path / "model"))
+    config = zero_shot.preprocessor_config(str(tmp_path / "model"))
+    assert config["resample"] == resample and config["image_processor_type"] == processor
+    from PIL import Image
+
+    for name, path in _textured_images(str(tmp_path)).items():
+        ours = zero_shot.preprocess(path, config, 30)
+        with Image.open(path) as image:
+            theirs = proc(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
+        assert ours.shape == theirs.shape and ours.dtype == np.float32, name
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5, err_msg=name)
+        assert ours.std() > 0.1, name  # textured: a wrong offset or filter would show
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("safetensors")
+from helpers import require  # noqa: E402  (importorskip, but an error under CI=true)
+
+torch = require("torch")
+transformers = require("transformers")
+require("safetensors")
 
 from mmjax import models  # noqa: E402
 from mmjax.config import ConfigError  # noqa: E402

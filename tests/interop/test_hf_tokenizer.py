@@ -9,8 +9,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-pytest.importorskip("tokenizers")
-transformers = pytest.importorskip("transformers")
+from helpers import require  # noqa: E402  (importorskip, but an error under CI=true)
+
+require("tokenizers")
+transformers = require("transformers")
 
 from mmjax.data.tokenizer import Tokenizer  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
