@@ -67,7 +67,8 @@ def get_config(arg=None):
     # logical rules, e.g. rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")] (docs/sharding/).
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.sharding = dict(strategy="dp", rules=())
-    c.eval = dict(split="test", num_examples=1000, batch_size=250 if not tiny else 32)
+    # also_split: zero-shot on a second split too (validation: every pair seen in training), beside test
+    c.eval = dict(split="test", also_split="validation", num_examples=1000, batch_size=250 if not tiny else 32)
     # Multi-host: HOST:PORT of process 0, the number of processes and this one's id (0 ..). None: from
     # $MMJAX_COORDINATOR_ADDRESS, $MMJAX_NUM_PROCESSES, $MMJAX_PROCESS_ID, found by JAX on Cloud TPU,
     # else one process. See mmjax/distributed.py.

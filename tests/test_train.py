@@ -31,6 +31,11 @@ def test_outputs_are_written(trained):
         assert key in results
     assert results["steps"] == 30
     assert 0 <= results["zero_shot_top1"] <= results["zero_shot_top5"] <= 1
+    # zero-shot on validation (seen pairs) beside test (held-out pairs), and per attribute on both
+    for prefix in ("", "validation_"):
+        assert 0 <= results[f"{prefix}zero_shot_top1"] <= results[f"{prefix}zero_shot_top5"] <= 1
+        for attr in ("colour", "shape"):
+            assert results[f"{prefix}zero_shot_top1"] <= results[f"{prefix}zero_shot_{attr}_accuracy"] <= 1
     report = open(os.path.join(workdir, "report.md")).read()
     assert "![loss curve](loss.png)" in report and "zero_shot_top1" in report
     for png in ("loss.png", "similarity.png"):

@@ -7,7 +7,11 @@ the final-norm output at the pooling position; ``extras["tokens"]`` holds every 
 Pooling:
 * ``"eot"``: the first position whose id is ``eot_id`` (our tokenizers);
 * ``"argmax"``: the position of the largest id (OpenAI CLIP, whose EOT has the largest id);
-* ``"last"``: the final position.
+* ``"last"``: the final position;
+* ``"mean"``: the mean over every non-padding position (``tokens != pad_id``). With causal attention the
+  residual stream of each word reaches the pooled vector directly, so the embedding of a text is close to
+  a sum over its words: new combinations of known words ("a green star" when only green circles and blue
+  stars were seen) land where their words put them (docs/learning.md measures this on the shapes dataset).
 Causal attention means a position never sees padding that follows it, so the pooled vector does
 not depend on the padding length. ``causal=False`` (SigLIP) attends in both directions, over padding
 too (SigLIP pads every text to ``max_len`` and pools the last position).
@@ -29,6 +33,7 @@ class TextTransformer(nn.Module):
     num_heads: int
     mlp_dim: int
     eot_id: int = 2
+    pad_id: int = 0  # "mean" pooling leaves these positions out
     pool: str = "eot"
     activation: str = "gelu"
     dtype: layers.Dtype = jnp.float32
@@ -42,8 +47,8 @@ class TextTransformer(nn.Module):
         if seq_len > self.max_len:
             raise ValueError(f"TextTransformer: {seq_len} tokens exceed max_len {self.max_len}; "
                              "tokenize with max_len <= the model's max_len")
-        if self.pool not in ("eot", "argmax", "last"):
-            raise ValueError(f"TextTransformer: pool must be 'eot', 'argmax' or 'last', got {self.pool!r}")
+        if self.pool not in ("eot", "argmax", "last", "mean"):
+            raise ValueError(f"TextTransformer: pool must be 'eot', 'argmax', 'last' or 'mean', got {self.pool!r}")
 
     def pool_index(self, tokens):
         if self.pool == "eot":
@@ -68,5 +73,9 @@ class TextTransformer(nn.Module):
         x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.activation, self.dtype,
                            self.norm_eps, self.remat, self.scan, name="encoder")(x, causal=self.causal)
         x = layers.layer_norm("ln_final", self.dtype, self.norm_eps)(x)
-        pooled = jnp.take_along_axis(x, self.pool_index(tokens)[:, None, None], axis=1)[:, 0]
+        if self.pool == "mean":
+            keep = (tokens != self.pad_id)[..., None].astype(x.dtype)
+            pooled = (x * keep).sum(axis=1) / jnp.maximum(keep.sum(axis=1), 1)
+        else:
+            pooled = jnp.take_along_axis(x, self.pool_index(tokens)[:, None, None], axis=1)[:, 0]
         return pooled, {"tokens": x}

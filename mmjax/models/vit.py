@@ -51,6 +51,14 @@ def variant(name: str) -> dict:
     return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=int(patch))
 
 
+def _max_pool_2x2(x):
+    """``nn.max_pool(x, (2, 2), strides=(2, 2))`` (VALID) as a reshape and a max: the same values, and on
+    XLA's CPU backend a much faster gradient than max_pool's select-and-scatter (the stem's cost halves)."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class ViT(nn.Module):
     width: int
     depth: int
@@ -92,7 +100,7 @@ class ViT(nn.Module):
             x = nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype, name=f"stem_{i}",
                         kernel_init=layers.dense_init((None, None, None, "embed"), nn.initializers.he_normal()),
                         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
-            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+            x = _max_pool_2x2(nn.relu(x))
         return x
 
     @nn.compact

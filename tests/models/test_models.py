@@ -116,6 +116,19 @@ def test_text_pool_modes():
     np.testing.assert_array_equal(t.clone(pool="last").pool_index(tokens), [4, 4])
 
 
+def test_text_mean_pooling_averages_the_non_padding_positions():
+    t = text.TextTransformer(vocab_size=10, max_len=6, width=8, depth=1, num_heads=2, mlp_dim=8, pool="mean")
+    tokens = jnp.array([[1, 4, 2, 0, 0, 0], [1, 9, 3, 5, 2, 0]])
+    params = t.init(jax.random.key(0), tokens)
+    pooled, extras = t.apply(params, tokens)
+    want = [extras["tokens"][0, :3].mean(0), extras["tokens"][1, :5].mean(0)]
+    np.testing.assert_allclose(pooled, jnp.stack(want), rtol=1e-6, atol=1e-6)
+    # causal attention: padding (and what a padding position would see) never reaches the pooled vector
+    np.testing.assert_allclose(t.apply(params, tokens.at[:, 5].set(0))[0], pooled, atol=1e-6)
+    with pytest.raises(ValueError, match="pool must be 'eot', 'argmax', 'last' or 'mean'"):
+        t.clone(pool="max").apply(params, tokens)
+
+
 def test_causal_attention_matches_explicit_mask():
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 3, 4)) for i in range(3))
     mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
@@ -169,6 +182,17 @@ def test_unknown_names_raise():
         models.model_config("clip-foo")
     with pytest.raises(ValueError, match="unknown ViT variant 'X/16'"):
         vit.variant("X/16")
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 4)])
+def test_stem_max_pool_is_flax_max_pool(shape):
+    """The stem's reshape-and-max pool gives nn.max_pool's values (VALID, odd sizes floor) and gradients."""
+    x = jax.random.normal(jax.random.key(0), shape)
+    ours = lambda x: vit._max_pool_2x2(x)  # noqa: E731
+    theirs = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(ours(x), theirs(x))
+    g = lambda f: jax.grad(lambda x: (f(x) * jnp.arange(f(x).size).reshape(f(x).shape)).sum())(x)  # noqa: E731
+    np.testing.assert_array_equal(g(ours), g(theirs))  # no ties in random data: one maximum per window
 
 
 def test_hybrid_stem_keeps_the_token_grid():
