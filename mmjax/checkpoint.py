@@ -64,9 +64,6 @@ class Checkpointer:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
-    def restore_config(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
     def restore_info(self, step: int) -> dict:
         """The ``info`` saved with ``step``; ``{}`` for a checkpoint saved without one."""
         if not os.path.isdir(os.path.join(self.directory, str(step), "info")):

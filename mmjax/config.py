@@ -3,6 +3,8 @@
 A config file defines ``get_config(arg=None) -> ml_collections.ConfigDict``; the command line names
 it as ``--config=configs/x.py[:arg]``. Overrides must name existing keys: an unknown key is an error
 (a typo must not silently train the default), and values are converted to the existing key's type.
+``as_overrides`` writes a config back as ``KEY=VALUE`` lines; ``describe`` reads a config file's purpose
+and arguments from its docstring (``python -m mmjax.train --help`` lists them).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 
 import ml_collections
 
@@ -32,7 +35,10 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config(arg=None) function")
-    config = module.get_config(arg or None)
+    try:
+        config = module.get_config(arg or None)
+    except ValueError as e:  # a config's own check of its argument (":tiny", ":stage=2"), already one line
+        raise ConfigError(str(e)) from e
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
     return config
@@ -89,3 +95,29 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
             rest.append(arg)
     return rest, overrides
 
+
+def as_overrides(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """One ``KEY=VALUE`` line per leaf of ``config`` (dotted keys, sorted), written as
+    ``--config.KEY=VALUE`` takes it back: strings as they are, everything else as a Python literal."""
+    lines = []
+    for key, value in sorted(config.items()):
+        if isinstance(value, ml_collections.ConfigDict):
+            lines += as_overrides(value, f"{prefix}{key}.") if len(value) else [f"{prefix}{key}={{}}"]
+        else:
+            lines.append(f"{prefix}{key}={value if isinstance(value, str) else repr(value)}")
+    return lines
+
+
+def describe(path: str) -> tuple[str, list[str]]:
+    """``(purpose, arguments)`` of config file ``path``, read from its module docstring without running it.
+
+    ``purpose``: the docstring's first sentence, up to a colon if it has one (what follows elaborates);
+    ``arguments``: the ``:ARG`` of each ``--config=...NAME.py:ARG`` in the docstring's example commands,
+    in order, without repeats."""
+    with open(path) as f:
+        docstring = ast.get_docstring(ast.parse(f.read(), path)) or ""
+    first = " ".join(docstring.split("\n\n")[0].split())
+    purpose = re.split(r"(?<=\.)\s|:\s", first, maxsplit=1)[0]
+    name = re.escape(os.path.basename(path))
+    found = re.findall(rf"--config=\S*{name}(:\S+)", docstring)
+    return purpose, list(dict.fromkeys(found))

@@ -6,7 +6,7 @@
   and ``process_id``, taken from the config or, where the config leaves them ``None``, from the
   environment variables ``MMJAX_COORDINATOR_ADDRESS``, ``MMJAX_NUM_PROCESSES``, ``MMJAX_PROCESS_ID``;
 - on Cloud TPU, with nothing given, lets JAX find the coordinator and the processes itself;
-- otherwise does nothing: a single process, as before.
+- otherwise does nothing: the run is a single process.
 
 Afterwards ``jax.devices()`` lists the devices of every process, ``jax.process_index()`` is this
 process's id and ``jax.process_count()`` the number of processes. Calling it again is a no-op.

@@ -15,6 +15,8 @@ Two ways to decode, one result (a test checks they give the same tokens):
   step ``model.decode`` feeds one token -- O(1) work per new token;
 * ``use_cache=False``: each step re-runs the whole sequence (prompt + tokens so far) through
   ``model(images, tokens)`` -- the reference, O(length) per token.
+
+The command line (``python -m mmjax.generate``, a LLaVA directory's answers) is ``mmjax.commands.generate``.
 """
 
 from __future__ import annotations
@@ -115,56 +117,7 @@ def make_generate(model, *, max_new_tokens: int, eos_id: int, pad_id: int, banne
     return jax.jit(generate)
 
 
-def main(argv=None) -> int:
-    """``python -m mmjax.generate --model DIR --prompt "..." IMAGE...``: greedy (or sampled) answers of a
-    Hugging Face LLaVA directory (config.json, model.safetensors, tokenizer.json, preprocessor_config.json),
-    one JSON line per image: ``{"image", "prompt", "text", "tokens"}``. ``<image>`` in the prompt marks
-    where the image tokens go (default: right after BOS)."""
-    import argparse
-    import json
-    import sys
+if __name__ == "__main__":  # python -m mmjax.generate: the command is mmjax.commands.generate
+    from mmjax.commands.generate import main
 
-    from mmjax import models
-    from mmjax.config import ConfigError
-    from mmjax.interop import hf
-    from mmjax.zero_shot import preprocess, preprocessor_config
-
-    parser = argparse.ArgumentParser(prog="python -m mmjax.generate", description=main.__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a LLaVA directory (see mmjax.interop.hf)")
-    parser.add_argument("--prompt", required=True)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("images", nargs="+")
-    args = parser.parse_args(argv)
-    try:
-        cfg, params = hf.load(args.model)
-        if cfg.get("type") != "early_fusion":
-            raise hf.InteropError(f"{args.model!r} is a {cfg.get('type')} model; generation needs LLaVA")
-        tok = hf.load_tokenizer(args.model)
-        pre = preprocessor_config(args.model)
-        model = models.build(cfg)
-        image_tokens = [cfg.image_id] * model.num_image_tokens(cfg.image_size)
-        parts = args.prompt.split("<image>") if "<image>" in args.prompt else ["", args.prompt]
-        ids = [tok.bos_id] + tok.encode(parts[0])
-        for part in parts[1:]:
-            ids += image_tokens + tok.encode(part)
-        eos = cfg.hf.get("eos_token_id")
-        eos = tok.eot_id if eos is None else (eos[0] if isinstance(eos, (list, tuple)) else eos)
-        pad = cfg.pad_id if cfg.pad_id >= 0 else tok.pad_id
-        fn = make_generate(model, max_new_tokens=args.max_new_tokens, eos_id=eos, pad_id=pad,
-                           temperature=args.temperature)
-        for path in args.images:
-            pixels = preprocess(path, pre, cfg.image_size)[None]
-            out = np.asarray(fn(params, pixels, np.asarray([ids], np.int32), jax.random.key(args.seed)))[0].tolist()
-            if eos in out:
-                out = out[: out.index(eos) + 1]
-            print(json.dumps({"image": path, "prompt": args.prompt, "text": tok.decode(out), "tokens": out}), flush=True)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
     raise SystemExit(main())

@@ -24,8 +24,8 @@ Each comes in forms that give the same value and gradients:
 :func:`contrastive_loss` picks the form from the active mesh and ``nn.logical_axis_rules``.
 
 :func:`lm_loss` is the token cross-entropy of the fusion models, averaged over the positions whose
-weight is non-zero (answer tokens; image and prompt positions get weight 0). It is per row, so plain
-GSPMD shards it over the batch.
+weight is non-zero: answer tokens, which :func:`answer_weights` marks (image and prompt positions get
+weight 0). It is per row, so plain GSPMD shards it over the batch.
 """
 
 from __future__ import annotations
@@ -196,3 +196,13 @@ def lm_loss(logits, targets, weights):
     n = jnp.maximum(w.sum(), 1.0)
     accuracy = ((jnp.argmax(logits, -1) == targets) * w).sum() / n
     return (nll * w).sum() / n, {"token_accuracy": accuracy, "target_tokens": w.sum()}
+
+
+def answer_weights(tokens, sep_id: int, eot_id: int, pad_id: int):
+    """float32 ``[B, S-1]``, the ``weights`` of :func:`lm_loss` for ``targets = tokens[:, 1:]``: 1 where
+    the *next* token (the target of position i) belongs to an answer: it follows a ``[SEP]`` whose turn
+    has not been closed by an EOT yet (answer words and the closing EOT; every turn of a multi-turn row);
+    0 on image, prompt, question and padding tokens."""
+    is_sep, is_eot = tokens == sep_id, tokens == eot_id
+    open_turn = jnp.cumsum(is_sep, axis=1) > jnp.cumsum(is_eot, axis=1) - is_eot  # SEPs so far > EOTs before
+    return (open_turn & ~is_sep & (tokens != pad_id))[:, 1:].astype(jnp.float32)

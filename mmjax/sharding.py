@@ -40,7 +40,6 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = tuple[tuple[str, object], ...]
 
-_ALL = ("data", "fsdp", "tensor")
 # FSDP splits each weight along its first dimension (in the array's order) that has one of these names
 # and that ``fsdp`` divides.
 _FSDP: Rules = (("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("kv", "fsdp"), ("vocab", "fsdp"),
@@ -48,8 +47,8 @@ _FSDP: Rules = (("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("kv", "f
 _TP: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 
 STRATEGIES: dict[str, Rules] = {
-    "dp": (("batch", _ALL),),
-    "fsdp": (("batch", _ALL),) + _FSDP,
+    "dp": (("batch", MESH_AXES),),
+    "fsdp": (("batch", MESH_AXES),) + _FSDP,
     "tp": (("batch", ("data", "fsdp")),) + _TP,
     "fsdp_tp": (("batch", ("data", "fsdp")),) + _TP + _FSDP,
 }

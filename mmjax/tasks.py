@@ -140,11 +140,10 @@ class VlmTask:
 
     def loss(self, params, batch, rng):
         del rng  # deterministic forward pass
-        from mmjax.models.lm import answer_weights
-
         tokens = batch["tokens"]
         logits, _ = self.model.apply({"params": params}, batch["image"], tokens)
-        weights = answer_weights(tokens, self.tokenizer.sep_id, self.tokenizer.eot_id, self.tokenizer.pad_id)
+        tok = self.tokenizer
+        weights = losses.answer_weights(tokens, tok.sep_id, tok.eot_id, tok.pad_id)
         return losses.lm_loss(logits[:, :-1], tokens[:, 1:], weights)
 
     def train_loader(self, global_batch_size: int, seed: int):

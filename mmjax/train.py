@@ -4,7 +4,9 @@
 
 writes ``DIR/metrics.jsonl`` (one JSON object per logged step), TensorBoard events in ``DIR/tb``,
 checkpoints in ``DIR/checkpoints`` (rerunning the same command resumes from the latest readable one),
-``DIR/results.json`` (the final evaluation) and ``DIR/report.md`` with its plots.
+``DIR/results.json`` (the final evaluation) and ``DIR/report.md`` with its plots. ``--help`` lists the
+configs in ``configs/`` with their arguments; ``--print_config`` (in place of ``--workdir``) prints the
+config, after any overrides, as ``KEY=VALUE`` lines and exits without building anything.
 
 SIGTERM or SIGINT ends the run after the current step with a checkpoint (exit status 0; rerun to resume);
 a non-finite loss or gradient stops it (``nan_policy="stop"``, exit status 1) or skips that update
@@ -446,24 +448,96 @@ def train_and_evaluate(config, workdir: str, *, stop_at: int | None = None) -> d
     return results
 
 
+USAGE = "usage: python -m mmjax.train --config=configs/FILE.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]"
+
+HELP = """{usage}
+       python -m mmjax.train --config=configs/FILE.py[:ARG] [--config.KEY=VALUE ...] --print_config
+       python -m mmjax.train --help
+
+Trains the config's task in DIR and evaluates it: DIR/metrics.jsonl, DIR/tb, DIR/checkpoints,
+DIR/results.json, DIR/report.md. Rerunning the same command resumes from the latest checkpoint.
+
+  --config=FILE.py[:ARG]  an ml_collections config file; ARG is passed to its get_config(arg)
+  --workdir=DIR           where the run writes (created if missing)
+  --config.KEY=VALUE      set an existing key, e.g. --config.optimizer.lr=1e-3 (an unknown key is an error)
+  --print_config          print the config (after any overrides) as KEY=VALUE lines and exit
+  -h, --help              show this help and exit
+
+{configs}
+
+A config's keys and values: python -m mmjax.train --config=configs/FILE.py[:ARG] --print_config"""
+
+
+def configs_dir() -> str | None:
+    """``configs/`` in the working directory, else beside the ``mmjax`` package (a source checkout)."""
+    for base in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.abspath(__file__)))):
+        if os.path.isdir(os.path.join(base, "configs")):
+            return os.path.join(base, "configs")
+    return None
+
+
+def _defines_get_config(path: str) -> bool:
+    try:
+        with open(path) as f:
+            return "def get_config(" in f.read()
+    except OSError:
+        return False
+
+
+def help_text() -> str:
+    """``--help``: the usage, the flags, and each config in ``configs_dir()`` with its purpose and
+    arguments (``config.describe``)."""
+    import glob
+    import textwrap
+
+    from mmjax import config as config_lib
+
+    directory = configs_dir()
+    files = sorted(glob.glob(os.path.join(directory, "*.py"))) if directory else []
+    files = [f for f in files if _defines_get_config(f)]  # not shared pieces (e.g. configs/common.py)
+    if not files:
+        return HELP.format(usage=USAGE, configs="configs: no configs/ directory found here or beside mmjax")
+    names = [os.path.relpath(f) if f.startswith(os.getcwd() + os.sep) else f for f in files]
+    width = max(len(n) for n in names) + 2
+    lines = ["configs:"]
+    for name, path in zip(names, files):
+        try:
+            purpose, arguments = config_lib.describe(path)
+        except (OSError, SyntaxError, ValueError) as e:
+            purpose, arguments = f"(cannot read its docstring: {type(e).__name__})", []
+        text = textwrap.wrap(purpose, 106 - width) or [""]
+        if arguments:
+            text += textwrap.wrap("arguments: " + "  ".join(arguments), 106 - width)
+        lines += [f"  {name:<{width}}{text[0]}", *(" " * (width + 2) + t for t in text[1:])]
+    return HELP.format(usage=USAGE, configs="\n".join(lines))
+
+
 def main(argv: list[str]) -> int:
     from mmjax import config as config_lib
 
+    if any(arg in ("-h", "--help") for arg in argv[1:]):
+        print(help_text())
+        return 0
     try:
         rest, overrides = config_lib.split_overrides(argv[1:])
-        usage = "usage: python -m mmjax.train --config=configs/FILE.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]"
         args = {}
         for arg in rest:
             name, eq, value = arg.removeprefix("--").partition("=")
-            if not arg.startswith("--") or not eq or name not in ("config", "workdir"):
-                raise ConfigError(f"{usage}; unexpected {arg!r}")
-            args[name] = value
-        if set(args) != {"config", "workdir"}:
-            raise ConfigError(usage)
+            if arg == "--print_config":
+                args["print_config"] = True
+            elif not arg.startswith("--") or not eq or name not in ("config", "workdir"):
+                raise ConfigError(f"unexpected {arg!r}; {USAGE} (--help lists the configs)")
+            else:
+                args[name] = value
+        if "config" not in args or not ("workdir" in args or "print_config" in args):
+            raise ConfigError(f"{USAGE} (--help lists the configs)")
         config = config_lib.load_file(args["config"])
         for key, value in overrides:
             config_lib.override(config, key, value)
         config.lock()
+        if "print_config" in args:  # nothing is built, written or trained
+            print("\n".join(config_lib.as_overrides(config)))
+            return 0
         results = train_and_evaluate(config, args["workdir"])
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

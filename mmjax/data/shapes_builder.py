@@ -1,9 +1,10 @@
 """TFDS builder ``mmjax_shapes``: the shapes dataset (``mmjax.data.shapes``) written as array_record.
 
-Everything is generated locally (nothing is downloaded; GCS look-ups are off) and TensorFlow is not
-needed: images are stored as PNG bytes (``image_png``, decode with Pillow), text as ``Text`` sequences
-(read back as ``bytes``). Reading uses ``builder.as_data_source(split)``: random access, record ``i`` of
-a split is example ``i`` (shuffling at write time is disabled).
+Everything is generated locally (nothing is downloaded; GCS look-ups are off, and TFDS's download
+messages are left out) and TensorFlow is not needed: images are stored as PNG bytes (``image_png``,
+decode with Pillow), text as ``Text`` sequences (read back as ``bytes``). Reading uses
+``builder.as_data_source(split)``: random access, record ``i`` of a split is example ``i`` (shuffling at
+write time is disabled).
 
 One ``ShapesConfig`` per (seed, image_size, num_train, num_validation, num_test); its name encodes them
 (``s0_px64_n20000_1000_1000``), so datasets of different sizes or seeds live in different directories:
@@ -91,6 +92,21 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
         # No checksums or metadata files live next to this module. TFDS's own lookup of them needs
         # `importlib_resources`, which `etils` only installs with its [epath] extra.
         return None
+
+    def is_prepared(self) -> bool:
+        # TFDS's check logs "Variant folder ... has no dataset_info.json" for a directory not yet
+        # generated; a dataset that is not there yet is not a warning here.
+        if not (self.data_path / "dataset_info.json").exists():
+            return False
+        return super().is_prepared()
+
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "Dataset ... downloaded and
+    # prepared to ..." around generation; nothing is downloaded, and ensure_built prints its own lines.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _info(self) -> tfds.core.DatasetInfo:
         texts = tfds.features.Sequence(tfds.features.Text())

@@ -6,7 +6,7 @@ A sequence is laid out as ``[BOS] [IMG] x N prompt... [SEP] answer... [EOT] PAD.
 order. With ``images [B, T, H, W, 3]`` there are ``T x N`` placeholders, taking the images' tokens one
 image after the other (their positions tell the images apart). ``attn_mask="prefix"`` makes image + prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM,
 as in PaliGemma); ``"causal"`` keeps every token causal (LLaVA). Only answer tokens carry a loss (the
-task's job, with ``lm.answer_weights``). A row may hold more turns after the first answer
+task's job, with ``losses.answer_weights``). A row may hold more turns after the first answer
 (``question [SEP] answer [EOT]``): they are causal, and each answer carries a loss.
 
 ``EarlyFusion(...)(images, tokens) -> (logits [B, S, vocab], extras)`` for training and scoring;

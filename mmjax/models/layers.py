@@ -98,7 +98,7 @@ def attention(q, k, v, *, causal: bool = False, mask: jax.Array | None = None):
             except (ValueError, NotImplementedError, TypeError, RuntimeError) as e:
                 _fallback(f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
                 impl = None
-    if impl is None:  # the call as it always was
+    if impl is None:  # no implementation named: JAX picks the kernel
         return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation=impl)
 

@@ -73,15 +73,6 @@ def prefix_through_first(is_marker: jax.Array, valid: jax.Array) -> jax.Array:
     return valid & (jnp.cumsum(is_marker, axis=1) - is_marker == 0)
 
 
-def answer_weights(tokens, sep_id: int, eot_id: int, pad_id: int):
-    """float32 ``[B, S-1]``: 1 where the *next* token (the target of position i) belongs to an answer:
-    it follows a ``[SEP]`` whose turn has not been closed by an EOT yet (answer words and the closing
-    EOT; every turn of a multi-turn row); 0 on image, prompt, question and padding tokens."""
-    is_sep, is_eot = tokens == sep_id, tokens == eot_id
-    open_turn = jnp.cumsum(is_sep, axis=1) > jnp.cumsum(is_eot, axis=1) - is_eot  # SEPs so far > EOTs before
-    return (open_turn & ~is_sep & (tokens != pad_id))[:, 1:].astype(jnp.float32)
-
-
 def prefill(lm: "DecoderLM", embeddings, valid, prefix, max_new_tokens: int, **lm_kwargs):
     """Run left-padded prompt ``embeddings`` through ``lm`` (a bound module), filling a KV cache with
     room for ``max_new_tokens`` more; returns ``(logits of the last position [B, vocab], state)``.

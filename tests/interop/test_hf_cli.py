@@ -1,5 +1,6 @@
 """The command lines on tiny exported directories: ``python -m mmjax.zero_shot`` (CLIP) and
-``python -m mmjax.generate`` (LLaVA), checked against transformers on the same inputs."""
+``python -m mmjax.generate`` (LLaVA), checked against transformers on the same inputs, and the image
+preprocessing they share (``mmjax.interop.preprocess``) against transformers' image processors."""
 
 import json
 import os
@@ -17,8 +18,8 @@ torch = require("torch")
 transformers = require("transformers")
 tokenizers = require("tokenizers")
 
-from mmjax import generate, zero_shot  # noqa: E402
-from mmjax.interop import hf  # noqa: E402
+from mmjax.commands import generate, zero_shot  # noqa: E402
+from mmjax.interop import hf, preprocess  # noqa: E402
 from helpers import perturbed, tiny_llava_config  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -77,14 +78,14 @@ def _textured_images(directory):
 
 def _pil_processor(name):
     """transformers' PIL image processor (the default one without torchvision; transformers 5 names it
-    ``...Pil``): ``zero_shot.preprocess`` resizes with PIL, as it does."""
+    ``...Pil``): ``preprocess.load_image`` resizes with PIL, as it does."""
     return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
 
 
 @pytest.mark.parametrize("resample", [3, 2], ids=["bicubic", "bilinear"])
 @pytest.mark.parametrize("processor", ["CLIPImageProcessor", "SiglipImageProcessor"])
 def test_preprocess_equals_transformers_image_processors(processor, resample, tmp_path):
-    """``zero_shot.preprocess`` with the ``preprocessor_config.json`` that transformers' own processor writes
+    """``preprocess.load_image`` with the ``preprocessor_config.json`` that transformers' own processor writes
     == that processor's ``pixel_values``, on textured non-square images. CLIP: shortest edge 30, centre crop
     30x30, its own mean/std; SigLIP: resize to 28x28, mean/std 0.5. Both resize with PIL from the same uint8
     image, so only float32 rounding of the rescale and normalisation differs: tolerance 1e-5 (one grey level
@@ -94,12 +95,12 @@ def test_preprocess_equals_transformers_image_processors(processor, resample, tm
         if processor == "CLIPImageProcessor" else dict(size={"height": 28, "width": 28})
     proc = _pil_processor(processor)(resample=resample, **kwargs)
     proc.save_pretrained(str(tmp_path / "model"))
-    config = zero_shot.preprocessor_config(str(tmp_path / "model"))
+    config = preprocess.processor_config(str(tmp_path / "model"))
     assert config["resample"] == resample and config["image_processor_type"] == processor
     from PIL import Image
 
     for name, path in _textured_images(str(tmp_path)).items():
-        ours = zero_shot.preprocess(path, config, 30)
+        ours = preprocess.load_image(path, config, 30)
         with Image.open(path) as image:
             theirs = proc(images=image, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
         assert ours.shape == theirs.shape and ours.dtype == np.float32, name
@@ -137,7 +138,8 @@ def test_zero_shot_command_prints_one_json_line_per_image(clip_dir, tmp_path):
     tok = hf.load_tokenizer(directory)
     ids = torch.from_numpy(tok.tokenize_like_hf(labels, 8).astype(np.int64))
     assert ids[1].tolist() == [1, 7, 2, 0, 0, 0, 0, 0]
-    pixels = torch.from_numpy(np.stack([zero_shot.preprocess(p, PREPROCESS, 30) for p in images])).permute(0, 3, 1, 2)
+    pixels = np.stack([preprocess.load_image(p, PREPROCESS, 30) for p in images])
+    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     with torch.no_grad():
         expected = model(input_ids=ids, pixel_values=pixels).logits_per_image.softmax(-1).numpy()
     got = np.array([[r["probs"][label] for label in labels] for r in rows])
@@ -173,7 +175,7 @@ def test_generate_command_matches_transformers_greedy(llava_dir, tmp_path, capsy
     row = json.loads(capsys.readouterr().out.strip())
     assert row["image"] == images[0] and row["prompt"] == prompt
     ids = [1, 10] + [63] * 9 + [11, 12]  # a 3x3 patch grid: 9 image tokens where <image> stands
-    pixels = torch.from_numpy(zero_shot.preprocess(images[0], PREPROCESS, 30)[None]).permute(0, 3, 1, 2)
+    pixels = torch.from_numpy(preprocess.load_image(images[0], PREPROCESS, 30)[None]).permute(0, 3, 1, 2)
     with torch.no_grad():
         expected = model.generate(input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=5,
                                   do_sample=False)[0, len(ids):].tolist()

@@ -152,12 +152,13 @@ def test_two_images_per_row_fill_their_placeholders_in_order(setup, images):
 
 def test_loss_counts_only_answer_tokens():
     tokens = jnp.asarray(sequence(3, [5, 6], [8, 9], 12))[None]  # BOS I I I 5 6 SEP 8 9 EOT PAD PAD
-    w = np.asarray(lm_lib.answer_weights(tokens, SEP, EOT, PAD))[0]
+    w = np.asarray(losses.answer_weights(tokens, SEP, EOT, PAD))[0]
     # position i predicts token i+1: the targets 8, 9, EOT sit at positions 6, 7, 8
     np.testing.assert_array_equal(w, [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0])
     # two turns: BOS I 5 SEP 8 EOT 6 7 SEP 9 EOT PAD -> targets 8, EOT, 9, EOT
     two = jnp.array([[BOS, IMG, 5, SEP, 8, EOT, 6, 7, SEP, 9, EOT, PAD]])
-    np.testing.assert_array_equal(lm_lib.answer_weights(two, SEP, EOT, PAD)[0], [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(losses.answer_weights(two, SEP, EOT, PAD)[0],
+                                  [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0])
     logits = jax.random.normal(jax.random.key(0), (1, 11, 70))
     loss, metrics = losses.lm_loss(logits, tokens[:, 1:], w[None])
     logp = jax.nn.log_softmax(logits[0])
