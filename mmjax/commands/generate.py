@@ -22,15 +22,11 @@ def answer(model_dir: str, prompt: str, images: list[str], *, max_new_tokens: in
     """Yields one ``{"image", "prompt", "text", "tokens"}`` per image of ``images``."""
     import jax
 
-    from mmjax import generate, models
-    from mmjax.interop import hf, preprocess
+    from mmjax import generate
+    from mmjax.commands import load_hf_model
+    from mmjax.interop import preprocess
 
-    cfg, params = hf.load(model_dir)
-    if cfg.get("type") != "early_fusion":
-        raise hf.InteropError(f"{model_dir!r} is a {cfg.get('type')} model; generation needs LLaVA")
-    tok = hf.load_tokenizer(model_dir)
-    pre = preprocess.processor_config(model_dir)
-    model = models.build(cfg)
+    cfg, params, model, tok, pre = load_hf_model(model_dir, "early_fusion", "generation needs LLaVA")
     image_tokens = [cfg.image_id] * model.num_image_tokens(cfg.image_size)
     parts = prompt.split("<image>") if "<image>" in prompt else ["", prompt]
     ids = [tok.bos_id] + tok.encode(parts[0])

@@ -21,15 +21,10 @@ def classify(model_dir: str, labels: list[str], images: list[str], template: str
     """One ``{"image": path, "probs": {label: p}}`` per image of ``images``."""
     import jax.numpy as jnp
 
-    from mmjax import models
-    from mmjax.interop import hf, preprocess
+    from mmjax.commands import load_hf_model
+    from mmjax.interop import preprocess
 
-    cfg, params = hf.load(model_dir)
-    if cfg.get("type") != "two_tower":
-        raise hf.InteropError(f"{model_dir!r} is a {cfg.get('type')} model; zero-shot needs CLIP or SigLIP")
-    tok = hf.load_tokenizer(model_dir)
-    pre = preprocess.processor_config(model_dir)
-    model = models.build(cfg)
+    cfg, params, model, tok, pre = load_hf_model(model_dir, "two_tower", "zero-shot needs CLIP or SigLIP")
     tokens = tok.tokenize_like_hf([template.format(label) for label in labels], cfg.text.max_len)
     pixels = np.stack([preprocess.load_image(p, pre, cfg.image_size) for p in images])
     out, _ = model.apply({"params": params}, jnp.asarray(pixels), jnp.asarray(tokens))
