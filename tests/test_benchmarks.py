@@ -180,12 +180,13 @@ class _OldEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, causal, mask):
         for i in range(3):
-            x = layers.EncoderBlock(2, 32, "quick_gelu", name=f"block_{i}")(x, causal=causal, mask=mask)
+            block = layers.EncoderBlock(num_heads=2, mlp_dim=32, activation="quick_gelu", name=f"block_{i}")
+            x = block(x, causal=causal, mask=mask)
         return x
 
 
 def _encoder(**kw):
-    return layers.Encoder(3, 2, 32, "quick_gelu", **kw)
+    return layers.Encoder(depth=3, num_heads=2, mlp_dim=32, activation="quick_gelu", **kw)
 
 
 def _loss_and_grads(module, params, causal=True):

@@ -46,25 +46,13 @@ def media_mask(media: jnp.ndarray, num_images: int, tokens_per_image: int, only_
     return ((image_of_key == m) if only_immediate else (image_of_key <= m))[:, None]
 
 
-class CrossAttention(nn.Module):
-    """Queries from ``x [B, S, D]``, keys and values from ``context [B, K, C]``; no biases."""
-
-    num_heads: int
-    dtype: layers.Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, context, mask=None):
-        width, ctx = x.shape[-1], context.shape[-1]
-        hd = width // self.num_heads
-        proj = lambda y, n, name: layers.HeadsDense(  # noqa: E731
-            "bse,ehd->bshd", (n, self.num_heads, hd), ("embed", "heads", "kv"), (0,), False, self.dtype, name=name)(y)
-        out = layers.attention(proj(x, width, "q"), proj(context, ctx, "k"), proj(context, ctx, "v"), mask=mask)
-        out = nn.with_logical_constraint(out, ("batch", "seq", "heads", "kv"))
-        return layers.HeadsDense("bshd,hde->bse", (self.num_heads, hd, width), ("heads", "kv", "embed"), (0, 1),
-                                 False, self.dtype, name="o")(out)
+def _cross_attention(num_heads: int, dtype, name: str) -> layers.Attention:
+    """Queries from the text (or latents), keys and values from ``context``; no biases, Llama's names."""
+    return layers.Attention(num_heads=num_heads, use_bias=False, names=layers.LLAMA_NAMES, dtype=dtype,
+                            name=name)
 
 
-class PerceiverResampler(nn.Module):
+class PerceiverResampler(nn.Module, kw_only=True):
     """``[N_images, P, D]`` patch tokens -> ``[N_images, num_latents, D]`` visual tokens."""
 
     num_latents: int
@@ -79,17 +67,17 @@ class PerceiverResampler(nn.Module):
         latents = self.param("latents", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
                              (self.num_latents, d))
         z = jnp.broadcast_to(latents.astype(self.dtype), (x.shape[0], self.num_latents, d))
-        for i in range(self.depth):
-            ctx = jnp.concatenate([layers.layer_norm(f"ln_media_{i}", self.dtype)(x),
-                                   layers.layer_norm(f"ln_latents_{i}", self.dtype)(z)], axis=1)
-            z = z + CrossAttention(self.num_heads, self.dtype, name=f"attn_{i}")(
-                layers.layer_norm(f"ln_query_{i}", self.dtype)(z), ctx)
-            z = z + layers.Mlp(self.mlp_dim, "gelu", self.dtype, name=f"mlp_{i}")(
-                layers.layer_norm(f"ln_mlp_{i}", self.dtype)(z))
-        return layers.layer_norm("ln_out", self.dtype)(z)
+        for i in range(self.depth):  # the latents attend to the patch tokens and to themselves
+            ctx = jnp.concatenate([layers.layer_norm(f"ln_media_{i}", dtype=self.dtype)(x),
+                                   layers.layer_norm(f"ln_latents_{i}", dtype=self.dtype)(z)], axis=1)
+            z = z + _cross_attention(self.num_heads, self.dtype, f"attn_{i}")(
+                layers.layer_norm(f"ln_query_{i}", dtype=self.dtype)(z), context=ctx)
+            z = z + layers.Mlp(mlp_dim=self.mlp_dim, activation="gelu", dtype=self.dtype, name=f"mlp_{i}")(
+                layers.layer_norm(f"ln_mlp_{i}", dtype=self.dtype)(z))
+        return layers.layer_norm("ln_out", dtype=self.dtype)(z)
 
 
-class GatedCrossAttentionBlock(nn.Module):
+class GatedCrossAttentionBlock(nn.Module, kw_only=True):
     num_heads: int
     mlp_dim: int
     dtype: layers.Dtype = jnp.float32
@@ -99,14 +87,15 @@ class GatedCrossAttentionBlock(nn.Module):
         gate = lambda name: jnp.tanh(self.param(  # noqa: E731
             name, nn.with_logical_partitioning(nn.initializers.zeros, ()), ())).astype(self.dtype)
         on = has_media[..., None].astype(self.dtype)  # text before the first image: no update at all
-        h = CrossAttention(self.num_heads, self.dtype, name="xattn")(layers.layer_norm("ln_xattn", self.dtype)(x),
-                                                                    visual, mask)
+        h = _cross_attention(self.num_heads, self.dtype, "xattn")(
+            layers.layer_norm("ln_xattn", dtype=self.dtype)(x), context=visual, mask=mask)
         x = x + gate("attn_gate") * h * on
-        h = layers.Mlp(self.mlp_dim, "gelu", self.dtype, name="ffw")(layers.layer_norm("ln_ffw", self.dtype)(x))
+        h = layers.Mlp(mlp_dim=self.mlp_dim, activation="gelu", dtype=self.dtype, name="ffw")(
+            layers.layer_norm("ln_ffw", dtype=self.dtype)(x))
         return nn.with_logical_constraint(x + gate("ffw_gate") * h * on, layers.ACT_AXES)
 
 
-class DeepFusion(nn.Module):
+class DeepFusion(nn.Module, kw_only=True):
     image: ViT
     lm: DecoderLM
     image_id: int
@@ -143,13 +132,15 @@ class DeepFusion(nn.Module):
     def setup(self):
         w = self.image.width
         if self.num_latents:
-            self.resampler = PerceiverResampler(self.num_latents, self.resampler_depth, self.resampler_heads, 4 * w,
-                                                self.dtype)
+            self.resampler = PerceiverResampler(num_latents=self.num_latents, depth=self.resampler_depth,
+                                                num_heads=self.resampler_heads, mlp_dim=4 * w,
+                                                dtype=self.dtype)
         else:
             self.adapter = nn.Dense(w, dtype=self.dtype, kernel_init=layers.dense_init((None, "embed")),
                                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
         n = self.cross_attn_every_n_layers
-        self.xattn = [GatedCrossAttentionBlock(self.lm.num_heads, self.lm.mlp_dim, self.dtype)
+        self.xattn = [GatedCrossAttentionBlock(num_heads=self.lm.num_heads, mlp_dim=self.lm.mlp_dim,
+                                               dtype=self.dtype)
                       for _ in range(0, self.lm.depth, n)]
         self.new_token_embed = self.param(
             "new_token_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),

@@ -33,7 +33,7 @@ from mmjax.models.lm import DecoderLM, attention_mask, positions_of
 from mmjax.models.vit import ViT
 
 
-class EarlyFusion(nn.Module):
+class EarlyFusion(nn.Module, kw_only=True):
     image: ViT
     lm: DecoderLM
     image_id: int

@@ -7,7 +7,8 @@ Conventions used by all mmjax models:
 * Every weight declares *logical* axis names (``embed``, ``heads``, ``kv``, ``mlp``, ``vocab``) and
   every large activation a logical constraint (``batch``, ``seq``, ``embed``); ``mmjax.sharding``
   maps the logical names to mesh axes. Models never name mesh axes.
-* All attention goes through :func:`attention`, so a faster kernel is a one-line change.
+* Every tower's attention is :class:`Attention` (self/cross, grouped KV heads, rotary, mask, KV
+  cache), and its kernel is :func:`attention`, so a faster kernel is a one-line change.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def dense_init(axes, init=nn.initializers.xavier_uniform()):
     return nn.with_logical_partitioning(init, axes)
 
 
-def layer_norm(name: str, dtype: Dtype, eps: float = 1e-5) -> nn.LayerNorm:
+def layer_norm(name: str, *, dtype: Dtype, eps: float = 1e-5) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=eps,
         dtype=dtype,
@@ -111,7 +112,7 @@ def check_heads(width: int, num_heads: int, what: str) -> None:
         )
 
 
-class HeadsDense(nn.Module):
+class HeadsDense(nn.Module, kw_only=True):
     """A linear map written as an einsum over a multi-dimensional kernel, e.g. ``embed -> (heads, kv)``.
 
     (``nn.DenseGeneral`` initialises a flattened kernel, which cannot carry one logical name per
@@ -139,30 +140,91 @@ class HeadsDense(nn.Module):
         return y
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v projections (with biases, as in CLIP/ViT)."""
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding of ``x`` ``[B, S, H, D]`` (the "rotate half" layout of HF Llama)."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, S, D/2]
+    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None]
+    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None]
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., d // 2:], xf[..., : d // 2]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+# Parameter names of the four projections (query, key, value, output): CLIP/ViT/SigLIP's, and Llama's
+# (which mmjax's decoder LM and Flamingo-style cross-attention use, as in the Hugging Face layouts).
+CLIP_NAMES = ("query", "key", "value", "out")
+LLAMA_NAMES = ("q", "k", "v", "o")
+
+
+class Attention(nn.Module, kw_only=True):
+    """Multi-head attention, the one every tower uses: ``Attention(num_heads=...)(x, context=None, *,
+    causal=False, mask=None, positions=None, cache=None, index=0)``.
+
+    * Self-attention over ``x [B, S, D]``, or cross-attention: queries from ``x``, keys and values from
+      ``context [B, T, C]`` (``C`` may differ from ``D``: Flamingo's text attending to image features).
+    * ``num_kv_heads`` < ``num_heads``: grouped-query attention (each key/value head serves
+      ``num_heads // num_kv_heads`` query heads); None: as many as query heads.
+    * ``rope_theta``: rotary position embeddings of queries and keys at ``positions [B, S]``
+      (self-attention only); None: no rotary.
+    * ``causal`` and/or a boolean ``mask`` broadcastable to ``[B, heads, S, T]`` (True = attend).
+    * ``cache`` ``{"k", "v"}`` of ``[B, T, kv_heads, head_dim]`` (self-attention only): the ``S`` new
+      keys/values are written at slots ``index .. index + S - 1`` and the queries attend over all ``T``
+      slots; then the call returns ``(out, updated cache)`` instead of ``out``.
+    * ``use_bias``: biases on the four projections (CLIP, ViT) or none (Llama); ``names``: their
+      parameter names, ``CLIP_NAMES`` or ``LLAMA_NAMES``.
+
+    The head size is ``D // num_heads`` and the output ``[B, S, D]``. Kernels: ``embed -> (heads, kv)``
+    and ``(heads, kv) -> embed``; the softmax runs in float32 (:func:`attention`).
+    """
 
     num_heads: int
-    dtype: Dtype = jnp.float32
+    num_kv_heads: int | None = None
     use_bias: bool = True
+    rope_theta: float | None = None
+    names: tuple[str, str, str, str] = CLIP_NAMES
+    dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, *, causal: bool = False, mask=None):
+    def __call__(self, x, context=None, *, causal: bool = False, mask=None, positions=None, cache=None,
+                 index=0):
         width = x.shape[-1]
         head_dim = width // self.num_heads
-        qkv_shape = (width, self.num_heads, head_dim)
-        q, k, v = (
-            HeadsDense("bse,ehd->bshd", qkv_shape, ("embed", "heads", "kv"), (0,), self.use_bias, self.dtype,
-                       name=name)(x)
-            for name in ("query", "key", "value")
-        )
+        kv_heads = self.num_kv_heads or self.num_heads
+        source = x if context is None else context
+        q_name, k_name, v_name, o_name = self.names
+
+        def proj(y, heads, name):
+            return HeadsDense(eqn="bse,ehd->bshd", shape=(y.shape[-1], heads, head_dim),
+                              axes=("embed", "heads", "kv"), fan_in_axes=(0,), use_bias=self.use_bias,
+                              dtype=self.dtype, name=name)(y)
+
+        if context is not None and (self.rope_theta is not None or cache is not None):
+            raise ValueError("Attention: rotary positions and the KV cache are for self-attention; "
+                             "a cross-attention context takes neither")
+        if self.rope_theta is not None and positions is None:
+            raise ValueError("Attention: rope_theta is set, so the call needs positions [batch, seq]")
+        q = proj(x, self.num_heads, q_name)
+        k, v = proj(source, kv_heads, k_name), proj(source, kv_heads, v_name)
+        if self.rope_theta is not None:
+            q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+        new_cache = None
+        if cache is not None:  # write the new keys/values at slots index.., attend over all slots
+            def write(buf, new):
+                return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, index, 0, 0))
+
+            new_cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
+            k, v = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
         out = attention(q, k, v, causal=causal, mask=mask)
         out = nn.with_logical_constraint(out, ("batch", "seq", "heads", "kv"))
-        return HeadsDense("bshd,hde->bse", (self.num_heads, head_dim, width), ("heads", "kv", "embed"), (0, 1),
-                          self.use_bias, self.dtype, name="out")(out)
+        out = HeadsDense(eqn="bshd,hde->bse", shape=(self.num_heads, head_dim, width),
+                         axes=("heads", "kv", "embed"), fan_in_axes=(0, 1), use_bias=self.use_bias,
+                         dtype=self.dtype, name=o_name)(out)
+        return out if cache is None else (out, new_cache)
 
 
-class Mlp(nn.Module):
+class Mlp(nn.Module, kw_only=True):
     """Two-layer feed-forward block: width -> mlp_dim -> width."""
 
     mlp_dim: int
@@ -181,7 +243,7 @@ class Mlp(nn.Module):
                         bias_init=bias(("embed",)), name="fc2")(h)
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(nn.Module, kw_only=True):
     """Pre-norm transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
 
     num_heads: int
@@ -192,11 +254,12 @@ class EncoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, causal: bool = False, mask=None):
-        h = layer_norm("ln_attn", self.dtype, self.norm_eps)(x)
-        x = x + MultiHeadAttention(self.num_heads, self.dtype, name="attn")(h, causal=causal, mask=mask)
+        h = layer_norm("ln_attn", dtype=self.dtype, eps=self.norm_eps)(x)
+        h = Attention(num_heads=self.num_heads, dtype=self.dtype, name="attn")(h, causal=causal, mask=mask)
+        x = x + h
         x = nn.with_logical_constraint(x, ACT_AXES)
-        h = layer_norm("ln_mlp", self.dtype, self.norm_eps)(x)
-        x = x + Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(h)
+        h = layer_norm("ln_mlp", dtype=self.dtype, eps=self.norm_eps)(x)
+        x = x + Mlp(mlp_dim=self.mlp_dim, activation=self.activation, dtype=self.dtype, name="mlp")(h)
         return nn.with_logical_constraint(x, ACT_AXES)
 
 
@@ -206,7 +269,7 @@ class EncoderBlock(nn.Module):
 REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable, "full": None}
 
 
-class Encoder(nn.Module):
+class Encoder(nn.Module, kw_only=True):
     """A stack of ``depth`` :class:`EncoderBlock` s (``block_0`` ... ``block_{depth-1}``).
 
     ``remat`` ("none" | "dots" | "full", see ``REMAT_POLICIES``) recomputes activations in the backward
@@ -228,8 +291,8 @@ class Encoder(nn.Module):
 
     def _block(self, name: str, parent=None) -> EncoderBlock:
         where = {} if parent is None else {"parent": parent}
-        return EncoderBlock(self.num_heads, self.mlp_dim, self.activation, self.dtype, self.norm_eps, name=name,
-                            **where)
+        return EncoderBlock(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+                            dtype=self.dtype, norm_eps=self.norm_eps, name=name, **where)
 
     @nn.compact
     def __call__(self, x, *, causal: bool = False, mask=None, return_all: bool = False):

@@ -98,18 +98,6 @@ def decode(lm: "DecoderLM", embeddings, state, **lm_kwargs):
     return logits[:, 0], dict(state, cache=extras["cache"], index=t + 1, position=state["position"] + 1)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding of ``x`` ``[B, S, H, D]`` (the "rotate half" layout of HF Llama)."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
-    angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, S, D/2]
-    cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None]
-    sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None]
-    xf = x.astype(jnp.float32)
-    rotated = jnp.concatenate([-xf[..., d // 2:], xf[..., : d // 2]], axis=-1)
-    return (xf * cos + rotated * sin).astype(x.dtype)
-
-
 def init_cache(lm: "DecoderLM", batch: int, length: int, dtype=jnp.float32) -> list[dict] | dict:
     """An empty KV cache of ``length`` slots for ``lm``: a list of one ``{"k", "v"}`` per layer, or for a
     scanned LM one ``{"k", "v"}`` with a leading ``depth`` axis."""
@@ -120,7 +108,7 @@ def init_cache(lm: "DecoderLM", batch: int, length: int, dtype=jnp.float32) -> l
 
 
 # ------------------------------------------------------------------------------------------ modules
-class RMSNorm(nn.Module):
+class RMSNorm(nn.Module, kw_only=True):
     eps: float = 1e-6
     dtype: layers.Dtype = jnp.float32
 
@@ -132,7 +120,7 @@ class RMSNorm(nn.Module):
         return (xf.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(nn.Module, kw_only=True):
     """``down(silu(gate(x)) * up(x))`` (Shazeer 2020), without biases."""
 
     mlp_dim: int
@@ -147,37 +135,7 @@ class SwiGLU(nn.Module):
         return dense(x.shape[-1], ("mlp", "embed"), "down")(h)
 
 
-class CausalSelfAttention(nn.Module):
-    num_heads: int
-    num_kv_heads: int
-    rope_theta: float = 10000.0
-    dtype: layers.Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, positions, mask, cache=None, index=0):
-        width = x.shape[-1]
-        hd = width // self.num_heads
-
-        def proj(heads, name):
-            return layers.HeadsDense("bse,ehd->bshd", (width, heads, hd), ("embed", "heads", "kv"), (0,), False,
-                                     self.dtype, name=name)(x)
-
-        q = rotary(proj(self.num_heads, "q"), positions, self.rope_theta)
-        k = rotary(proj(self.num_kv_heads, "k"), positions, self.rope_theta)
-        v = proj(self.num_kv_heads, "v")
-        new_cache = None
-        if cache is not None:  # write the new keys/values at slots index.., attend over all slots
-            write = lambda buf, new: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, index, 0, 0))  # noqa: E731
-            new_cache = {"k": write(cache["k"], k), "v": write(cache["v"], v)}
-            k, v = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
-        out = layers.attention(q, k, v, mask=mask)
-        out = nn.with_logical_constraint(out, ("batch", "seq", "heads", "kv"))
-        out = layers.HeadsDense("bshd,hde->bse", (self.num_heads, hd, width), ("heads", "kv", "embed"), (0, 1), False,
-                                self.dtype, name="o")(out)
-        return out, new_cache
-
-
-class DecoderBlock(nn.Module):
+class DecoderBlock(nn.Module, kw_only=True):
     num_heads: int
     num_kv_heads: int
     mlp_dim: int
@@ -187,15 +145,22 @@ class DecoderBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, mask, cache=None, index=0):
-        h = RMSNorm(self.norm_eps, self.dtype, name="ln_attn")(x)
-        h, cache = CausalSelfAttention(self.num_heads, self.num_kv_heads, self.rope_theta, self.dtype,
-                                       name="attn")(h, positions, mask, cache, index)
+        """``(x, cache)``: the block's output and the updated KV cache (None without one)."""
+        h = RMSNorm(eps=self.norm_eps, dtype=self.dtype, name="ln_attn")(x)
+        attn = layers.Attention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, use_bias=False,
+                                rope_theta=self.rope_theta, names=layers.LLAMA_NAMES, dtype=self.dtype,
+                                name="attn")
+        if cache is None:
+            h = attn(h, mask=mask, positions=positions)
+        else:
+            h, cache = attn(h, mask=mask, positions=positions, cache=cache, index=index)
         x = nn.with_logical_constraint(x + h, layers.ACT_AXES)
-        h = SwiGLU(self.mlp_dim, self.dtype, name="mlp")(RMSNorm(self.norm_eps, self.dtype, name="ln_mlp")(x))
+        h = RMSNorm(eps=self.norm_eps, dtype=self.dtype, name="ln_mlp")(x)
+        h = SwiGLU(mlp_dim=self.mlp_dim, dtype=self.dtype, name="mlp")(h)
         return nn.with_logical_constraint(x + h, layers.ACT_AXES), cache
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(nn.Module, kw_only=True):
     vocab_size: int
     width: int
     depth: int
@@ -233,14 +198,15 @@ class DecoderLM(nn.Module):
             raise ValueError(f"DecoderLM: remat must be one of {', '.join(layers.REMAT_POLICIES)}, got {self.remat!r}")
         block = DecoderBlock if self.remat == "none" else nn.remat(
             DecoderBlock, policy=layers.REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
-        args = (self.num_heads, self.kv_heads, self.mlp_dim, self.rope_theta, self.norm_eps, self.dtype)
+        kw = dict(num_heads=self.num_heads, num_kv_heads=self.kv_heads, mlp_dim=self.mlp_dim,
+                  rope_theta=self.rope_theta, norm_eps=self.norm_eps, dtype=self.dtype)
         if self.scan:  # carry x; positions, mask and index are shared; the cache is scanned over its layer axis
             self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                                   in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=self.depth,
-                                  metadata_params={nn.PARTITION_NAME: "layers"})(*args)
+                                  metadata_params={nn.PARTITION_NAME: "layers"})(**kw)
         else:
-            self.block = [block(*args) for _ in range(self.depth)]
-        self.ln_final = RMSNorm(self.norm_eps, self.dtype)
+            self.block = [block(**kw) for _ in range(self.depth)]
+        self.ln_final = RMSNorm(eps=self.norm_eps, dtype=self.dtype)
         if not self.tie_embeddings:
             self.lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                                     kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.normal(0.02)))
@@ -273,7 +239,7 @@ class DecoderLM(nn.Module):
         return logits.astype(jnp.float32), {"hidden": x, "cache": new_cache if cache is not None else None}
 
 
-class BlindLM(nn.Module):
+class BlindLM(nn.Module, kw_only=True):
     """The decoder LM behind the fusion models' interface, ignoring the images: a text-only baseline
     (what the questions alone give away) and the pretraining stage of an LM that a fusion model later
     loads (``init_from`` with ``lm/.*``) and may keep frozen. Prompts carry no ``[IMG]`` tokens."""

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from mmjax.models import layers
 
 
-class TextTransformer(nn.Module):
+class TextTransformer(nn.Module, kw_only=True):
     vocab_size: int
     max_len: int
     width: int
@@ -70,9 +70,10 @@ class TextTransformer(nn.Module):
                          (self.max_len, self.width))
         x = embed(tokens) + pos[None, : tokens.shape[1]].astype(self.dtype)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
-        x = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.activation, self.dtype,
-                           self.norm_eps, self.remat, self.scan, name="encoder")(x, causal=self.causal)
-        x = layers.layer_norm("ln_final", self.dtype, self.norm_eps)(x)
+        x = layers.Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                           activation=self.activation, dtype=self.dtype, norm_eps=self.norm_eps,
+                           remat=self.remat, scan=self.scan, name="encoder")(x, causal=self.causal)
+        x = layers.layer_norm("ln_final", dtype=self.dtype, eps=self.norm_eps)(x)
         if self.pool == "mean":
             keep = (tokens != self.pad_id)[..., None].astype(x.dtype)
             pooled = (x * keep).sum(axis=1) / jnp.maximum(keep.sum(axis=1), 1)

@@ -29,7 +29,7 @@ def _l2_normalize(x):
     return x / jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
 
 
-class TwoTower(nn.Module):
+class TwoTower(nn.Module, kw_only=True):
     image: ViT
     text: TextTransformer
     embed_dim: int

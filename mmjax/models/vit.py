@@ -59,7 +59,7 @@ def _max_pool_2x2(x):
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-class ViT(nn.Module):
+class ViT(nn.Module, kw_only=True):
     width: int
     depth: int
     num_heads: int
@@ -130,14 +130,15 @@ class ViT(nn.Module):
                          (1, x.shape[1], self.width))
         x = nn.with_logical_constraint(x + pos.astype(x.dtype), layers.ACT_AXES)
         if self.pre_norm:
-            x = layers.layer_norm("ln_pre", self.dtype, self.norm_eps)(x)
+            x = layers.layer_norm("ln_pre", dtype=self.dtype, eps=self.norm_eps)(x)
 
-        x, hidden = layers.Encoder(self.depth, self.num_heads, self.mlp_dim, self.activation, self.dtype,
-                                   self.norm_eps, self.remat, self.scan, name="encoder")(x, return_all=True)
-        x = layers.layer_norm("ln_post", self.dtype, self.norm_eps)(x)
+        x, hidden = layers.Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
+                                   activation=self.activation, dtype=self.dtype, norm_eps=self.norm_eps,
+                                   remat=self.remat, scan=self.scan, name="encoder")(x, return_all=True)
+        x = layers.layer_norm("ln_post", dtype=self.dtype, eps=self.norm_eps)(x)
         if self.pool == "map":
-            pooled = MAPHead(self.num_heads, self.mlp_dim, self.activation, self.norm_eps, self.dtype,
-                             name="map_head")(x)
+            pooled = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
+                             norm_eps=self.norm_eps, dtype=self.dtype, name="map_head")(x)
         else:
             pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
         tokens = x if self.feature_layer is None else hidden[self.feature_layer]
@@ -149,9 +150,10 @@ class ViT(nn.Module):
         return pooled, extras
 
 
-class MAPHead(nn.Module):
+class MAPHead(nn.Module, kw_only=True):
     """Multi-head attention pooling (SigLIP, big_vision's ``MAPHead``): a learned ``probe`` query attends
-    over the tokens; then ``y + mlp(ln(y))``. Returns ``[batch, width]``."""
+    over the tokens (:class:`layers.Attention` with the tokens as its context); then ``y + mlp(ln(y))``.
+    Returns ``[batch, width]``."""
 
     num_heads: int
     mlp_dim: int
@@ -159,18 +161,18 @@ class MAPHead(nn.Module):
     norm_eps: float = 1e-6
     dtype: layers.Dtype = jnp.float32
 
+    def setup(self):
+        # The attention shares this module's scope, so its projections are map_head/{query,key,value,out}
+        # (big_vision's and the Hugging Face import's layout), not map_head/attention/...
+        self.attention = layers.Attention(num_heads=self.num_heads, dtype=self.dtype)
+        nn.share_scope(self, self.attention)
+
     @nn.compact
     def __call__(self, x):
         b, _, width = x.shape
-        hd = width // self.num_heads
         probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
                            (1, 1, width))
-        proj = lambda name: layers.HeadsDense("bse,ehd->bshd", (width, self.num_heads, hd),  # noqa: E731
-                                              ("embed", "heads", "kv"), (0,), True, self.dtype, name=name)
-        q = proj("query")(jnp.broadcast_to(probe, (b, 1, width)).astype(self.dtype))
-        out = layers.attention(q, proj("key")(x), proj("value")(x))
-        y = layers.HeadsDense("bshd,hde->bse", (self.num_heads, hd, width), ("heads", "kv", "embed"), (0, 1), True,
-                              self.dtype, name="out")(out)
-        y = y + layers.Mlp(self.mlp_dim, self.activation, self.dtype, name="mlp")(
-            layers.layer_norm("ln", self.dtype, self.norm_eps)(y))
+        y = self.attention(jnp.broadcast_to(probe, (b, 1, width)).astype(self.dtype), context=x)
+        y = y + layers.Mlp(mlp_dim=self.mlp_dim, activation=self.activation, dtype=self.dtype, name="mlp")(
+            layers.layer_norm("ln", dtype=self.dtype, eps=self.norm_eps)(y))
         return y[:, 0]

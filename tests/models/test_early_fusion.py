@@ -60,7 +60,7 @@ def test_every_lm_weight_has_logical_names():
 
 def test_bad_sizes_raise_one_line_errors():
     with pytest.raises(ValueError, match="num_kv_heads"):
-        lm_lib.DecoderLM(50, 64, 1, 4, 128, num_kv_heads=3).check()
+        lm_lib.DecoderLM(vocab_size=50, width=64, depth=1, num_heads=4, mlp_dim=128, num_kv_heads=3).check()
     with pytest.raises(ValueError, match="unknown projector"):
         build(projector="mlp2x_relu")[0].num_image_tokens(64)
     with pytest.raises(ValueError, match="image_pool 3"):

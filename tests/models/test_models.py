@@ -138,6 +138,56 @@ def test_causal_attention_matches_explicit_mask():
     np.testing.assert_allclose(layers.attention(q, k, v, causal=True)[:, 0], v[:, 0], atol=1e-6)
 
 
+def test_grouped_kv_heads_equal_full_attention_with_repeated_kv_heads():
+    """One key/value head per group of query heads is ordinary multi-head attention whose key/value kernels
+    repeat each group's head; with a context, keys and values come from it (its width may differ)."""
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    ctx = jax.random.normal(jax.random.key(1), (2, 3, 12))
+    gqa, full = layers.Attention(num_heads=4, num_kv_heads=2), layers.Attention(num_heads=4)
+    for context in (None, ctx):
+        p = nn.unbox(gqa.init(jax.random.key(2), x, context))["params"]
+        repeated = {n: {k: jnp.repeat(w, 2, axis=-2 if k == "kernel" else 0) for k, w in p[n].items()}
+                    for n in ("key", "value")}
+        np.testing.assert_allclose(gqa.apply({"params": p}, x, context),
+                                   full.apply({"params": {**p, **repeated}}, x, context), atol=1e-6)
+
+
+def test_attention_cache_gives_the_recomputed_outputs():
+    """Prefill 4 positions into an 8-slot cache, then decode one: the outputs of attending over all 5."""
+    attn = layers.Attention(num_heads=2, num_kv_heads=1, use_bias=False, rope_theta=100.0,
+                            names=layers.LLAMA_NAMES)
+    x, pos = jax.random.normal(jax.random.key(0), (2, 5, 8)), jnp.broadcast_to(jnp.arange(5), (2, 5))
+    causal = jnp.tril(jnp.ones((5, 5), bool))[None, None]
+    params = attn.init(jax.random.key(1), x, mask=causal, positions=pos)
+    assert set(params["params"]) == {"q", "k", "v", "o"}
+    full = attn.apply(params, x, mask=causal, positions=pos)
+    empty = {"k": jnp.zeros((2, 8, 1, 4)), "v": jnp.zeros((2, 8, 1, 4))}
+    prefill_mask = jnp.pad(causal[..., :4, :4], ((0, 0), (0, 0), (0, 0), (0, 4)))  # empty slots unseen
+    out, cache = attn.apply(params, x[:, :4], mask=prefill_mask, positions=pos[:, :4], cache=empty, index=0)
+    last, cache = attn.apply(params, x[:, 4:], mask=jnp.arange(8) <= 4, positions=pos[:, 4:], cache=cache,
+                             index=4)
+    np.testing.assert_allclose(jnp.concatenate([out, last], axis=1), full, atol=1e-5)
+    assert not cache["k"][:, 5:].any() and cache["k"][:, :5].all()
+
+
+def test_attention_rejects_what_it_cannot_do():
+    x = jnp.ones((1, 3, 8))
+    with pytest.raises(ValueError, match="rope_theta is set, so the call needs positions"):
+        layers.Attention(num_heads=2, rope_theta=1e4).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="rotary positions and the KV cache are for self-attention"):
+        layers.Attention(num_heads=2).init(jax.random.key(0), x, x, cache={"k": x, "v": x})
+
+
+@pytest.mark.parametrize("make", [
+    lambda: layers.Encoder(2, 2, 8), lambda: layers.Attention(2), lambda: vit.MAPHead(2, 8),
+    lambda: layers.HeadsDense("bse,ehd->bshd", (8, 2, 4), ("embed", "heads", "kv"), (0,)),
+    lambda: vit.ViT(8, 1, 2, 16, 4), lambda: text.TextTransformer(10, 5, 8, 1, 2, 8),
+])
+def test_modules_take_keyword_arguments_only(make):
+    with pytest.raises(TypeError, match="positional argument"):
+        make()
+
+
 @pytest.mark.parametrize("name", ["Ti/16", "S/32", "B/14", "L/8"])
 def test_vit_variants(name):
     hp = vit.variant(name)
