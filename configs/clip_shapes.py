@@ -32,9 +32,14 @@ def get_config(arg=None):
 
     c.model = models.model_config("clip-shapes")
     c.model.temperature_init = 1 / 0.07  # CLIP's initial logit scale (clipped at 100 in training)
+    # A bag-of-words text tower: no transformer block, the mean of the word embeddings (then the final norm
+    # and the projection). It tells shapes apart from the first step and composes unseen colour-shape pairs
+    # from their words: zero-shot on held-out pairs 21.0 -> 26.6 %, i2t R@1 57.4 -> 59.6 % (docs/learning.md).
+    c.model.text.update(depth=0, pool="mean")
     if tiny:
         c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
-        c.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+        # one block, EOT pooling: the text tower the sharding, interop and export tests exercise
+        c.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64, pool="eot")
         c.model.embed_dim = 32
 
     # softmax (CLIP) loss; under a mesh each device scores its rows against all gathered columns

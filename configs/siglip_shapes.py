@@ -17,4 +17,6 @@ def get_config(arg=None):
     c.loss = dict(kind="sigmoid", impl="ring")  # impl="gather": the same loss from gathered columns
     c.model.temperature_init = 10.0  # SigLIP: t' = log 10
     c.model.bias_init = -10.0  # SigLIP: b = -10, so the many negatives start with a small loss
+    if not arg:  # the 2-block text transformer its results were measured with (README), not CLIP's bag of words
+        c.model.text.update(depth=2, pool="eot")
     return c

@@ -22,7 +22,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -64,6 +63,7 @@ def main():
     images = np.stack([pipeline.record_image(r) for r in recs])
     caps = [pipeline.texts(r, "captions") for r in recs]
     K = len(caps[0])
+    labels = np.array([r["label"] for r in recs])
     flat = [x for cs in caps for x in cs]
     toks = tok.tokenize(flat, c.data.max_len).reshape(n, K, -1)
     toks_f = tok.tokenize([shapes.flip_text(x) for x in flat], c.data.max_len).reshape(n, K, -1)
@@ -71,19 +71,21 @@ def main():
         drop = lambda t: " ".join(w for w in t.split() if w not in shapes.COLOURS)  # noqa: E731
         toks_g = tok.tokenize([drop(x) for x in flat], c.data.max_len).reshape(n, K, -1)
         toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(n, K, -1)
+        if a.captions == "short":  # the grey image's short caption names its shape only
+            toks_g = np.repeat(tok.tokenize([f"a {shapes.SHAPES[y % 6]}" for y in labels], c.data.max_len)[:, None],
+                               K, 1)
+            toks_gf = toks_g
         grey_img = np.repeat((images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
                              .round().astype(np.uint8)[..., None], 3, -1)
     load_s = time.time() - t0
 
     if a.captions == "short":  # diagnostic: the class name alone, "a red star"
-        labels = np.array([r["label"] for r in recs])
         short = tok.tokenize([f"a {shapes.CLASS_NAMES[y]}" for y in labels], c.data.max_len)
         toks = np.repeat(short[:, None], K, 1)
         toks_f = toks
     kind, _, p = a.captions.partition(":")
     probs = np.full(K, 1.0 / K)
     if kind == "attr":  # diagnostic: main object "a c s" / "a s" / "a c object", mixed with the record's
-        labels = np.array([r["label"] for r in recs])
         pr = float(p or 0)  # probability of the record's own captions
         col = [shapes.COLOURS[y // 6] for y in labels]
         shp = [shapes.SHAPES[y % 6] for y in labels]
@@ -130,7 +132,7 @@ def main():
         jax.block_until_ready(state)
         train_s = time.time() - t1
         params = state.params
-        res = dict(tag=a.tag, sets=a.set, captions=a.captions, steps=a.steps, load_s=round(load_s, 1),
+        res = dict(tag=a.tag, sets=a.set, captions=a.captions, grey=a.grey, steps=a.steps, load_s=round(load_s, 1),
                    train_s=round(train_s, 1), ms_step=round(1000 * train_s / a.steps, 1),
                    loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
         enc_i = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_image")[0])

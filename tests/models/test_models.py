@@ -116,6 +116,19 @@ def test_text_pool_modes():
     np.testing.assert_array_equal(t.clone(pool="last").pool_index(tokens), [4, 4])
 
 
+def test_text_tower_without_blocks_is_a_bag_of_words():
+    """depth=0 + mean pooling (the main job's text tower): the final norm of the mean of token + position
+    embeddings over the non-padding positions."""
+    t = text.TextTransformer(vocab_size=10, max_len=6, width=8, depth=0, num_heads=2, mlp_dim=8, pool="mean")
+    tokens = jnp.array([[1, 4, 2, 0, 0, 0], [1, 9, 3, 5, 2, 0]])
+    params = t.init(jax.random.key(0), tokens)
+    p = params["params"]
+    x = nn.unbox(p["token_embed"]["embedding"])[tokens] + nn.unbox(p["pos_embedding"])[None, :6]
+    x = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)  # ln_final, scale 1 bias 0
+    want = jnp.stack([x[0, :3].mean(0), x[1, :5].mean(0)])
+    np.testing.assert_allclose(t.apply(params, tokens)[0], want, rtol=1e-5, atol=1e-5)
+
+
 def test_text_mean_pooling_averages_the_non_padding_positions():
     t = text.TextTransformer(vocab_size=10, max_len=6, width=8, depth=1, num_heads=2, mlp_dim=8, pool="mean")
     tokens = jnp.array([[1, 4, 2, 0, 0, 0], [1, 9, 3, 5, 2, 0]])
