@@ -43,6 +43,15 @@ def load_config(spec, sets):
     return c
 
 
+def report(row: dict, name: str) -> None:
+    """Print ``row`` as one JSON line and append it to ``experiments/learning/results/<name>``."""
+    print(json.dumps(row), flush=True)
+    results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+    os.makedirs(results, exist_ok=True)
+    with open(os.path.join(results, name), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/clip_shapes.py")
@@ -154,10 +163,7 @@ def main():
                 te = batched(enc_t, d["text"], 250)
                 r = retrieval.retrieval_metrics(ie, te, keys=d["caption"])
                 res["test_i2t_r1"] = round(r["i2t_r1"] * 100, 1)
-    print(json.dumps(res), flush=True)
-    os.makedirs("experiments/learning/results", exist_ok=True)
-    with open("experiments/learning/results/screen.jsonl", "a") as f:
-        f.write(json.dumps(res) + "\n")
+    report(res, "screen.jsonl")
 
 
 if __name__ == "__main__":

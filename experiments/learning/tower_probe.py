@@ -8,7 +8,6 @@ cross-entropy on the main object's shape (6 classes) and colour (8), AdamW; accu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ import optax
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
-from screen import load_config  # noqa: E402
+from screen import load_config, report  # noqa: E402
 from mmjax import models  # noqa: E402
 from mmjax.data import pipeline, tokenizer  # noqa: E402
 
@@ -79,10 +78,7 @@ def main():
     row = {"sets": a.set, "lr": a.lr, "steps": a.steps, "train_s": round(secs, 1),
            "shape": round(float((np.argmax(ls, 1) == y % 6).mean()) * 100, 1),
            "colour": round(float((np.argmax(lc, 1) == y // 6).mean()) * 100, 1)}
-    print(json.dumps(row), flush=True)
-    os.makedirs("experiments/learning/results", exist_ok=True)
-    with open("experiments/learning/results/tower_probe.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+    report(row, "tower_probe.jsonl")
 
 
 if __name__ == "__main__":
