@@ -28,9 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from mmjax import train as train_lib  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import tasks  # noqa: E402
+from mmjax import sharding, tasks  # noqa: E402
 from mmjax.data import pipeline, shapes  # noqa: E402
 from mmjax.evaluate import zero_shot, retrieval  # noqa: E402
+from mmjax.evaluate import contrastive  # noqa: E402
 from mmjax.evaluate.contrastive import batched  # noqa: E402
 
 
@@ -77,13 +78,14 @@ def main():
     toks = tok.tokenize(flat, c.data.max_len).reshape(n, K, -1)
     toks_f = tok.tokenize([shapes.flip_text(x) for x in flat], c.data.max_len).reshape(n, K, -1)
     if a.grey:
-        drop = lambda t: " ".join(w for w in t.split() if w not in shapes.COLOURS)  # noqa: E731
-        toks_g = tok.tokenize([drop(x) for x in flat], c.data.max_len).reshape(n, K, -1)
-        toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(n, K, -1)
         if a.captions == "short":  # the grey image's short caption names its shape only
             toks_g = np.repeat(tok.tokenize([f"a {shapes.SHAPES[y % 6]}" for y in labels], c.data.max_len)[:, None],
                                K, 1)
             toks_gf = toks_g
+        else:
+            drop = lambda t: " ".join(w for w in t.split() if w not in shapes.COLOURS)  # noqa: E731
+            toks_g = tok.tokenize([drop(x) for x in flat], c.data.max_len).reshape(n, K, -1)
+            toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(n, K, -1)
         grey_img = np.repeat((images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
                              .round().astype(np.uint8)[..., None], 3, -1)
     load_s = time.time() - t0
@@ -113,7 +115,7 @@ def main():
     tx = train_lib.make_optimizer(c, task)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda r: train_lib.nn.unbox(train_lib._init_fn(task, tx)(r)))(jax.random.key(c.seed))
+        state, _ = train_lib.init_state(task, tx, c.seed, mesh, sharding.logical_rules(c.sharding))
         step = jax.jit(train_lib.make_train_step(task, tx, c.seed), donate_argnums=0)
         rng = np.random.default_rng(c.seed)
         B = c.batch_size
@@ -153,12 +155,9 @@ def main():
         for split in ("validation", "test"):
             d = pipeline.load_split(c.data, split, tokenizer=tok, max_examples=1000)
             ie = batched(enc_i, d["image"], 250)
-            logits = ie @ cls.T
-            lab = d["label"]
-            pred = logits.argmax(1)
-            res[f"{split}_top1"] = round(float((pred == lab).mean()) * 100, 1)
-            res[f"{split}_colour"] = round(float((pred // 6 == lab // 6).mean()) * 100, 1)
-            res[f"{split}_shape"] = round(float((pred % 6 == lab % 6).mean()) * 100, 1)
+            zs = contrastive.zero_shot_metrics(ie @ cls.T, d["label"], names)  # as results.json has them
+            for key, name in (("top1", "top1"), ("colour", "colour_accuracy"), ("shape", "shape_accuracy")):
+                res[f"{split}_{key}"] = round(zs[name] * 100, 1)
             if split == "test":
                 te = batched(enc_t, d["text"], 250)
                 r = retrieval.retrieval_metrics(ie, te, keys=d["caption"])

@@ -30,7 +30,7 @@ def batched(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _zero_shot(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
+def zero_shot_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict:
     """Top-1/top-5 over every class and among the split's own classes; with "colour shape" class names
     (two words) also how often each word of the prediction is right (``colour`` and ``shape`` for the
     shapes dataset), which tells "cannot see the attribute" from "cannot compose it"."""
@@ -66,7 +66,7 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
         class_names, pipeline.prompt_templates(cfg.data))
     logits = image_emb @ class_emb.T
     labels = np.asarray(data["label"])
-    zs = _zero_shot(logits, labels, class_names)
+    zs = zero_shot_metrics(logits, labels, class_names)
     results = {
         "eval_split": cfg.eval.split,
         "eval_examples": int(len(labels)),
@@ -78,11 +78,13 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     }
     # The same zero-shot on a second split (default: validation, whose pairs were all seen in training, when
     # the evaluation split is test): "learned the attributes" beside "composes them into unseen pairs".
-    also = cfg.eval.get("also_split", "validation" if cfg.eval.split == "test" else None)
-    if also and also in pipeline.get_dataset(cfg.data).splits:
+    also = cfg.eval.get("also_split")  # a named split that does not exist is load_split's one-line error
+    if also is None and cfg.eval.split == "test" and "validation" in pipeline.get_dataset(cfg.data).splits:
+        also = "validation"
+    if also:
         other = pipeline.load_split(cfg.data, also, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples)
         other_logits = batched(encode_image, other["image"], bs) @ class_emb.T
-        for k, v in _zero_shot(other_logits, np.asarray(other["label"]), class_names).items():
+        for k, v in zero_shot_metrics(other_logits, np.asarray(other["label"]), class_names).items():
             results[f"{also}_zero_shot_{k}"] = v
     results.update(retrieval.retrieval_metrics(image_emb, text_emb, keys=data["caption"]))
     results.update(run_info)

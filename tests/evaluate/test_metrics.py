@@ -49,12 +49,12 @@ def test_perfect_and_chance_retrieval():
 
 
 def test_zero_shot_per_attribute_accuracy():
-    from mmjax.evaluate.contrastive import _zero_shot
+    from mmjax.evaluate.contrastive import zero_shot_metrics
 
     names = ["red circle", "red star", "blue circle", "blue star"]
     labels = np.array([0, 1, 2, 3])
     # predicted: right; right colour, wrong shape; right colour, wrong shape; wrong colour, right shape
     logits = np.eye(4)[[0, 0, 3, 1]]
-    out = _zero_shot(logits, labels, names)
+    out = zero_shot_metrics(logits, labels, names)
     assert out["top1"] == 0.25 and out["colour_accuracy"] == 0.75 and out["shape_accuracy"] == 0.5
-    assert "colour_accuracy" not in _zero_shot(logits, labels, ["a", "b", "c", "d"])  # not "colour shape" names
+    assert "colour_accuracy" not in zero_shot_metrics(logits, labels, ["a", "b", "c", "d"])  # not "colour shape" names
