@@ -7,13 +7,14 @@ colour-shape combinations never seen in training.
 
 import ml_collections
 
+from mmjax import config as config_lib
 from mmjax import models
+
+common = config_lib.import_beside(__file__, "common.py")
 
 
 def get_config(arg=None):
-    tiny = arg == "tiny"
-    if arg not in (None, "tiny"):
-        raise ValueError(f"configs/clip_shapes.py: unknown argument {arg!r}; use no argument or ':tiny'")
+    tiny = common.parse_arg(arg, allowed=dict(tiny=False), config_file=__file__).tiny
     c = ml_collections.ConfigDict()
     c.task = "contrastive"
     c.seed = 0
@@ -37,45 +38,29 @@ def get_config(arg=None):
     # from their words: zero-shot on held-out pairs 21.0 -> 26.6 %, i2t R@1 57.4 -> 59.6 % (docs/learning.md).
     c.model.text.update(depth=0, pool="mean")
     if tiny:
-        c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
+        c.model.image.update(common.tiny_tower())
         # one block, EOT pooling: the text tower the sharding, interop and export tests exercise
-        c.model.text.update(width=32, depth=1, num_heads=2, mlp_dim=64, pool="eot")
+        c.model.text.update(common.tiny_tower(), pool="eot")
         c.model.embed_dim = 32
 
     # softmax (CLIP) loss; under a mesh each device scores its rows against all gathered columns
     c.loss = dict(kind="softmax", impl="gather")
-    c.data = dict(
-        name="shapes",
-        data_dir=None,  # None: $MMJAX_DATA_DIR or ~/.cache/mmjax/tensorflow_datasets
-        seed=0,
-        image_size=64,
-        num_train=512 if tiny else 20000,
-        num_validation=64 if tiny else 1000,
-        num_test=64 if tiny else 1000,
-        tokenizer="shapes_words",
+    c.data = common.shapes_data(
+        tiny,
         max_len=32,
         flip_prob=0.5,
         caption_sampling="random",
         # Per example, also its caption with one shape word swapped, as an extra negative text
-        # (NegCLIP). Off: neutral in the 4-minute budget and 14 % slower (see README, "Results").
+        # (NegCLIP). Off: neutral in the 4-minute budget and 14 % slower (docs/results.md).
         hard_negatives=False,
-        worker_count=0,
     )
-    c.optimizer = dict(
-        name="adamw", lr=2e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.1,
-        warmup_steps=5 if tiny else 50, end_lr_factor=0.0, grad_clip_norm=1.0,
+    c.optimizer = common.adamw(
+        lr=2e-3, eps=1e-6, weight_decay=0.1, warmup_steps=5 if tiny else 50,
         # Decay matrices and embeddings only (not biases, norms, temperature), as in CLIP.
         weight_decay_regex=(r".*/kernel", r".*/embedding"),
-        freeze_regex=(),
     )
-    # Devices along each mesh axis (-1: the rest) and a strategy: dp | fsdp | tp | fsdp_tp, or custom
-    # logical rules, e.g. rules=[("batch", ("data", "fsdp")), ("embed", "fsdp")] (docs/sharding/).
-    c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.sharding = dict(strategy="dp", rules=())
+    # Devices per mesh axis, the sharding strategy, multi-host: see configs/common.py (docs/sharding/).
+    c.mesh, c.sharding, c.distributed = common.mesh(), common.sharding(), common.distributed()
     # also_split: zero-shot on a second split too (validation: every pair seen in training), beside test
-    c.eval = dict(split="test", also_split="validation", num_examples=1000, batch_size=250 if not tiny else 32)
-    # Multi-host: HOST:PORT of process 0, the number of processes and this one's id (0 ..). None: from
-    # $MMJAX_COORDINATOR_ADDRESS, $MMJAX_NUM_PROCESSES, $MMJAX_PROCESS_ID, found by JAX on Cloud TPU,
-    # else one process. See mmjax/distributed.py.
-    c.distributed = dict(coordinator_address=None, num_processes=None, process_id=None)
+    c.eval = dict(split="test", also_split="validation", num_examples=1000, batch_size=32 if tiny else 250)
     return c

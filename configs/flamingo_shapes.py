@@ -16,33 +16,44 @@ from the main job (``runs/clip_shapes``), the LM from ``configs/lm_shapes.py`` (
     python -m mmjax.train --config=configs/lm_shapes.py --workdir=runs/lm_shapes
 """
 
-import os
+import ml_collections
 
 from mmjax import config as config_lib
 from mmjax import models
-from mmjax.models import lm as lm_lib
+
+common = config_lib.import_beside(__file__, "common.py")
 
 
 def get_config(arg=None):
-    opts = set(filter(None, (arg or "").split(",")))
-    if opts - {"tiny", "pairs"}:
-        raise ValueError(f"configs/flamingo_shapes.py: unknown argument {arg!r}; use no argument, ':pairs', "
-                         "':tiny' or ':pairs,tiny'")
-    tiny, pairs = "tiny" in opts, "pairs" in opts
-    llava = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llava_shapes.py")
-    c = config_lib.load_file(llava + (":stage=2,tiny" if tiny else ":stage=2"))
+    opts = common.parse_arg(arg, allowed=dict(tiny=False, pairs=False), config_file=__file__)
+    tiny, pairs = opts.tiny, opts.pairs
+    c = ml_collections.ConfigDict()
+    c.task = "vlm"
+    c.seed = 0
+    c.total_steps = 6 if tiny else (400 if pairs else 800)  # as configs/llava_shapes.py:stage=2 (,pairs)
+    c.batch_size = 8 if tiny else 64
+    c.log_every = 2 if tiny else 25
+    c.checkpoint_every = 3 if tiny else 200
+    c.keep_checkpoints = 2
+    c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+    c.attention = "default"  # attention kernel: "default", "xla" or "cudnn" (configs/llava_shapes.py)
+
     c.model = models.model_config("flamingo-shapes")
     if tiny:  # the vision tower of configs/clip_shapes.py:tiny and the tiny LM, as in llava_shapes
-        c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
-        c.model.lm = lm_lib.variant("lm-tiny", vocab_size=128)
+        c.model.image.update(common.tiny_tower())
+        c.model.lm = common.tiny_lm()
     # the vision tower from the main job's CLIP, the LM from configs/lm_shapes.py (text-only pretraining)
     c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",),
                        also=() if tiny else (("runs/lm_shapes", (r"lm/.*",)),))
-    c.optimizer.freeze_regex = (r"image/.*", r"lm/.*")
+    # the rows, optimizer and evaluation of configs/llava_shapes.py:stage=2; the vision tower and LM frozen
+    c.data = common.vlm_data(tiny, caption_prob=0.15)
+    c.optimizer = common.vlm_adamw(tiny, freeze_regex=(r"image/.*", r"lm/.*"))
     if pairs:  # two images per row; the text names the one it asks about, so it must see both
         c.data.images_per_example = 2
         c.model.update(only_attend_immediate_media=False, max_images=2)
-        c.total_steps = 6 if tiny else 400
         if not tiny:  # and the resampler, blocks and new tokens of the one-image run
-            c.init_from.also += (("runs/flamingo_shapes", (r"resampler/.*", r"xattn_\d+/.*", r"new_token_embed")),)
+            parts = (r"resampler/.*", r"xattn_\d+/.*", r"new_token_embed")
+            c.init_from.also += (("runs/flamingo_shapes", parts),)
+    c.mesh, c.sharding, c.distributed = common.mesh(), common.sharding(), common.distributed()
+    c.eval = common.vlm_eval(tiny)
     return c

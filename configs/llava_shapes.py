@@ -15,32 +15,20 @@ stage 2 loads everything from the stage-1 run. What is trained, frozen and loade
 parameter paths (``optimizer.freeze_regex``, ``init_from.regex``): there is no special code per stage.
 """
 
-import os
-
 import ml_collections
 
 from mmjax import config as config_lib
 from mmjax import models
-from mmjax.models import lm as lm_lib
 
-
-def _parse(arg):
-    opts = {}
-    for part in filter(None, (arg or "").split(",")):
-        key, eq, value = part.partition("=")
-        opts[key] = value if eq else True
-    unknown = set(opts) - {"stage", "tiny", "pairs"}
-    stage = opts.get("stage", "1")
-    if unknown or stage not in ("1", "2") or (opts.get("pairs") and stage != "2"):
-        raise ValueError(f"configs/llava_shapes.py: bad argument {arg!r}; use ':stage=1' or ':stage=2' "
-                         "(or ':stage=2,pairs'), optionally with ',tiny'")
-    return int(stage), bool(opts.get("tiny")), bool(opts.get("pairs"))
+common = config_lib.import_beside(__file__, "common.py")
 
 
 def get_config(arg=None):
-    stage, tiny, pairs = _parse(arg)
-    clip = config_lib.load_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_shapes.py") +
-                                (":tiny" if tiny else ""))
+    opts = common.parse_arg(arg, allowed=dict(stage=(1, 2), tiny=False, pairs=False), config_file=__file__)
+    stage, tiny, pairs = opts.stage, opts.tiny, opts.pairs
+    if pairs and stage != 2:
+        raise config_lib.ConfigError(f"configs/llava_shapes.py: argument {arg!r}: 'pairs' needs 'stage=2', "
+                                     "whose weights it starts from: use ':stage=2,pairs'")
     c = ml_collections.ConfigDict()
     c.task = "vlm"
     c.seed = 0
@@ -56,8 +44,8 @@ def get_config(arg=None):
 
     c.model = models.model_config("llava-shapes")
     if tiny:  # the vision tower of configs/clip_shapes.py:tiny, so its checkpoint loads
-        c.model.image.update(width=32, depth=1, num_heads=2, mlp_dim=64)
-        c.model.lm = lm_lib.variant("lm-tiny", vocab_size=128)
+        c.model.image.update(common.tiny_tower())
+        c.model.lm = common.tiny_lm()
     # Start from another run's weights: the parameters whose path matches init_from.regex are read from
     # the latest checkpoint in init_from.workdir (None: start from random weights).
     c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",))
@@ -65,30 +53,14 @@ def get_config(arg=None):
         c.init_from = dict(workdir=None if tiny else "runs/llava_shapes_stage1", regex=(r".*",))
 
     # The dataset of configs/clip_shapes.py (same sizes and tokenizer), laid out for generation.
-    c.data = dict(clip.data)
-    del c.data["hard_negatives"]
-    c.data.update(
-        # [BOS] + 16 image tokens + prompt + [SEP] + answer + [EOT]: the longest caption fits in 56;
-        # 64 leaves room for 4-5 question turns
-        max_len=64,
-        caption_prompt="what is in the image",
-        caption_prob=1.0 if stage == 1 else 0.15,  # the rest: questions about the image
-        caption_sampling="canonical",
-        vqa_turns=6,  # up to this many of the image's questions per row, as a conversation (as fit)
-        images_per_example=1,  # 2: the two-image variant (pairs of scenes; questions name their image)
-    )
-    c.optimizer = dict(
-        name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.0,
-        warmup_steps=2 if tiny else 30, end_lr_factor=0.0, grad_clip_norm=1.0,
-        weight_decay_regex=(r".*/kernel",),
-        # stage 1: only the projector learns; stage 2: projector + LM (the vision tower stays frozen)
-        freeze_regex=(r"image/.*", r"lm/.*") if stage == 1 else (r"image/.*",),
-    )
+    c.data = common.vlm_data(tiny, caption_prob=1.0 if stage == 1 else 0.15)
+    # stage 1: only the projector learns; stage 2: projector + LM (the vision tower stays frozen)
+    frozen = (r"image/.*", r"lm/.*") if stage == 1 else (r"image/.*",)
+    c.optimizer = common.vlm_adamw(tiny, freeze_regex=frozen)
     if pairs:  # two images per row, 2 x 16 image tokens: fine-tune the one-image model of stage 2
         c.data.update(images_per_example=2, max_len=80)
         c.total_steps = 6 if tiny else 400
         c.init_from = dict(workdir=None if tiny else "runs/llava_shapes", regex=(r".*",))
-    c.mesh, c.sharding, c.distributed = clip.mesh, clip.sharding, clip.distributed
-    # answer_tokens: the most tokens generated per answer (answers are one word + EOT)
-    c.eval = dict(split="test", num_examples=64 if tiny else 1000, batch_size=64 if tiny else 256, answer_tokens=4)
+    c.mesh, c.sharding, c.distributed = common.mesh(), common.sharding(), common.distributed()
+    c.eval = common.vlm_eval(tiny)
     return c

@@ -10,24 +10,34 @@ without the image. Two uses:
     python -m mmjax.train --config=configs/lm_shapes.py:tiny --workdir=/tmp/lm   # seconds, for tests
 """
 
-import os
+import ml_collections
 
 from mmjax import config as config_lib
 from mmjax import models
-from mmjax.models import lm as lm_lib
+
+common = config_lib.import_beside(__file__, "common.py")
 
 
 def get_config(arg=None):
-    if arg not in (None, "tiny"):
-        raise ValueError(f"configs/lm_shapes.py: unknown argument {arg!r}; use no argument or ':tiny'")
-    tiny = arg == "tiny"
-    llava = os.path.join(os.path.dirname(os.path.abspath(__file__)), "llava_shapes.py")
-    c = config_lib.load_file(llava + (":stage=2,tiny" if tiny else ":stage=2"))
+    tiny = common.parse_arg(arg, allowed=dict(tiny=False), config_file=__file__).tiny
+    c = ml_collections.ConfigDict()
+    c.task = "vlm"
+    c.seed = 0
+    c.total_steps = 6 if tiny else 500
+    c.batch_size = 8 if tiny else 64
+    c.log_every = 2 if tiny else 25
+    c.checkpoint_every = 3 if tiny else 200
+    c.keep_checkpoints = 2
+    c.dtype = "float32"  # compute dtype; "bfloat16" on GPU/TPU
+    c.attention = "default"  # attention kernel: "default", "xla" or "cudnn" (configs/llava_shapes.py)
+
     c.model = models.model_config("lm-shapes")
     if tiny:
-        c.model.lm = lm_lib.variant("lm-tiny", vocab_size=128)
-    c.total_steps = 6 if tiny else 500
-    c.init_from = dict(workdir=None, regex=())
-    c.optimizer.freeze_regex = ()
-    c.data.caption_prob = 0.3  # more caption text: the LM should know the captions' language
+        c.model.lm = common.tiny_lm()
+    c.init_from = dict(workdir=None, regex=())  # from random weights
+    # configs/llava_shapes.py:stage=2's rows, more of them captions: the LM should know the captions' language
+    c.data = common.vlm_data(tiny, caption_prob=0.3)
+    c.optimizer = common.vlm_adamw(tiny, freeze_regex=())
+    c.mesh, c.sharding, c.distributed = common.mesh(), common.sharding(), common.distributed()
+    c.eval = common.vlm_eval(tiny)
     return c

@@ -6,17 +6,19 @@ initial temperature 10 and bias -10.
     python -m mmjax.train --config=configs/siglip_shapes.py:tiny --workdir=/tmp/s   # seconds, for tests
 """
 
-import os
-
 from mmjax import config as config_lib
+
+common = config_lib.import_beside(__file__, "common.py")
+clip_shapes = config_lib.import_beside(__file__, "clip_shapes.py")
 
 
 def get_config(arg=None):
-    clip = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_shapes.py")
-    c = config_lib.load_file(clip + (f":{arg}" if arg else ""))
+    tiny = common.parse_arg(arg, allowed=dict(tiny=False), config_file=__file__).tiny
+    c = clip_shapes.get_config("tiny" if tiny else None)
     c.loss = dict(kind="sigmoid", impl="ring")  # impl="gather": the same loss from gathered columns
     c.model.temperature_init = 10.0  # SigLIP: t' = log 10
     c.model.bias_init = -10.0  # SigLIP: b = -10, so the many negatives start with a small loss
-    if not arg:  # the 2-block text transformer its results were measured with (README), not CLIP's bag of words
+    # the 2-block text transformer its results were measured with (docs/results.md), not CLIP's bag of words
+    if not tiny:
         c.model.text.update(depth=2, pool="eot")
     return c

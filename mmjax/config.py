@@ -1,7 +1,8 @@
 """Loading ml_collections configs from files and applying ``--config.KEY=VALUE`` overrides.
 
 A config file defines ``get_config(arg=None) -> ml_collections.ConfigDict``; the command line names
-it as ``--config=configs/x.py[:arg]``. Overrides must name existing keys: an unknown key is an error
+it as ``--config=configs/x.py[:arg]``; ``configs/common.py`` parses ``arg`` and holds the pieces the configs
+share, read with ``import_beside``. Overrides must name existing keys: an unknown key is an error
 (a typo must not silently train the default), and values are converted to the existing key's type.
 ``as_overrides`` writes a config back as ``KEY=VALUE`` lines; ``describe`` reads a config file's purpose
 and arguments from its docstring (``python -m mmjax.train --help`` lists them).
@@ -25,19 +26,32 @@ class DataError(RuntimeError):
     """A problem with the input data (a damaged record, a data-loader worker that died); printed as one line."""
 
 
+def _import_path(path: str):
+    """Run the Python file ``path`` as a module of its own (not added to ``sys.modules``)."""
+    module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def import_beside(config_file: str, name: str):
+    """Import the file ``name`` from the directory of ``config_file`` (a config's ``__file__``). Config files
+    are loaded by path, not as a package, so this is how a config reads the shared pieces beside it:
+    ``common = config_lib.import_beside(__file__, "common.py")``."""
+    return _import_path(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
 def load_file(spec: str) -> ml_collections.ConfigDict:
     """Load ``path/to/config.py[:arg]``."""
     path, _, arg = spec.partition(":")
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist; pass --config=configs/<name>.py")
-    module_spec = importlib.util.spec_from_file_location(f"mmjax_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = _import_path(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config(arg=None) function")
     try:
         config = module.get_config(arg or None)
-    except ValueError as e:  # a config's own check of its argument (":tiny", ":stage=2"), already one line
+    except ValueError as e:  # a config's check of its argument (configs/common.py's parse_arg), one line
         raise ConfigError(str(e)) from e
     if not isinstance(config, ml_collections.ConfigDict):
         config = ml_collections.ConfigDict(config)
@@ -108,14 +122,16 @@ def as_overrides(config: ml_collections.ConfigDict, prefix: str = "") -> list[st
     return lines
 
 
-def describe(path: str) -> tuple[str, list[str]]:
+def describe(path: str, source: str | None = None) -> tuple[str, list[str]]:
     """``(purpose, arguments)`` of config file ``path``, read from its module docstring without running it.
 
     ``purpose``: the docstring's first sentence, up to a colon if it has one (what follows elaborates);
     ``arguments``: the ``:ARG`` of each ``--config=...NAME.py:ARG`` in the docstring's example commands,
-    in order, without repeats."""
-    with open(path) as f:
-        docstring = ast.get_docstring(ast.parse(f.read(), path)) or ""
+    in order, without repeats. ``source``: the file's text, where the caller has read it already."""
+    if source is None:
+        with open(path) as f:
+            source = f.read()
+    docstring = ast.get_docstring(ast.parse(source, path)) or ""
     first = " ".join(docstring.split("\n\n")[0].split())
     purpose = re.split(r"(?<=\.)\s|:\s", first, maxsplit=1)[0]
     name = re.escape(os.path.basename(path))

@@ -115,3 +115,92 @@ def test_describe_reads_purpose_and_arguments_from_the_docstring(tmp_path):
 def test_a_config_rejecting_its_argument_is_a_config_error():
     with pytest.raises(ConfigError, match=r"^configs/clip_shapes.py: unknown argument 'huge'; use no arg"):
         config_lib.load_file("configs/clip_shapes.py:huge")
+
+
+# Every argument each config accepts (its docstring's commands, and the other orders and combinations).
+ACCEPTED = {
+    "clip_shapes.py": [None, "tiny"],
+    "siglip_shapes.py": [None, "tiny"],
+    "llava_shapes.py": [None, "stage=1", "stage=2", "tiny", "stage=1,tiny", "stage=2,tiny", "tiny,stage=2",
+                        "stage=2,pairs", "stage=2,pairs,tiny", "pairs,tiny,stage=2"],
+    "flamingo_shapes.py": [None, "tiny", "pairs", "pairs,tiny", "tiny,pairs"],
+    "lm_shapes.py": [None, "tiny"],
+}
+
+
+def test_accepted_lists_every_config_and_every_argument_its_docstring_shows():
+    import glob
+    import os
+
+    files = {os.path.basename(p) for p in glob.glob("configs/*.py")} - {"common.py"}
+    assert set(ACCEPTED) == files
+    for name, args in ACCEPTED.items():
+        assert {a.lstrip(":") for a in config_lib.describe(f"configs/{name}")[1]} <= set(args), name
+
+
+@pytest.mark.parametrize("spec", [name + (f":{arg}" if arg else "") for name, args in ACCEPTED.items()
+                                  for arg in args])
+def test_every_accepted_argument_resolves(spec):
+    c = config_lib.load_file(f"configs/{spec}")
+    assert c.task in ("contrastive", "vlm") and c.optimizer.name == "adamw" and c.mesh.data == -1
+    assert (c.batch_size <= 32) == ("tiny" in spec)
+
+
+def test_argument_order_does_not_matter():
+    a = config_lib.load_file("configs/llava_shapes.py:stage=2,pairs,tiny")
+    assert config_lib.load_file("configs/llava_shapes.py:tiny,pairs,stage=2").to_dict() == a.to_dict()
+    assert config_lib.load_file("configs/llava_shapes.py").to_dict() == \
+        config_lib.load_file("configs/llava_shapes.py:stage=1").to_dict()  # stage 1 is the default
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("clip_shapes.py:huge", "configs/clip_shapes.py: unknown argument 'huge'; use no argument or ':tiny'"),
+    ("siglip_shapes.py:tiny,huge",
+     "configs/siglip_shapes.py: unknown argument 'huge'; use no argument or ':tiny'"),
+    ("lm_shapes.py:stage=2", "configs/lm_shapes.py: unknown argument 'stage=2'; use no argument or ':tiny'"),
+    ("llava_shapes.py:stage=3", "configs/llava_shapes.py: unknown argument 'stage=3'; use no argument or a "
+     "comma-separated list of 'stage=1|2', 'tiny', 'pairs'"),
+    ("llava_shapes.py:stage=2,tiny=0", "configs/llava_shapes.py: unknown argument 'tiny=0'; use no argument "
+     "or a comma-separated list of 'stage=1|2', 'tiny', 'pairs'"),
+    ("llava_shapes.py:pairs", "configs/llava_shapes.py: argument 'pairs': 'pairs' needs 'stage=2', whose "
+     "weights it starts from: use ':stage=2,pairs'"),
+    ("flamingo_shapes.py:stage=2", "configs/flamingo_shapes.py: unknown argument 'stage=2'; use no argument "
+     "or a comma-separated list of 'tiny', 'pairs'"),
+])
+def test_a_bad_argument_is_one_line_naming_the_allowed_ones(spec, message):
+    with pytest.raises(ConfigError) as e:
+        config_lib.load_file(f"configs/{spec}")
+    assert str(e.value) == message
+
+
+def test_parse_arg_flags_and_choices_in_any_order():
+    common = config_lib.import_beside("configs/clip_shapes.py", "common.py")
+
+    def parse(arg):
+        return vars(common.parse_arg(arg, allowed=dict(stage=(1, 2), tiny=False), config_file="/a/x/demo.py"))
+
+    assert parse(None) == parse("") == {"stage": 1, "tiny": False}
+    assert parse("tiny,stage=2") == parse("stage=2,tiny") == {"stage": 2, "tiny": True}
+    for bad in ("stage", "stage=", "stage=3", "tiny=1", "Tiny", "huge"):
+        with pytest.raises(ConfigError) as e:
+            parse(f"tiny,{bad}")
+        assert str(e.value) == (f"x/demo.py: unknown argument '{bad}'; use no argument or a comma-separated "
+                                "list of 'stage=1|2', 'tiny'")
+
+
+def test_the_fusion_configs_share_data_schedule_optimizer_and_evaluation():
+    """Without inheritance, llava, flamingo and lm still train on the same rows with the same optimizer
+    and evaluation (configs/common.py's vlm_* pieces); only what the docstrings say differs."""
+    for tiny in ("", ",tiny"):
+        llava = config_lib.load_file(f"configs/llava_shapes.py:stage=2{tiny}").to_dict()
+        flamingo = config_lib.load_file(f"configs/flamingo_shapes.py{tiny.replace(',', ':')}").to_dict()
+        lm = config_lib.load_file(f"configs/lm_shapes.py{tiny.replace(',', ':')}").to_dict()
+        for other in (flamingo, lm):
+            for key in ("task", "batch_size", "log_every", "checkpoint_every", "eval", "mesh", "sharding"):
+                assert other[key] == llava[key], key
+            # the same optimizer; what it freezes differs
+            assert {**other["optimizer"], "freeze_regex": ()} == {**llava["optimizer"], "freeze_regex": ()}
+        assert flamingo["data"] == llava["data"] and flamingo["total_steps"] == llava["total_steps"]
+        assert {**lm["data"], "caption_prob": 0} == {**llava["data"], "caption_prob": 0}
+        assert flamingo["model"]["image"] == llava["model"]["image"]
+        assert flamingo["model"]["lm"] == llava["model"]["lm"] == lm["model"]["lm"]
