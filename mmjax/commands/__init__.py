@@ -6,14 +6,15 @@ with a Hugging Face CLIP or SigLIP directory. ``python -m mmjax.commands.generat
 ``python -m mmjax.train``.
 """
 
+from mmjax import models
+from mmjax.interop import hf, preprocess
+
 
 def load_hf_model(model_dir: str, kind: str, purpose: str):
-    """``(cfg, params, model, tokenizer, preprocessor)`` of a Hugging Face directory whose model is of type
-    ``kind`` ("two_tower", "early_fusion"); another type is an ``InteropError`` saying ``purpose`` needs it."""
-    from mmjax import models
-    from mmjax.interop import hf, preprocess
-
+    """``(cfg, params, model, tokenizer, preprocessor)`` of a Hugging Face directory whose model type is
+    ``kind`` ("two_tower", "early_fusion"); another type is an ``InteropError`` ending in ``purpose``."""
     cfg, params = hf.load(model_dir)
     if cfg.get("type") != kind:
         raise hf.InteropError(f"{model_dir!r} is a {cfg.get('type')} model; {purpose}")
-    return cfg, params, models.build(cfg), hf.load_tokenizer(model_dir), preprocess.processor_config(model_dir)
+    model = models.build(cfg)
+    return cfg, params, model, hf.load_tokenizer(model_dir), preprocess.processor_config(model_dir)

@@ -14,18 +14,18 @@ import argparse
 import json
 import sys
 
+import jax
 import numpy as np
+
+from mmjax import generate
+from mmjax.commands import load_hf_model
+from mmjax.config import ConfigError
+from mmjax.interop import preprocess
 
 
 def answer(model_dir: str, prompt: str, images: list[str], *, max_new_tokens: int = 32,
            temperature: float = 0.0, seed: int = 0):
     """Yields one ``{"image", "prompt", "text", "tokens"}`` per image of ``images``."""
-    import jax
-
-    from mmjax import generate
-    from mmjax.commands import load_hf_model
-    from mmjax.interop import preprocess
-
     cfg, params, model, tok, pre = load_hf_model(model_dir, "early_fusion", "generation needs LLaVA")
     image_tokens = [cfg.image_id] * model.num_image_tokens(cfg.image_size)
     parts = prompt.split("<image>") if "<image>" in prompt else ["", prompt]
@@ -55,8 +55,6 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
-    from mmjax.config import ConfigError
-
     try:
         for row in answer(args.model, args.prompt, args.images, max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, seed=args.seed):

@@ -14,16 +14,16 @@ import argparse
 import json
 import sys
 
+import jax.numpy as jnp
 import numpy as np
+
+from mmjax.commands import load_hf_model
+from mmjax.config import ConfigError
+from mmjax.interop import preprocess
 
 
 def classify(model_dir: str, labels: list[str], images: list[str], template: str = "{}") -> list[dict]:
     """One ``{"image": path, "probs": {label: p}}`` per image of ``images``."""
-    import jax.numpy as jnp
-
-    from mmjax.commands import load_hf_model
-    from mmjax.interop import preprocess
-
     cfg, params, model, tok, pre = load_hf_model(model_dir, "two_tower", "zero-shot needs CLIP or SigLIP")
     tokens = tok.tokenize_like_hf([template.format(label) for label in labels], cfg.text.max_len)
     pixels = np.stack([preprocess.load_image(p, pre, cfg.image_size) for p in images])
@@ -47,8 +47,6 @@ def main(argv=None) -> int:
     parser.add_argument("--template", default="{}", help='text for each label, e.g. "a photo of a {}"')
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
-    from mmjax.config import ConfigError
-
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     try:
         for row in classify(args.model, labels, args.images, args.template):

@@ -12,6 +12,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 
 _RESAMPLE = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 5: "HAMMING"}
 
@@ -19,8 +20,6 @@ _RESAMPLE = {0: "NEAREST", 1: "LANCZOS", 2: "BILINEAR", 3: "BICUBIC", 4: "BOX", 
 def load_image(path: str, config: dict, image_size: int) -> np.ndarray:
     """float32 ``[H, W, 3]``: the image at ``path`` as a transformers image processor prepares it, by the
     ``preprocessor_config.json`` fields in ``config`` (``image_size`` where it names no size)."""
-    from PIL import Image
-
     image = Image.open(path).convert("RGB")
     resample = getattr(Image.Resampling, _RESAMPLE.get(config.get("resample", 3), "BICUBIC"))
     if config.get("do_resize", True):
