@@ -43,13 +43,18 @@ def get_config(arg=None):
         c.model.text.update(common.tiny_tower(), pool="eot")
         c.model.embed_dim = 32
 
-    # softmax (CLIP) loss; under a mesh each device scores its rows against all gathered columns
-    c.loss = dict(kind="softmax", impl="gather")
+    # softmax (CLIP) loss; under a mesh each device scores its rows against all gathered columns.
+    # negatives (for the caption) and short_negatives (for data.extra_short_caption's): "all" (every other
+    # caption of the batch) or "minimal_pairs" (a caption naming one object is contrasted only with those
+    # differing from it in colour alone or in shape alone: mmjax/losses.py minimal_pair_mask)
+    c.loss = dict(kind="softmax", impl="gather", negatives="all", short_negatives="all")
     c.data = common.shapes_data(
         tiny,
         max_len=32,
         flip_prob=0.5,
         caption_sampling="random",
+        short_caption_prob=0.0,  # how often the caption is the one naming the main object alone instead
+        extra_short_caption=False,  # also that caption, as a second text of every image (its own loss)
         # Per example, also its caption with one shape word swapped, as an extra negative text
         # (NegCLIP). Off: neutral in the 4-minute budget and 14 % slower (docs/results.md).
         hard_negatives=False,

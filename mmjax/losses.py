@@ -62,17 +62,51 @@ def _f32(*xs):
     return [None if x is None else jnp.asarray(x, jnp.float32) for x in xs]
 
 
-def softmax_contrastive_loss(image_emb, text_emb, logit_scale, hard_negative_emb=None, *, axis_name=None):
+_MASKED = -1e9  # the logit of a pair left out of the softmax (finite: no inf - inf in the gradient)
+
+
+def minimal_pair_mask(tokens, groups):
+    """Which pairs of a batch's captions take part in the softmax loss: ``[B, B]`` bool, symmetric.
+
+    ``groups``: token ids of attribute words, one tuple per attribute (e.g. the colour words, the shape
+    words). A caption that names exactly one value of every attribute ("a red star") is *single*; two
+    single captions are a pair of the loss only when they differ in exactly one attribute ("a red
+    cross", "a blue star" for "a red star"), a *minimal pair*; other captions pair with every other
+    caption that is not single. Why: with every in-batch caption as a negative, an image whose colour
+    never occurs with a shape in training is always contrasted with that shape's captions, so the
+    towers learn "red things are never circles" and misname an unseen red circle; among minimal pairs
+    that pairing never happens, while each attribute is still contrasted within the other's value.
+    """
+    tokens = jnp.asarray(tokens)
+    eye = jnp.eye(tokens.shape[0], dtype=bool)
+    if not groups:
+        return jnp.ones_like(eye)
+    present = [jnp.any(tokens[:, :, None] == jnp.asarray(ids)[None, None, :], axis=1) for ids in groups]
+    single = jnp.all(jnp.stack([p.sum(-1) == 1 for p in present]), axis=0)  # [B]
+    differs = sum(jnp.any(p[:, None, :] != p[None, :, :], axis=-1).astype(jnp.int32) for p in present)
+    both_single = single[:, None] & single[None, :]
+    neither = ~single[:, None] & ~single[None, :]
+    return eye | (both_single & (differs == 1)) | neither
+
+
+def softmax_contrastive_loss(image_emb, text_emb, logit_scale, hard_negative_emb=None, negative_mask=None, *,
+                             axis_name=None):
     """Symmetric InfoNCE (CLIP) loss; returns ``(loss, metrics)`` with in-batch accuracies.
 
     ``hard_negative_emb`` (optional, ``[B', D]``): extra texts that match no image, appended to every
-    image's candidates in the image->text direction (NegCLIP). ``axis_name``: see the module docstring.
+    image's candidates in the image->text direction (NegCLIP). ``negative_mask`` (optional, bool
+    ``[b, B]``, symmetric over the global batch, True on the diagonal): which pairs take part; a pair
+    marked False is neither a positive nor a negative in either direction (``minimal_pair_mask``).
+    ``axis_name``: see the module docstring.
     """
     image_emb, text_emb, scale, hard_negative_emb = _f32(image_emb, text_emb, logit_scale, hard_negative_emb)
     b = image_emb.shape[0]
     labels = _global_rows(b, axis_name)
     i2t_logits = scale * image_emb @ _gather(text_emb, axis_name).T  # [b, B]
     t2i_logits = scale * text_emb @ _gather(image_emb, axis_name).T  # [b, B]
+    if negative_mask is not None:  # symmetric, so row i of the mask also serves text i's row
+        i2t_logits = jnp.where(negative_mask, i2t_logits, _MASKED)
+        t2i_logits = jnp.where(negative_mask, t2i_logits, _MASKED)
     i2t_candidates = i2t_logits
     if hard_negative_emb is not None:
         negatives = _gather(hard_negative_emb, axis_name)
@@ -163,10 +197,12 @@ def check_loss(kind: str, impl: str) -> None:
                          + (" or 'ring'" if kind == "sigmoid" else ""))
 
 
-def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str = "gather"):
+def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str = "gather",
+                     negative_mask=None):
     """The ``kind`` (``softmax`` | ``sigmoid``) loss of a two-tower output ``out``. With an active mesh
     (``jax.set_mesh``) it runs sharded over the mesh axes that ``nn.logical_axis_rules`` give the
-    ``batch`` (``impl``: ``gather``, or for ``sigmoid`` also ``ring``); without one, on one device."""
+    ``batch`` (``impl``: ``gather``, or for ``sigmoid`` also ``ring``); without one, on one device.
+    ``negative_mask``: the global ``[B, B]`` mask of ``softmax_contrastive_loss`` (softmax only)."""
     from mmjax import sharding  # lazily: keeps this module free of flax
 
     check_loss(kind, impl)
@@ -176,10 +212,15 @@ def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str 
         fn = softmax_contrastive_loss
         if hard_negative_emb is not None:
             batched["hard_negative_emb"] = hard_negative_emb
+        if negative_mask is not None:  # each device takes its rows: [b, B]
+            batched["negative_mask"] = negative_mask
     else:
         if hard_negative_emb is not None:
             raise ValueError("hard negatives are only implemented for the softmax loss; set "
                              "data.hard_negatives=False or loss.kind='softmax'")
+        if negative_mask is not None:
+            raise ValueError("loss.negatives='minimal_pairs' is only implemented for the softmax loss; set "
+                             "loss.negatives='all' or loss.kind='softmax'")
         fn = sigmoid_loss_ring if impl == "ring" else sigmoid_loss
         replicated["logit_bias"] = out["logit_bias"]
     axes = sharding.active_batch_axes()

@@ -25,8 +25,13 @@ from mmjax.config import ConfigError
 class ContrastiveTask:
     """CLIP (softmax) or SigLIP (sigmoid) image-text contrastive training on an image/caption dataset.
 
-    ``config.loss = dict(kind="softmax" | "sigmoid", impl="gather" | "ring")``; under a mesh the loss
-    runs sharded over the batch axes (see ``mmjax.losses``).
+    ``config.loss = dict(kind="softmax" | "sigmoid", impl="gather" | "ring", negatives=...,
+    short_negatives=...)``; under a mesh the loss runs sharded over the batch axes (see ``mmjax.losses``).
+    A batch with ``text_short`` (``data.extra_short_caption``: each image's caption naming its main object
+    alone, besides ``text``) adds that pairing's loss; the loss is the mean of both. ``negatives`` (for
+    ``text``) and ``short_negatives`` (for ``text_short``): "all" (every other caption of the batch) or
+    "minimal_pairs" (a caption naming one object is contrasted only with captions that differ from it in
+    exactly one attribute: ``losses.minimal_pair_mask`` over the dataset's ``attribute_words``).
     """
 
     def __init__(self, config):
@@ -43,10 +48,19 @@ class ContrastiveTask:
         if self.loss_kind == "sigmoid" and config.data.get("hard_negatives"):
             raise ConfigError("data.hard_negatives is only implemented for loss.kind='softmax'; "
                               "set data.hard_negatives=False")
+        self.negatives = {key: loss_cfg.get(key, "all") for key in ("negatives", "short_negatives")}
+        for key, value in self.negatives.items():
+            if value not in ("all", "minimal_pairs"):
+                raise ConfigError(f"config.loss.{key}={value!r}; use 'all' (every other caption of the batch) "
+                                  "or 'minimal_pairs' (see mmjax.losses.minimal_pair_mask)")
+            if value == "minimal_pairs" and self.loss_kind != "softmax":
+                raise ConfigError(f"config.loss.{key}='minimal_pairs' is only implemented for loss.kind="
+                                  f"'softmax'; set loss.{key}='all'")
         self.model = models.build(config.model, config.dtype)
-        from mmjax.data import tokenizer as tok_lib
+        from mmjax.data import tokenizer as tok_lib  # lazy: the data stack, only where a task needs it
 
         self.tokenizer = tok_lib.get_tokenizer(config.data.tokenizer)
+        self.attribute_ids = self._attribute_ids() if "minimal_pairs" in self.negatives.values() else ()
         if self.tokenizer.vocab_size > config.model.text.vocab_size:
             raise ConfigError(
                 f"tokenizer {config.data.tokenizer!r} has {self.tokenizer.vocab_size} tokens but "
@@ -63,6 +77,32 @@ class ContrastiveTask:
         # Impossible sizes fail here, before any data is built.
         self.model.image.check((config.model.image_size,) * 2)
         self.model.text.check(config.data.max_len)
+
+    def _mask(self, tokens, key: str):
+        """The negative mask of the captions ``tokens`` under ``loss.<key>`` (None: every pair)."""
+        if self.negatives[key] == "all":
+            return None
+        return losses.minimal_pair_mask(tokens, self.attribute_ids)
+
+    def _attribute_ids(self) -> tuple[tuple[int, ...], ...]:
+        """Token ids of the dataset's attribute words (``Dataset.attribute_words``), one tuple per attribute;
+        each word must be one token of the tokenizer."""
+        from mmjax.data import pipeline  # lazy: the data stack, only where a task needs it
+
+        groups = pipeline.attribute_words(self.config.data)
+        if not groups:
+            raise ConfigError(f"config.loss.negatives='minimal_pairs' needs the attribute words of dataset "
+                              f"{self.config.data.get('name', 'shapes')!r}, which names none; "
+                              "set loss.negatives='all'")
+        ids = []
+        for words in groups:
+            encoded = [self.tokenizer.encode(w) for w in words]
+            if any(len(e) != 1 for e in encoded):
+                raise ConfigError(f"config.loss.negatives='minimal_pairs': tokenizer {self.config.data.tokenizer!r} "
+                                  "splits an attribute word into several tokens; use a word-level tokenizer "
+                                  "or loss.negatives='all'")
+            ids.append(tuple(e[0] for e in encoded))
+        return tuple(ids)
 
     def batch_spec(self, batch_size: int) -> dict:
         s, length = self.config.data.image_size, self.config.data.max_len
@@ -82,7 +122,15 @@ class ContrastiveTask:
         negatives = None
         if "text_neg" in batch:
             negatives, _ = self.model.apply({"params": params}, batch["text_neg"], method="encode_text")
-        loss, metrics = losses.contrastive_loss(self.loss_kind, out, negatives, impl=self.loss_impl)
+        loss, metrics = losses.contrastive_loss(self.loss_kind, out, negatives, impl=self.loss_impl,
+                                                negative_mask=self._mask(batch["text"], "negatives"))
+        if "text_short" in batch:  # a second caption per image, the main object alone: its own loss, averaged
+            short, _ = self.model.apply({"params": params}, batch["text_short"], method="encode_text")
+            short_loss, short_metrics = losses.contrastive_loss(
+                self.loss_kind, dict(out, text=short), impl=self.loss_impl,
+                negative_mask=self._mask(batch["text_short"], "short_negatives"))
+            loss = (loss + short_loss) / 2
+            metrics.update({f"short_{k}": v for k, v in short_metrics.items()})
         metrics["logit_scale"] = out["logit_scale"]
         if "logit_bias" in out:
             metrics["logit_bias"] = out["logit_bias"]

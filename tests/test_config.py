@@ -4,6 +4,7 @@ import pytest
 
 from mmjax import config as config_lib
 from mmjax.config import ConfigError
+from mmjax.data import shapes
 
 
 @pytest.fixture
@@ -51,6 +52,12 @@ def test_missing_config_file():
      "image with one text: set it to 1"),
     ({"data.image_size": 32}, "data.image_size 32 differs from model.image_size 64; make them equal"),
     ({"loss.kind": "sigmoid", "model.bias_init": None}, "config.loss.kind='sigmoid' needs a learned bias"),
+    ({"loss.negatives": "some"}, "config.loss.negatives='some'; use 'all' (every other caption of the batch) or "
+     "'minimal_pairs'"),
+    ({"loss.negatives": "minimal_pairs", "loss.kind": "sigmoid", "model.bias_init": -10.0},
+     "config.loss.negatives='minimal_pairs' is only implemented for loss.kind='softmax'"),
+    ({"loss.negatives": "minimal_pairs", "data.tokenizer": "bytes"},
+     "config.loss.negatives='minimal_pairs': tokenizer 'bytes' splits an attribute word into several tokens"),
 ])
 def test_contrastive_task_config_errors_are_one_line(cfg, changes, message):
     from mmjax import tasks
@@ -65,6 +72,44 @@ def test_contrastive_task_config_errors_are_one_line(cfg, changes, message):
     with pytest.raises(ConfigError) as e:
         tasks.get_task(cfg)
     assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_minimal_pairs_leave_pairs_differing_in_both_attributes_out_of_the_loss(cfg):
+    import jax
+    import numpy as np
+
+    from mmjax import losses, tasks
+
+    task_all = tasks.get_task(cfg)
+    with cfg.unlocked():
+        cfg.loss.negatives = "minimal_pairs"
+    task = tasks.get_task(cfg)
+    tok = task.tokenizer
+    assert task.attribute_ids == tuple(tuple(tok.encode(w)[0] for w in group)
+                                       for group in (shapes.COLOURS, shapes.SHAPES))
+    captions = ["a red star", "a red cross", "a blue circle", "a photo of a large blue star"]
+    batch = {"image": np.random.default_rng(0).uniform(-1, 1, (4, 64, 64, 3)).astype(np.float32),
+             "text": tok.tokenize(captions, cfg.data.max_len)}
+    params = task.init(jax.random.key(0))
+    loss, _ = task.loss(params, batch, None)
+    out, _ = task.model.apply({"params": params}, batch["image"], batch["text"])
+    want = np.asarray(losses.minimal_pair_mask(batch["text"], task.attribute_ids))
+    assert not want[0, 2] and want[0, 1] and want[0, 3]  # red star: not with the blue circle
+    np.testing.assert_allclose(loss, losses.softmax_contrastive_loss(
+        out["image"], out["text"], out["logit_scale"], negative_mask=want)[0], rtol=1e-6)
+    assert float(loss) != float(task_all.loss(params, batch, None)[0])
+    # a second text per image (data.extra_short_caption) adds its own loss under loss.short_negatives
+    with cfg.unlocked():
+        cfg.loss.negatives, cfg.loss.short_negatives = "all", "minimal_pairs"
+    task = tasks.get_task(cfg)
+    short = tok.tokenize(["a red star", "a blue star", "a red circle", "a red star"], cfg.data.max_len)
+    both, metrics = task.loss(params, dict(batch, text_short=short), None)
+    short_emb, _ = task.model.apply({"params": params}, short, method="encode_text")
+    mask = np.asarray(losses.minimal_pair_mask(short, task.attribute_ids))
+    expected = (task_all.loss(params, batch, None)[0] + losses.softmax_contrastive_loss(
+        out["image"], short_emb, out["logit_scale"], negative_mask=mask)[0]) / 2
+    np.testing.assert_allclose(both, expected, rtol=1e-6)
+    assert "short_i2t_acc" in metrics
 
 
 @pytest.mark.parametrize("spec", ["clip_shapes.py:tiny", "siglip_shapes.py", "llava_shapes.py:stage=1,tiny",

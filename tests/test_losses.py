@@ -88,7 +88,7 @@ def test_sigmoid_loss_equals_hand_computed_value():
     assert perfect < 1e-6 and m["i2t_acc"] == 1.0 and m["t2i_acc"] == 1.0
 
 
-def sharded(kind, impl, mesh_axes, negatives=False):
+def sharded(kind, impl, mesh_axes, negatives=False, mask=None):
     """Loss and gradients w.r.t. (image, text, scale[, bias]) under a mesh with the batch on mesh_axes."""
     import flax.linen as nn
 
@@ -98,7 +98,7 @@ def sharded(kind, impl, mesh_axes, negatives=False):
 
     def loss_fn(img, txt, scale, bias, neg):
         out = {"image": img, "text": txt, "logit_scale": scale, "logit_bias": bias}
-        return losses.contrastive_loss(kind, out, neg if negatives else None, impl=impl)
+        return losses.contrastive_loss(kind, out, neg if negatives else None, impl=impl, negative_mask=mask)
 
     grad_fn = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1, 2, 3), has_aux=True))
     img, txt, neg = embeddings()
@@ -122,6 +122,54 @@ def test_sharded_losses_equal_single_device(kind, impl, negatives, mesh_axes):
     for g8, g1 in zip(grads8, grads1):
         np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(grads1[0]).sum()) > 0 and float(jnp.abs(grads1[2])) > 0
+
+
+# Captions as token ids: red=10, blue=11; star=20, circle=21, cross=22 (1 BOS, 2 EOT, 30 another word).
+CAPTIONS = np.array([[1, 10, 20, 2], [1, 10, 22, 2], [1, 11, 20, 2], [1, 11, 21, 2], [1, 10, 20, 2],
+                     [1, 10, 11, 20], [1, 30, 10, 2], [1, 11, 21, 20]])
+GROUPS = ((10, 11), (20, 21, 22))
+
+
+def test_minimal_pair_mask():
+    mask = np.asarray(losses.minimal_pair_mask(CAPTIONS, GROUPS))
+    want = np.array([  # red star: red cross and blue star only (not blue circle, not its duplicate)
+        [1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 1, 0, 0, 0], [1, 0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0],
+        [0, 1, 1, 0, 1, 0, 0, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1]], bool)  # not single
+    np.testing.assert_array_equal(mask, want)
+    assert np.asarray(losses.minimal_pair_mask(CAPTIONS, ())).all()
+
+
+def test_masked_pairs_take_no_part_in_the_loss():
+    img = normalized(jax.random.normal(jax.random.key(0), (8, 8)))
+    txt = normalized(jax.random.normal(jax.random.key(1), (8, 8)))
+    mask = np.asarray(losses.minimal_pair_mask(CAPTIONS, GROUPS))
+    loss, m = losses.softmax_contrastive_loss(img, txt, jnp.float32(4.0), negative_mask=mask)
+    logits = np.asarray(4.0 * img @ txt.T, np.float64)
+    rows = [logits[i, i] - np.log(np.exp(logits[i][mask[i]]).sum()) for i in range(8)]
+    cols = [logits[i, i] - np.log(np.exp(logits[:, i][mask[:, i]]).sum()) for i in range(8)]
+    np.testing.assert_allclose(loss, -(np.mean(rows) + np.mean(cols)) / 2, rtol=1e-6)
+    full, _ = losses.softmax_contrastive_loss(img, txt, jnp.float32(4.0))
+    assert float(full) > float(loss)  # fewer candidates
+    # a text's embedding reaches an image's loss terms only where the mask pairs them
+    grad = jax.grad(lambda t: losses.softmax_contrastive_loss(img, t, jnp.float32(4.0), negative_mask=mask)[0])
+    g_row0 = jax.grad(lambda t: jax.nn.logsumexp(jnp.where(mask[0], 4.0 * img[0] @ t.T, -1e9)))(txt)
+    assert float(jnp.abs(g_row0[3]).sum()) == 0 and float(jnp.abs(g_row0[1]).sum()) > 0
+    assert float(jnp.abs(grad(txt)).sum()) > 0
+
+
+@pytest.mark.parametrize("mesh_axes", [("data", "fsdp", "tensor"), ("fsdp",)])
+def test_sharded_masked_loss_equals_single_device(mesh_axes):
+    mask = losses.minimal_pair_mask(np.concatenate([CAPTIONS, CAPTIONS[::-1]]), GROUPS)  # 16 rows, as embeddings()
+    (loss1, m1), grads1 = sharded("softmax", "gather", None, mask=mask)
+    (loss8, m8), grads8 = sharded("softmax", "gather", mesh_axes, mask=mask)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-6)
+    for g8, g1 in zip(grads8, grads1):
+        np.testing.assert_allclose(g8, g1, rtol=1e-5, atol=1e-7)
+    (plain, _), _ = sharded("softmax", "gather", None)
+    assert float(plain) != pytest.approx(float(loss1))  # the mask changed the loss
+    with pytest.raises(ValueError, match="minimal_pairs' is only implemented for the softmax loss"):
+        sharded("sigmoid", "gather", None, mask=mask)
 
 
 def test_ring_loss_holds_only_local_blocks():

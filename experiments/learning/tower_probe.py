@@ -1,6 +1,7 @@
 """How fast can an image tower learn the main object's shape, supervised? (A diagnostic, not a recipe:
 the real model learns from captions alone.) The ViT from a config, a linear head on its pooled output,
-cross-entropy on the main object's shape (6 classes) and colour (8), AdamW; accuracy on validation.
+cross-entropy on the main object's shape (6 classes) and colour (8), AdamW; accuracy on validation (seen
+pairs) and test (held-out pairs: does shape learned with separate heads transfer to unseen pairs?).
 
     python experiments/learning/tower_probe.py --steps=300 [--set model.image.pool=map ...]
 """
@@ -73,11 +74,13 @@ def main():
         params, opt, loss = step(params, opt, pipeline.normalize(images[idx]), labels[idx])
     jax.block_until_ready(params)
     secs = time.time() - t
-    ls, lc = jax.jit(model.apply)({"params": params}, val["image"])
-    y = val["label"]
-    row = {"sets": a.set, "lr": a.lr, "steps": a.steps, "train_s": round(secs, 1),
-           "shape": round(float((np.argmax(ls, 1) == y % 6).mean()) * 100, 1),
-           "colour": round(float((np.argmax(lc, 1) == y // 6).mean()) * 100, 1)}
+    row = {"sets": a.set, "lr": a.lr, "steps": a.steps, "train_s": round(secs, 1)}
+    test = pipeline.load_split(c.data, "test", tokenizer=tokenizer.get_tokenizer(c.data.tokenizer))
+    for prefix, d in (("", val), ("test_", test)):  # test: every main object a held-out colour-shape pair
+        ls, lc = jax.jit(model.apply)({"params": params}, d["image"])
+        y = d["label"]
+        row[prefix + "shape"] = round(float((np.argmax(ls, 1) == y % 6).mean()) * 100, 1)
+        row[prefix + "colour"] = round(float((np.argmax(lc, 1) == y // 6).mean()) * 100, 1)
     report(row, "tower_probe.jsonl")
 
 

@@ -10,7 +10,8 @@ Training (``train_loader``) is a Grain dataset pipeline over ``builder.as_data_s
 lazily on a ``MapDataset`` so that every process describes the same *global* sequence of examples but
 reads only its own: ``MapDataset.source`` -> ``shuffle(seed)`` -> ``repeat(num_epochs)`` (infinite by
 default; a new order each epoch) -> ``random_map`` (per example: decode the PNG, pick a caption --
-'random': one of the K per example and epoch, 'canonical': caption 0 -- and flip left-right with
+'random': one of the K per example and epoch, 'canonical': caption 0; with probability
+``short_caption_prob`` the dataset's caption naming the main object alone -- and flip left-right with
 ``flip_prob`` together with ``shapes.flip_text`` on the caption, then tokenize) -> ``batch`` into blocks of
 the local batch ``global_batch_size // shard_count`` rows (drop remainder) -> process ``p`` of ``n`` keeps
 blocks ``p, p + n, p + 2n, ...`` (``ds[p::n]``; every process the same number) -> [``mp_prefetch``
@@ -24,7 +25,8 @@ Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
   ``image`` float32 [B, H, W, 3] in [-1, 1] (``normalize``: x / 127.5 - 1; ``denormalize`` inverts),
   ``text`` int32 [B, L] (``[BOS] ... [EOT] PAD``, see ``mmjax.data.tokenizer``), ``label`` int32 [B],
   ``id`` int32 [B] (index of the example in its split), ``truncated`` bool [B] (caption cut to fit L),
-  and with ``hard_negatives`` ``text_neg`` int32 [B, L]: the caption with one shape word swapped.
+  with ``hard_negatives`` ``text_neg`` int32 [B, L]: the caption with one shape word swapped, and with
+  ``extra_short_caption`` ``text_short`` int32 [B, L]: also the caption naming the main object alone.
 
 Vision-language models (LLaVA-style) use the same loader with another per-example transform,
 ``train_loader(..., preprocess=vlm_preprocess(data_cfg, tokenizer, num_image_tokens))``: each example is a
@@ -97,12 +99,18 @@ class Dataset:
     main process only (Grain pickles the built pipeline, source included, into its workers).
     ``class_names(data_cfg)``: the names of the labels, for zero-shot classification.
     ``prompt_templates(data_cfg)``: zero-shot prompts, ``template.format(class_name)``.
-    ``splits``: the valid split names."""
+    ``splits``: the valid split names.
+    ``short_caption``: the index, in every record's ``captions``, of the caption that names the main
+    object alone (``data.short_caption_prob``); None: there is none.
+    ``attribute_words``: the words of each attribute the captions name (e.g. the colours, the shapes), for
+    ``loss.negatives="minimal_pairs"``; empty: none."""
 
     source: Callable[[Any, str], Any]
     class_names: Callable[[Any], list[str]]
     prompt_templates: Callable[[Any], list[str]] = _generic_prompt_templates
     splits: tuple[str, ...] = ("train", "validation", "test")
+    short_caption: int | None = None
+    attribute_words: tuple[tuple[str, ...], ...] = ()
 
 
 # data.name -> Dataset, or "package.module:ATTRIBUTE" naming one (imported on first use, then cached).
@@ -151,6 +159,10 @@ def class_names(data_cfg) -> list[str]:
     return list(get_dataset(data_cfg).class_names(data_cfg))
 
 
+def attribute_words(data_cfg) -> tuple[tuple[str, ...], ...]:
+    return get_dataset(data_cfg).attribute_words
+
+
 def _data_source(data_cfg, split: str):
     ds = get_dataset(data_cfg)
     if split not in ds.splits:
@@ -168,7 +180,8 @@ def _shapes_source(data_cfg, split: str):
 
 register_dataset("shapes", Dataset(source=_shapes_source, class_names=lambda data_cfg: list(shapes.CLASS_NAMES),
                                    prompt_templates=lambda data_cfg: list(shapes.PROMPT_TEMPLATES),
-                                   splits=shapes.SPLITS))
+                                   splits=shapes.SPLITS, short_caption=shapes.SHORT_CAPTION,
+                                   attribute_words=(shapes.COLOURS, shapes.SHAPES)))
 
 
 def pair_partners(n: int) -> np.ndarray:
@@ -227,22 +240,36 @@ class TrainPreprocess(grain.transforms.RandomMap):
     """Record -> {image uint8, text, label, id, truncated}: caption sampling and a consistent flip."""
 
     def __init__(self, tokenizer: Tokenizer, max_len: int, flip_prob: float, caption_sampling: str,
-                 hard_negatives: bool = False):
+                 hard_negatives: bool = False, short_caption_prob: float = 0.0, short_caption: int | None = None,
+                 extra_short_caption: bool = False):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
+        if not 0 <= short_caption_prob <= 1:
+            raise ValueError(f"data.short_caption_prob={short_caption_prob} is not a probability in [0, 1]")
+        if (short_caption_prob or extra_short_caption) and short_caption is None:
+            raise ValueError("data.short_caption_prob > 0 or data.extra_short_caption, but the dataset names no "
+                             "short caption (Dataset.short_caption); set them to 0 and False")
         self.tokenizer, self.max_len = tokenizer, max_len
         self.flip_prob, self.caption_sampling = flip_prob, caption_sampling
         self.hard_negatives = hard_negatives
+        self.short_caption_prob, self.short_caption = short_caption_prob, short_caption
+        self.extra_short_caption = extra_short_caption
 
     def random_map(self, record, rng: np.random.Generator):
         image = record_image(record)
         captions = texts(record, "captions")
         caption = captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0]
+        if self.short_caption_prob and rng.random() < self.short_caption_prob:  # no draw at 0: same as before
+            caption = captions[self.short_caption]
+        short = captions[self.short_caption] if self.extra_short_caption else None
         if rng.random() < self.flip_prob:
             image, caption = np.ascontiguousarray(image[:, ::-1]), shapes.flip_text(caption)
+            short = None if short is None else shapes.flip_text(short)
         text, truncated = self.tokenizer.tokenize([caption], self.max_len, return_truncated=True)
         out = {"image": image, "text": text[0], "label": np.int32(record["label"]),
                "id": np.int32(record["id"]), "truncated": truncated[0]}
+        if short is not None:
+            out["text_short"] = self.tokenizer.tokenize([short], self.max_len)[0]
         if self.hard_negatives:
             out["text_neg"] = self.tokenizer.tokenize([shapes.swap_shape_word(caption, rng)], self.max_len)[0]
         return out
@@ -335,7 +362,10 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer | None = None, global_batch_s
             raise ValueError("train_loader needs a tokenizer or a preprocess transform")
         preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
                                      data_cfg.get("caption_sampling", "random"),
-                                     data_cfg.get("hard_negatives", False))
+                                     data_cfg.get("hard_negatives", False),
+                                     data_cfg.get("short_caption_prob", 0.0),
+                                     get_dataset(data_cfg).short_caption,
+                                     data_cfg.get("extra_short_caption", False))
     if shard_index is None or shard_count is None:
         import jax
 

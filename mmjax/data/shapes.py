@@ -47,6 +47,7 @@ NUMBERS = ("zero", "one", "two", "three")
 QUESTION_TYPES = ("colour", "shape", "count", "exists", "position")
 SPLITS = ("train", "validation", "test")
 NUM_CAPTIONS = 6
+SHORT_CAPTION = 5  # captions(...)[5] names the main object alone: "a photo of a large red star"
 
 CLASS_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 # Shape s is held out with the colours (3 * s + k) % 8 for k in {0, 5}: two colours per shape and at most
@@ -140,6 +141,19 @@ def flip_scene(scene: Scene) -> Scene:
     w = scene.image_size
     objects = tuple(dataclasses.replace(o, col=2 - o.col, x=w - o.x - o.px) for o in scene.objects)
     return dataclasses.replace(scene, objects=objects, mirrored=not scene.mirrored)
+
+
+def twin_scene(scene: Scene, rng: np.random.Generator) -> Scene:
+    """The counterfactual twin of ``scene``: the same scene with the main object's shape replaced by another
+    shape, everything else (colours, sizes, positions, background) unchanged. The new colour-shape pair is
+    a seen one (never a held-out combination) and differs from every other object's pair, so the twin is a
+    valid training scene whose text differs from the original's only in that shape word."""
+    main, others = scene.objects[0], scene.objects[1:]
+    taken = {(o.colour, o.shape) for o in others}
+    pool = [s for s in range(len(SHAPES)) if s != main.shape and (main.colour, s) not in _HELD_OUT_IDS
+            and (main.colour, s) not in taken]
+    new = dataclasses.replace(main, shape=pool[rng.integers(len(pool))])
+    return dataclasses.replace(scene, objects=(new, *others))
 
 
 def _outline(shape: str, s: float) -> list[tuple[float, float]] | None:

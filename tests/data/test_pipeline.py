@@ -202,3 +202,27 @@ def test_hard_negative_captions_differ_in_one_shape_word(data_dir, tok):
         assert len(changed) == 1 and text[changed[0]] in shape_ids and neg[changed[0]] in shape_ids
     (plain,) = _batches(_cfg(data_dir), tok, 1, batch=16)
     assert "text_neg" not in plain
+
+
+def test_short_caption_prob_picks_the_main_object_caption(data_dir, tok):
+    full = pipeline.load_split(_cfg(data_dir), "train", tokenizer=tok)
+    (always,) = _batches(_cfg(data_dir, flip_prob=0.0, short_caption_prob=1.0), tok, 1, batch=32)
+    for i, text in zip(always["id"], always["text"]):
+        assert tok.decode(text) == full["captions"][i][shapes.SHORT_CAPTION]
+    # part of the time: both kinds occur; at 0 the batches are the default's, draw for draw
+    half = _batches(_cfg(data_dir, flip_prob=0.0, short_caption_prob=0.5), tok, 4)
+    short = [tok.decode(t) == full["captions"][i][shapes.SHORT_CAPTION] for b in half for i, t in zip(b["id"], b["text"])]
+    assert 0.35 < np.mean(short) < 0.85  # 0.5 + 0.5 / 6 expected
+    _assert_same(_batches(_cfg(data_dir, short_caption_prob=0.0), tok, 2), _batches(_cfg(data_dir), tok, 2))
+    with pytest.raises(ValueError, match=r"short_caption_prob=1.5 is not a probability"):
+        _batches(_cfg(data_dir, short_caption_prob=1.5), tok, 1)
+
+
+def test_extra_short_caption_is_a_second_text_of_the_same_example(data_dir, tok):
+    full = pipeline.load_split(_cfg(data_dir), "train", tokenizer=tok)
+    (batch,) = _batches(_cfg(data_dir, extra_short_caption=True), tok, 1, batch=32)
+    (plain,) = _batches(_cfg(data_dir), tok, 1, batch=32)
+    assert "text_short" not in plain
+    _assert_same([{k: v for k, v in batch.items() if k != "text_short"}], [plain])  # nothing else changes
+    for i, short in zip(batch["id"], batch["text_short"]):
+        assert tok.decode(short) == full["captions"][i][shapes.SHORT_CAPTION]  # names no side: flips keep it

@@ -1,3 +1,4 @@
+import dataclasses
 import re
 
 import numpy as np
@@ -162,3 +163,22 @@ def test_swapped_shapes_never_name_a_held_out_combination():
     for _ in range(50):
         words = S.swap_shape_word(f"a small {colour} {seen_shape} in the center", rng).split()
         assert not S.is_held_out(words[2], words[3])
+
+
+def test_twin_changes_only_the_main_objects_shape_to_a_seen_pair():
+    for i in range(200):
+        rng = np.random.default_rng([0, 0, i])
+        scene = S.sample_scene(rng, "train")
+        twin = S.twin_scene(scene, rng)
+        main, new = scene.objects[0], twin.objects[0]
+        assert new.shape != main.shape and twin.objects[1:] == scene.objects[1:]
+        assert dataclasses.replace(new, shape=main.shape) == main and twin.background == scene.background
+        assert not any(S.is_held_out(S.COLOURS[o.colour], S.SHAPES[o.shape]) for o in twin.objects)
+        assert len({(o.colour, o.shape) for o in twin.objects}) == len(twin.objects)
+        a, b = S.render(scene), S.render(twin)
+        changed = np.argwhere((a != b).any(-1))  # pixels change only inside the main object's box
+        assert len(changed) and (changed.min(0) >= (main.y, main.x)).all()
+        assert (changed.max(0) < (main.y + main.px, main.x + main.px)).all()
+        words = [(x, y) for x, y in zip(S.canonical_caption(scene).split(), S.canonical_caption(twin).split())
+                 if x != y]
+        assert words == [(S.SHAPES[main.shape], S.SHAPES[new.shape])]
