@@ -41,23 +41,22 @@ def tiny_config(data_dir, **overrides):
     return cfg
 
 
-def step_with_grads(task, tx, seed: int, trainable=None):
-    """``train.make_train_step``'s step, also returning the gradients of the loss at the state it is given:
-    ``(state, metrics, grads)`` (all parameters' gradients, frozen ones too). Equivalence tests compare them:
-    Adam's update ignores a uniform scale of the gradient (a psum where a pmean belongs), and clipping hides
-    it too."""
+def step_with_grads(run):
+    """``run.step_fn`` jitted with ``run``'s shardings (the state not donated), also returning the gradients
+    of the loss at the state it is given: ``(state, metrics, grads)`` (all parameters' gradients, frozen ones
+    too). Equivalence tests compare them: Adam's update ignores a uniform scale of the gradient (a psum where
+    a pmean belongs), and clipping hides it too. Call it inside ``run.context()``."""
     import jax
 
-    from mmjax import train
-
-    train_step = train.make_train_step(task, tx, seed, trainable)
+    seed = run.config.seed
 
     def step(state, batch):
         rng = jax.random.fold_in(jax.random.key(seed), state.step)  # as the train step makes it
-        grads = jax.grad(lambda p: task.loss(p, batch, rng)[0])(state.params)
-        return *train_step(state, batch), grads
+        grads = jax.grad(lambda p: run.task.loss(p, batch, rng)[0])(state.params)
+        return *run.step_fn(state, batch), grads
 
-    return step
+    return jax.jit(step, in_shardings=(run.shardings, run.batch_sharding),
+                   out_shardings=(run.shardings, None, run.shardings.params))
 
 
 def assert_grads_close(got, want):

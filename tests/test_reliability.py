@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -24,6 +23,9 @@ import pytest
 from mmjax import sharding, tasks, train
 from mmjax.checkpoint import Checkpointer
 from mmjax.config import ConfigError
+from mmjax.metrics_log import last_logged_step
+from mmjax.preemption import StopRequest
+from mmjax.run import build_run
 from helpers import TRAINED, read_metrics, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +70,8 @@ def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
             cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and (train.last_logged_step(workdir) < kill_after or not os.path.isdir(first_checkpoint)):
+        while proc.poll() is None and (last_logged_step(workdir) < kill_after
+                                       or not os.path.isdir(first_checkpoint)):
             assert time.monotonic() < deadline, f"step {kill_after} not logged after 120 s"
             time.sleep(0.01)
         time.sleep(delay)
@@ -106,7 +109,7 @@ def stopped(data_dir, tmp_path_factory):
         text=True)
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and train.last_logged_step(workdir) < 3:
+        while proc.poll() is None and last_logged_step(workdir) < 3:
             assert time.monotonic() < deadline, "step 3 not logged after 120 s"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
@@ -148,27 +151,27 @@ def test_stop_request_handles_signals_and_restores_handlers():
     # Known previous handlers (whatever ran earlier in this process may have left others): Python's default
     # for SIGINT (raises KeyboardInterrupt), a recorder for SIGTERM.
     seen = []
-    outer = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
+    outer = {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
     try:
-        before = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
-        with train.StopRequest() as stop:
-            assert all(signal.getsignal(sig) == stop._handle for sig in train.StopRequest.SIGNALS)
+        before = {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS}
+        with StopRequest() as stop:
+            assert all(signal.getsignal(sig) == stop._handle for sig in StopRequest.SIGNALS)
             assert not stop.requested(1)
             signal.raise_signal(signal.SIGINT)
             assert stop.requested(2) and stop.reason == "SIGINT"
             with pytest.raises(KeyboardInterrupt):
                 signal.raise_signal(signal.SIGINT)
-        assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before
-        with train.StopRequest() as stop:
+        assert {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS} == before
+        with StopRequest() as stop:
             signal.raise_signal(signal.SIGTERM)
             signal.raise_signal(signal.SIGTERM)
             assert stop.reason == "SIGTERM" and seen == [signal.SIGTERM]
         with pytest.raises(ZeroDivisionError):
-            with train.StopRequest():
+            with StopRequest():
                 1 / 0
-        assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before
+        assert {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS} == before
     finally:
         for sig, handler in outer.items():
             signal.signal(sig, handler)
@@ -179,13 +182,13 @@ def test_stop_request_outside_the_main_thread_installs_nothing():
 
     def run():
         try:
-            with train.StopRequest() as stop:
-                seen.append({sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS})
+            with StopRequest() as stop:
+                seen.append({sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS})
                 seen.append(stop.requested(1))
         except Exception as e:  # reported below
             errors.append(e)
 
-    before = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
+    before = {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS}
     thread = threading.Thread(target=run)
     thread.start()
     thread.join()
@@ -198,9 +201,9 @@ def test_stop_request_uses_the_preemption_sync_point_with_several_processes(monk
     # The installed JAX has the API, and a single process (no jax.distributed client) is never preempted.
     assert multihost_utils.reached_preemption_sync_point(1) is False
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda step: step == 3)
-    before = {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS}
-    with train.StopRequest(multiprocess=True) as stop:
-        assert {sig: signal.getsignal(sig) for sig in train.StopRequest.SIGNALS} == before  # JAX owns SIGTERM
+    before = {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS}
+    with StopRequest(multiprocess=True) as stop:
+        assert {sig: signal.getsignal(sig) for sig in StopRequest.SIGNALS} == before  # JAX owns SIGTERM
         assert [stop.requested(s) for s in (1, 2, 3)] == [False, False, True]
         assert stop.reason == "a preemption notice"
 
@@ -208,7 +211,7 @@ def test_stop_request_uses_the_preemption_sync_point_with_several_processes(monk
         raise RuntimeError("Preemption sync manager has not been initialized.")
 
     monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", disabled)
-    with train.StopRequest(multiprocess=True) as stop:
+    with StopRequest(multiprocess=True) as stop:
         assert [stop.requested(s) for s in (1, 2)] == [False, False]
     assert capsys.readouterr().err.count("warning: JAX's preemption sync point is unavailable") == 1
 
@@ -332,12 +335,8 @@ def damage(step_dir, how):
 
 def restore_target(cfg):
     """``(abstract train state, fresh data iterator)`` for ``cfg``, as ``train_and_evaluate`` builds them."""
-    task = tasks.get_task(cfg)
-    mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = train.make_optimizer(cfg, task)
-        abstract, _ = train.abstract_state(task, tx, mesh, rules)
-    return abstract, iter(task.train_loader(cfg.batch_size, cfg.seed))
+    run = build_run(cfg)
+    return run.abstract, iter(run.task.train_loader(cfg.batch_size, cfg.seed))
 
 
 @LEFTOVER_READS

@@ -5,7 +5,6 @@ checkpoints move between meshes."""
 import json
 import os
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -13,8 +12,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from mmjax import config as config_lib
-from mmjax import sharding, tasks, train
+from mmjax import sharding, train
 from mmjax.checkpoint import Checkpointer
+from mmjax.run import build_run
 from helpers import assert_grads_close, step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,18 +56,14 @@ def run_steps(cfg, n=3, devices=None):
     three losses would be computed on the initial parameters. The gradients are compared as well as the
     parameters because Adam's update ignores a uniform scale of the gradient (a psum for a pmean)."""
     config_lib.override(cfg, "optimizer.warmup_steps", "0")
-    task = tasks.get_task(cfg)
-    mesh = sharding.make_mesh(cfg.mesh, devices)
-    rules = sharding.logical_rules(cfg.sharding)
+    run = build_run(cfg, mesh=sharding.make_mesh(cfg.mesh, devices))
     out = {"losses": [], "grad_norms": []}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = train.make_optimizer(cfg, task)
-        state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
+    with run.context():
+        state = run.init()
         out["initial"] = jax.device_get(state.params)
-        step = jax.jit(step_with_grads(task, tx, cfg.seed), in_shardings=(shardings, None),
-                       out_shardings=(shardings, None, shardings.params))
-        for batch in synthetic_batches(task, n):
-            state, metrics, grads = step(state, sharding.global_batch(batch, mesh, rules))
+        step = step_with_grads(run)
+        for batch in synthetic_batches(run.task, n):
+            state, metrics, grads = step(state, run.global_batch(batch))
             out["losses"].append(float(metrics["loss"]))
             out["grad_norms"].append(float(metrics["grad_norm"]))
     return dict(out, grads=jax.device_get(grads), params=jax.device_get(state.params), state=state)
@@ -196,10 +192,8 @@ def test_checkpoint_moves_between_meshes(tmp_path, runs):
     expected = jax.device_get(saved)
     for cfg, devices in [(config("fsdp_tp", dict(data=2, fsdp=4, tensor=1)), None),
                          (config("dp", dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])]:
-        task = tasks.get_task(cfg)
-        tx = train.make_optimizer(cfg, task)
-        mesh = sharding.make_mesh(cfg.mesh, devices)
-        target, shardings = train.abstract_state(task, tx, mesh, sharding.logical_rules(cfg.sharding))
+        run = build_run(cfg, mesh=sharding.make_mesh(cfg.mesh, devices))
+        target, shardings = run.abstract, run.shardings
         restored = ckpt.restore(3, target)
         assert int(restored.step) == 3
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)

@@ -18,6 +18,7 @@ from mmjax import checkpoint, sharding, tasks, train
 from mmjax import config as config_lib
 from mmjax import optimizer as optimizer_lib
 from mmjax.config import ConfigError
+from mmjax.run import build_run
 from helpers import assert_grads_close, step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,11 +46,7 @@ def saved_params(workdir, cfg):
 
 def initial_params(cfg):
     """The parameters a run of ``cfg`` starts from (initialised as ``train`` does, on the same mesh)."""
-    task = tasks.get_task(cfg)
-    mesh, rules = sharding.make_mesh(cfg.mesh), sharding.logical_rules(cfg.sharding)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = train.make_optimizer(cfg, task)
-        return jax.device_get(train.init_state(task, tx, cfg.seed, mesh, rules)[0].params)
+    return jax.device_get(build_run(cfg).init(init_from=False).params)
 
 
 def flat(tree):
@@ -61,12 +58,7 @@ def clip_run(data_dir, tmp_path_factory):
     """A tiny CLIP checkpoint (initial weights are enough to check what is loaded)."""
     workdir = str(tmp_path_factory.mktemp("clip"))
     cfg = load("clip_shapes.py:tiny", data_dir)
-    task = tasks.get_task(cfg)
-    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    rules = sharding.logical_rules(cfg.sharding)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = optimizer_lib.make(cfg.optimizer, 1, jax.eval_shape(task.init, jax.random.key(0)))
-        state, _ = train.init_state(task, tx, seed=7, mesh=mesh, rules=rules)
+    state = build_run(cfg, mesh=sharding.make_mesh(cfg.mesh, jax.devices()[:1])).init(seed=7)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     ckpt.save(1, state)
     ckpt.wait()
@@ -195,10 +187,11 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
     """Two steps on fsdp_tp over 8 devices == on one: losses, gradient norms, the gradients (at the moved
     state of the second step: Adam's update would hide a gradient's scale) and the parameters. Warmup is off
     (its first step has lr 0) and deep fusion's gates are set to GATE, so that every trainable part moves."""
-    def run(mesh_shape, strategy, devices):
+    def two_steps(mesh_shape, strategy, devices):
         cfg = load(spec, data_dir, **{"optimizer.warmup_steps": 0})
         cfg.mesh, cfg.sharding.strategy = ml_collections.ConfigDict(mesh_shape), strategy
-        task = tasks.get_task(cfg)
+        run = build_run(cfg, mesh=sharding.make_mesh(cfg.mesh, devices))
+        task = run.task
         from mmjax.data.pipeline import encode_vlm
 
         qa = [("what colour is the star", "red"), ("how many objects are there", "two"),
@@ -207,27 +200,22 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
                            for q, a in qa[:8]])
         images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
         batch = {"image": images, "tokens": tokens}
-        mesh = sharding.make_mesh(cfg.mesh, devices)
-        rules = sharding.logical_rules(cfg.sharding)
-        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-            tx = train.make_optimizer(cfg, task)
-            state, shardings = train.init_state(task, tx, cfg.seed, mesh, rules)
+        with run.context():
+            state = run.init(init_from=False)
             params = jax.tree_util.tree_map_with_path(
                 lambda path, x: np.full_like(x, GATE) if "gate" in jax.tree_util.keystr(path) else x,
                 jax.device_get(state.params))
-            state = state.replace(params=jax.device_put(params, shardings.params))
-            trainable = optimizer_lib.trainable(cfg.optimizer, state.params)
-            step = jax.jit(step_with_grads(task, tx, cfg.seed, trainable), in_shardings=(shardings, None),
-                           out_shardings=(shardings, None, shardings.params))
+            state = state.replace(params=jax.device_put(params, run.shardings.params))
+            step = step_with_grads(run)
             losses, grad_norms = [], []
             for _ in range(2):
-                state, metrics, grads = step(state, sharding.global_batch(batch, mesh, rules))
+                state, metrics, grads = step(state, run.global_batch(batch))
                 losses.append(float(metrics["loss"]))
                 grad_norms.append(float(metrics["grad_norm"]))
-        return losses, grad_norms, jax.device_get(grads), params, jax.device_get(state.params), trainable
+        return losses, grad_norms, jax.device_get(grads), params, jax.device_get(state.params), run.trainable
 
-    one = run(dict(data=1, fsdp=1, tensor=1), "dp", jax.devices()[:1])
-    many = run(dict(data=2, fsdp=2, tensor=2), "fsdp_tp", jax.devices())
+    one = two_steps(dict(data=1, fsdp=1, tensor=1), "dp", jax.devices()[:1])
+    many = two_steps(dict(data=2, fsdp=2, tensor=2), "fsdp_tp", jax.devices())
     np.testing.assert_allclose(many[0], one[0], rtol=1e-5)
     np.testing.assert_allclose(many[1], one[1], rtol=1e-5)
     assert_grads_close(many[2], one[2])

@@ -54,17 +54,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # at start-up. (Read when JAX's backend starts, so it must be set before the first device query.)
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import flops as flops_lib  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import models, sharding, tasks, train  # noqa: E402
+from mmjax import models  # noqa: E402
 from mmjax.profile import datasheet_peak, time_interleaved  # noqa: E402
-from mmjax.models import layers  # noqa: E402
 from mmjax.models import lm as lm_lib  # noqa: E402
+from mmjax.run import build_run  # noqa: E402
 
 LEVERS = ("baseline", "bf16", "attn_xla", "attn_cudnn", "remat_dots", "remat_full", "scan", "no_donate",
           "xla_gpu_flags")
@@ -226,15 +225,11 @@ def build_runner(model: str, lever: str, batch: int) -> tuple[dict, callable]:
     levers, at_batch = parse_variant(lever)
     batch = at_batch or batch
     config = make_config(model, levers, batch)
-    task = tasks.get_task(config)
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.sharding)
-    impl = train.attention_implementation(config)
-    donate = () if "no_donate" in levers else (0,)
+    run = build_run(config, donate="no_donate" not in levers)
     row = {"model": model, "lever": lever, "framework": "mmjax (jax)", "dtype": config.dtype,
            "batch_per_device": batch,
            "note": "cuDNN unavailable off GPU: fell back to JAX's default attention"
-           if impl == "cudnn" and jax.default_backend() != "gpu" else ""}
+           if run.attention == "cudnn" and jax.default_backend() != "gpu" else ""}
     mcfg = config.model.to_dict()
     if mcfg["type"] == "two_tower":
         row["flops_per_step"] = flops_lib.two_tower_train_flops(mcfg, config.batch_size)
@@ -242,15 +237,11 @@ def build_runner(model: str, lever: str, batch: int) -> tuple[dict, callable]:
     else:
         row["flops_per_step"] = flops_lib.early_fusion_train_flops(mcfg, config.batch_size, config.data.max_len)
         row["items_per_step"], row["unit"] = config.batch_size * config.data.max_len, "tokens/s"
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules), layers.attention_implementation(impl):
-        tx = train.make_optimizer(config, task)
-        state, shardings = train.init_state(task, tx, config.seed, mesh, rules)
-        batch_sh = sharding.batch_sharding(mesh, rules)
-        data = sharding.global_batch(synthetic_batch(task, config.batch_size), mesh, rules)
-        step = jax.jit(train.make_train_step(task, tx, config.seed), in_shardings=(shardings, batch_sh),
-                       out_shardings=(shardings, None), donate_argnums=donate)
+    with run.context():
+        state = run.init(init_from=False)
+        data = run.global_batch(synthetic_batch(run.task, config.batch_size))
         t0 = time.perf_counter()
-        compiled = step.lower(state, data).compile()
+        compiled = run.train_step.lower(state, data).compile()
         row["compile_s"] = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     row["temp_mib"] = getattr(mem, "temp_size_in_bytes", 0) / 2**20 if mem is not None else float("nan")

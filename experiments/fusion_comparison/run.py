@@ -38,14 +38,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import sharding, tasks, train  # noqa: E402
-from mmjax import optimizer as optimizer_lib  # noqa: E402
+from mmjax import train  # noqa: E402
 from mmjax.profile import time_interleaved  # noqa: E402
+from mmjax.run import build_run  # noqa: E402
 
 VARIANTS = ("early", "early_frozen_lm", "deep", "deep_lm")
 LABELS = {"early": "early fusion (projector + LM train)", "early_frozen_lm": "early fusion (projector only)",
@@ -81,15 +80,10 @@ def count(tree, mask=None) -> int:
 
 
 def setup(config):
-    """``(task, mesh, rules, tx, state at step 0 with init_from applied, shardings)``."""
-    task = tasks.get_task(config)
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.sharding)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = train.make_optimizer(config, task)
-        state, shardings = train.init_state(task, tx, config.seed, mesh, rules)
-        state = state.replace(params=train.load_init_from(config, state.params))
-    return task, mesh, rules, tx, state, shardings
+    """``(run, state)``: the variant's run (``build_run``) and the train state it starts from (step 0,
+    ``init_from`` applied)."""
+    run = build_run(config)
+    return run, run.init()
 
 
 def accuracy_curve(name, config, workdir, task, params0, data) -> list[dict]:
@@ -115,18 +109,16 @@ def accuracy_curve(name, config, workdir, task, params0, data) -> list[dict]:
     return curve
 
 
-def profile(name, config, task, mesh, rules, tx, state, shardings) -> tuple[dict, callable]:
+def profile(name, run, state) -> tuple[dict, callable]:
     """Sizes, tokens, memory and FLOPs of one variant's compiled train step; and a function running it."""
     from mmjax.models import deep_fusion
 
-    trainable = optimizer_lib.trainable(config.optimizer, state.params)
+    config, task = run.config, run.task
     local = next(iter(task.train_loader(config.batch_size, config.seed)))
-    batch = sharding.global_batch(local, mesh, rules)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        step = jax.jit(train.make_train_step(task, tx, config.seed, trainable), in_shardings=(shardings, None),
-                       out_shardings=(shardings, None), donate_argnums=0)
+    batch = run.global_batch(local)
+    with run.context():
         t0 = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
+        compiled = run.train_step.lower(state, batch).compile()
         compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -136,7 +128,7 @@ def profile(name, config, task, mesh, rules, tx, state, shardings) -> tuple[dict
     tokens = np.asarray(local["tokens"])
     row = {
         "variant": name,
-        "trainable_params": count(state.params, trainable),
+        "trainable_params": count(state.params, run.trainable),
         "total_params": count(state.params),
         "lm_positions_per_image": task.num_image_tokens,  # [IMG] positions one image takes in the LM's input
         "visual_tokens_per_image": visual or task.num_image_tokens,  # what the text attends to, per image
@@ -264,11 +256,11 @@ def main(argv: list[str]) -> int:
         if not (os.path.exists(os.path.join(workdir, "results.json")) and
                 os.path.isdir(os.path.join(workdir, "checkpoints", str(args.steps)))):
             train.train_and_evaluate(config, workdir)  # else finished and evaluated before: reuse it
-        task, mesh, rules, tx, state, shardings = setup(config)
-        data = pipeline.load_split(config.data, config.eval.split, tokenizer=task.tokenizer,
+        run, state = setup(config)
+        data = pipeline.load_split(config.data, config.eval.split, tokenizer=run.task.tokenizer,
                                    max_examples=args.eval_images)
-        curves += accuracy_curve(name, config, workdir, task, state.params, data)
-        row, run_step = profile(name, config, task, mesh, rules, tx, state, shardings)
+        curves += accuracy_curve(name, config, workdir, run.task, state.params, data)
+        row, run_step = profile(name, run, state)
         with open(os.path.join(workdir, "results.json")) as f:
             results = json.load(f)
         row["caption_bleu4"] = results["caption_bleu4"]

@@ -1,14 +1,15 @@
 """Fast screening of CLIP recipes on the shapes dataset: the train split in memory, the project's task,
-optimizer and train step (``train.make_optimizer``, ``train.make_train_step``), zero-shot on validation
+optimizer and train step (``mmjax.run.build_run``, as training builds them), zero-shot on validation
 (seen pairs) and test (held-out pairs), split by attribute. No Grain, no checkpoints: a screen, not a run.
 
     python experiments/learning/screen.py --steps=300 [--set model.image.stem_channels="(16, 32, 64)" ...]
-        [--captions=random|main:P|short|attr:P] [--grey=P] [--tag NAME]
+        [--captions=random|main:P|short|attr:P] [--grey=P] [--twins=F] [--tag NAME]
 
 --captions: random (one of the record's six captions, as the main job), main:P (the short main-object
 caption with probability P), short ("a <colour> <shape>" of the main object only), attr:P (with
 probability 1-P one of "a <colour> <shape>", "a <shape>", "a <colour> object"); --grey=P: a greyscale image
-with the colour words left out of its caption.
+with the colour words left out of its caption; --twins=F: a fraction F of each batch is pairs of a scene
+and its counterfactual twin (``shapes.twin_scene``: the main object's shape swapped to another seen pair).
 
 Prints one JSON line per run (appended to experiments/learning/results/screen.jsonl).
 """
@@ -26,13 +27,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from mmjax import train as train_lib  # noqa: E402
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import sharding, tasks  # noqa: E402
 from mmjax.data import pipeline, shapes  # noqa: E402
 from mmjax.evaluate import zero_shot, retrieval  # noqa: E402
 from mmjax.evaluate import contrastive  # noqa: E402
 from mmjax.evaluate.contrastive import batched  # noqa: E402
+from mmjax.run import build_run  # noqa: E402
 
 
 def load_config(spec, sets):
@@ -53,6 +53,24 @@ def report(row: dict, name: str) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def _mask_negatives(task):
+    """Diagnostic: the softmax loss over the allowed pairs only (``batch["allowed"]``, [B, B], True on the
+    diagonal): a negative left out neither pushes nor pulls. One device, no hard negatives."""
+    import jax.numpy as jnp
+    import optax
+
+    def loss(params, batch, rng):
+        out, _ = task.model.apply({"params": params}, batch["image"], batch["text"])
+        logits = out["logit_scale"] * out["image"] @ out["text"].T
+        logits = jnp.where(batch["allowed"], logits, -1e9)
+        labels = jnp.arange(logits.shape[0])
+        ce = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+              + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+        return ce, {"logit_scale": out["logit_scale"]}
+
+    task.loss = loss
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/clip_shapes.py")
@@ -61,10 +79,23 @@ def main():
     ap.add_argument("--captions", default="random")
     ap.add_argument("--tag", default="")
     ap.add_argument("--grey", type=float, default=0.0, help="probability of a greyscale image, colour words dropped")
+    ap.add_argument("--negatives", default="all", choices=("all", "dedupe", "share"),
+                    help="diagnostic (main-object labels): which in-batch pairs are negatives: all; all but "
+                         "those with the same main object; only those sharing its colour or its shape")
+    ap.add_argument("--extra-short", action="store_true",
+                    help="each image also gets its record's short caption as text_short (the task's second "
+                         "loss; loss.short_negatives applies to it)")
+    ap.add_argument("--twins", type=float, default=0.0,
+                    help="fraction of each batch that is pairs (scene, its twin with the main shape swapped)")
     a = ap.parse_args()
+    if a.grey and a.twins:
+        ap.error("--grey and --twins do not combine (the grey rows would replace the twins)")
     c = load_config(a.config, a.set)
     c.total_steps = a.steps
-    task = tasks.get_task(c)
+    run = build_run(c)
+    if a.negatives != "all":
+        _mask_negatives(run.task)
+    task = run.task
     tok = task.tokenizer
     t0 = time.time()
     src = pipeline._data_source(c.data, "train")
@@ -88,12 +119,33 @@ def main():
             toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(n, K, -1)
         grey_img = np.repeat((images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
                              .round().astype(np.uint8)[..., None], 3, -1)
+    if a.twins:  # the twin of every training scene, its captions (same kinds, same order) and label
+        twin_img, twin_caps, twin_labels = [], [], []
+        for i in range(n):
+            rng_i = np.random.default_rng([c.data.seed, shapes.SPLITS.index("train"), i])
+            scene = shapes.sample_scene(rng_i, "train", c.data.image_size)
+            twin = shapes.twin_scene(scene, rng_i)
+            twin_img.append(shapes.render(twin))
+            twin_caps.append(shapes.captions(twin, rng_i))
+            twin_labels.append(twin.label)
+        twin_img, twin_labels = np.stack(twin_img), np.array(twin_labels)
+        twin_flat = [x for cs in twin_caps for x in cs]
+        twin_toks = tok.tokenize(twin_flat, c.data.max_len).reshape(n, K, -1)
+        twin_toks_f = tok.tokenize([shapes.flip_text(x) for x in twin_flat], c.data.max_len).reshape(n, K, -1)
+    if a.extra_short:  # the record's short caption (captions[SHORT_CAPTION]); it never names a side
+        toks_short = tok.tokenize([cs[shapes.SHORT_CAPTION] for cs in caps], c.data.max_len)
+        if a.twins:
+            twin_short = tok.tokenize([cs[shapes.SHORT_CAPTION] for cs in twin_caps], c.data.max_len)
     load_s = time.time() - t0
 
     if a.captions == "short":  # diagnostic: the class name alone, "a red star"
         short = tok.tokenize([f"a {shapes.CLASS_NAMES[y]}" for y in labels], c.data.max_len)
         toks = np.repeat(short[:, None], K, 1)
         toks_f = toks
+        if a.twins:
+            twin_toks = np.repeat(tok.tokenize([f"a {shapes.CLASS_NAMES[y]}" for y in twin_labels],
+                                               c.data.max_len)[:, None], K, 1)
+            twin_toks_f = twin_toks
     kind, _, p = a.captions.partition(":")
     probs = np.full(K, 1.0 / K)
     if kind == "attr":  # diagnostic: main object "a c s" / "a s" / "a c object", mixed with the record's
@@ -112,11 +164,9 @@ def main():
         probs = np.full(K, (1 - float(p)) / (K - 1))
         probs[K - 1] = float(p)
 
-    tx = train_lib.make_optimizer(c, task)
-    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    with jax.set_mesh(mesh):
-        state, _ = train_lib.init_state(task, tx, c.seed, mesh, sharding.logical_rules(c.sharding))
-        step = jax.jit(train_lib.make_train_step(task, tx, c.seed), donate_argnums=0)
+    with run.context():
+        state = run.init()
+        step = run.train_step
         rng = np.random.default_rng(c.seed)
         B = c.batch_size
         losses = []
@@ -128,6 +178,13 @@ def main():
             img = images[idx].copy()
             img[flip] = img[flip, :, ::-1]
             txt = np.where(flip[:, None], toks_f[idx, which], toks[idx, which])
+            if a.twins:  # the last k rows become the twins of the k rows before them (same flip, caption kind)
+                k = int(round(a.twins * B / 2))
+                src_rows = np.arange(B - 2 * k, B - k)
+                j, w, f = idx[src_rows], which[src_rows], flip[src_rows]
+                img[B - k:] = np.where(f[:, None, None, None], twin_img[j][:, :, ::-1], twin_img[j])
+                w = np.minimum(w, twin_toks.shape[1] - 1)
+                txt[B - k:] = np.where(f[:, None], twin_toks_f[j, w], twin_toks[j, w])
             if a.grey:
                 g = rng.random(B) < a.grey
                 gi = grey_img[idx]
@@ -137,13 +194,30 @@ def main():
                 gt = np.where(flip[:, None], toks_gf[idx, gw], toks_g[idx, gw])
                 txt = np.where(g[:, None], gt, txt)
             batch = {"image": pipeline.normalize(img), "text": txt.astype(np.int32)}
+            if a.extra_short:
+                short_rows = toks_short[idx]
+                if a.twins:
+                    short_rows[B - k:] = twin_short[j]
+                batch["text_short"] = short_rows.astype(np.int32)  # no side words: the same when flipped
+            if a.negatives != "all":
+                y = labels[idx]
+                if a.twins:
+                    y[B - k:] = twin_labels[j]
+                col, shp = y // 6, y % 6
+                same_c, same_s = col[:, None] == col[None], shp[:, None] == shp[None]
+                allowed = ~(same_c & same_s) if a.negatives == "dedupe" else same_c != same_s
+                if kind == "main":  # the rule among the short main-object captions; long ones among themselves
+                    short = which == K - 1
+                    allowed = np.where(short[:, None] & short[None], allowed, ~short[:, None] & ~short[None])
+                batch["allowed"] = allowed | np.eye(B, dtype=bool)
             state, m = step(state, batch)
             if s % 25 == 0 or s == a.steps - 1:
                 losses.append(float(m["loss"]))
         jax.block_until_ready(state)
         train_s = time.time() - t1
         params = state.params
-        res = dict(tag=a.tag, sets=a.set, captions=a.captions, grey=a.grey, steps=a.steps, load_s=round(load_s, 1),
+        res = dict(tag=a.tag, sets=a.set, captions=a.captions, grey=a.grey, twins=a.twins, negatives=a.negatives,
+                   extra_short=a.extra_short, steps=a.steps, load_s=round(load_s, 1),
                    train_s=round(train_s, 1), ms_step=round(1000 * train_s / a.steps, 1),
                    loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
         enc_i = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_image")[0])

@@ -29,7 +29,6 @@ import re  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
-import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -37,8 +36,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from mmjax import config as config_lib  # noqa: E402
-from mmjax import models, profile, sharding, tasks, train  # noqa: E402
+from mmjax import models, profile, sharding  # noqa: E402
 from mmjax.profile import time_interleaved  # noqa: E402
+from mmjax.run import build_run  # noqa: E402
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
@@ -137,40 +137,22 @@ def analytic_train_flops(model_cfg: dict, batch: int) -> float:
 def measure(args, strategy: str, mesh_cfg: dict):
     """Compile and analyse one strategy; returns ``(row, run_step)`` (``run_step`` None with --no-time)."""
     config = make_config(args.model, strategy, mesh_cfg, args.batch, args.dtype)
-    task = tasks.get_task(config)
-    mesh = sharding.make_mesh(config.mesh)
-    rules = sharding.logical_rules(config.sharding)
-    dp = sharding.data_parallel_size(mesh, rules)
+    run = build_run(config)
+    dp = sharding.data_parallel_size(run.mesh, run.rules)
     if args.batch % dp:
         raise SystemExit(f"error: --batch {args.batch} is not divisible by {strategy}'s data-parallel size {dp}")
-    device = mesh.devices.flat[0]
-    row = {"strategy": strategy, "batch_axes": "x".join(sharding.batch_axes(rules)) or "-"}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        tx = train.make_optimizer(config, task)
-        batch_sh = sharding.batch_sharding(mesh, rules)
+    device = run.mesh.devices.flat[0]
+    row = {"strategy": strategy, "batch_axes": "x".join(sharding.batch_axes(run.rules)) or "-"}
+    with run.context():
         if args.no_time:  # compile from shapes only: nothing is allocated
-            def init(rng):
-                params = task.init(rng)
-                return train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                                        opt_state=tx.init(params))
-
-            abstract = jax.eval_shape(init, jax.random.key(0))
-            shardings = sharding.tree_shardings(abstract, mesh, rules)
-            boxed = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
-            state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.value.shape if boxed(x) else x.shape,
-                                                                   x.value.dtype if boxed(x) else x.dtype,
-                                                                   sharding=s),
-                                 abstract, shardings, is_leaf=boxed)
-            batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
-                     for k, v in task.batch_spec(args.batch).items()}
+            state = run.abstract
+            batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding)
+                     for k, v in run.task.batch_spec(args.batch).items()}
         else:
-            state, shardings = train.init_state(task, tx, config.seed, mesh, rules)
-            local = synthetic_batch(task, args.batch, config.model.text.vocab_size)
-            batch = sharding.global_batch(local, mesh, rules)
-        step = jax.jit(train.make_train_step(task, tx, config.seed), in_shardings=(shardings, batch_sh),
-                       out_shardings=(shardings, None), donate_argnums=0)
+            state = run.init(init_from=False)
+            batch = run.global_batch(synthetic_batch(run.task, args.batch, config.model.text.vocab_size))
         t0 = time.perf_counter()
-        compiled = step.lower(state, batch).compile()
+        compiled = run.train_step.lower(state, batch).compile()
         row["compile_s"] = time.perf_counter() - t0
 
     row["param_bytes"] = device0_bytes(state.params, device)

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-from mmjax.train import last_logged_step
+from mmjax.metrics_log import last_logged_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
