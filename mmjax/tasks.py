@@ -26,10 +26,11 @@ class ContrastiveTask:
     """CLIP (softmax) or SigLIP (sigmoid) image-text contrastive training on an image/caption dataset.
 
     ``config.loss = dict(kind="softmax" | "sigmoid", impl="gather" | "ring", negatives=...,
-    short_negatives=...)``; under a mesh the loss runs sharded over the batch axes (see ``mmjax.losses``).
-    A batch with ``text_short`` (``data.extra_short_caption``: each image's caption naming its main object
-    alone, besides ``text``) adds that pairing's loss; the loss is the mean of both. ``negatives`` (for
-    ``text``) and ``short_negatives`` (for ``text_short``): "all" (every other caption of the batch) or
+    short_negatives=..., short_weight=...)``; under a mesh the loss runs sharded over the batch axes (see
+    ``mmjax.losses``). A batch with ``text_short`` (``data.extra_short_caption``: each image's caption
+    naming its main object alone, besides ``text``) adds that pairing's loss with weight ``short_weight``
+    (``text``'s loss: ``1 - short_weight``). ``negatives`` (for ``text``) and ``short_negatives`` (for
+    ``text_short``): "all" (every other caption of the batch) or
     "minimal_pairs" (a caption naming one object is contrasted only with captions that differ from it in
     exactly one attribute: ``losses.minimal_pair_mask`` over the dataset's ``attribute_words``).
     """
@@ -56,6 +57,9 @@ class ContrastiveTask:
             if value == "minimal_pairs" and self.loss_kind != "softmax":
                 raise ConfigError(f"config.loss.{key}='minimal_pairs' is only implemented for loss.kind="
                                   f"'softmax'; set loss.{key}='all'")
+        self.short_weight = float(loss_cfg.get("short_weight", 0.5))
+        if not 0 <= self.short_weight <= 1:
+            raise ConfigError(f"config.loss.short_weight={self.short_weight} is not a weight in [0, 1]")
         self.model = models.build(config.model, config.dtype)
         from mmjax.data import tokenizer as tok_lib  # lazy: the data stack, only where a task needs it
 
@@ -124,12 +128,13 @@ class ContrastiveTask:
             negatives, _ = self.model.apply({"params": params}, batch["text_neg"], method="encode_text")
         loss, metrics = losses.contrastive_loss(self.loss_kind, out, negatives, impl=self.loss_impl,
                                                 negative_mask=self._mask(batch["text"], "negatives"))
-        if "text_short" in batch:  # a second caption per image, the main object alone: its own loss, averaged
+        if "text_short" in batch:  # a second caption per image, the main object alone: its own loss
             short, _ = self.model.apply({"params": params}, batch["text_short"], method="encode_text")
+            image = out.get("image_object", out["image"])  # the object head, where the model has one
             short_loss, short_metrics = losses.contrastive_loss(
-                self.loss_kind, dict(out, text=short), impl=self.loss_impl,
+                self.loss_kind, dict(out, image=image, text=short), impl=self.loss_impl,
                 negative_mask=self._mask(batch["text_short"], "short_negatives"))
-            loss = (loss + short_loss) / 2
+            loss = (1 - self.short_weight) * loss + self.short_weight * short_loss
             metrics.update({f"short_{k}": v for k, v in short_metrics.items()})
         metrics["logit_scale"] = out["logit_scale"]
         if "logit_bias" in out:

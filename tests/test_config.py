@@ -106,8 +106,8 @@ def test_minimal_pairs_leave_pairs_differing_in_both_attributes_out_of_the_loss(
     both, metrics = task.loss(params, dict(batch, text_short=short), None)
     short_emb, _ = task.model.apply({"params": params}, short, method="encode_text")
     mask = np.asarray(losses.minimal_pair_mask(short, task.attribute_ids))
-    expected = (task_all.loss(params, batch, None)[0] + losses.softmax_contrastive_loss(
-        out["image"], short_emb, out["logit_scale"], negative_mask=mask)[0]) / 2
+    expected = (task_all.loss(params, batch, None)[0] + losses.softmax_contrastive_loss(  # the object head's
+        out["image_object"], short_emb, out["logit_scale"], negative_mask=mask)[0]) / 2  # embedding
     np.testing.assert_allclose(both, expected, rtol=1e-6)
     assert "short_i2t_acc" in metrics
 

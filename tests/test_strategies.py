@@ -9,13 +9,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import assert_grads_close, step_with_grads
 from jax.sharding import PartitionSpec as P
 
 from mmjax import config as config_lib
 from mmjax import sharding, train
 from mmjax.checkpoint import Checkpointer
 from mmjax.run import build_run
-from helpers import assert_grads_close, step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +43,12 @@ def synthetic_batches(task, n, batch_size=32):
     for _ in range(n):
         text = rng.integers(4, 40, spec["text"].shape).astype(np.int32)
         text[:, 0], text[:, 12] = 1, 2  # BOS ... EOT
-        out.append({"image": rng.uniform(-1, 1, spec["image"].shape).astype(np.float32), "text": text})
+        batch = {"image": rng.uniform(-1, 1, spec["image"].shape).astype(np.float32), "text": text}
+        if task.config.data.get("extra_short_caption"):  # two words of 4..40: some are minimal pairs
+            short = np.zeros_like(text)
+            short[:, 0], short[:, 1:3], short[:, 3] = 1, rng.integers(4, 40, (batch_size, 2)), 2
+            batch["text_short"] = short
+        out.append(batch)
     return out
 
 
@@ -75,8 +80,9 @@ def assert_trained_alike(got, want):
     np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["grad_norms"], want["grad_norms"], rtol=1e-5)
     assert_grads_close(got["grads"], want["grads"])
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
-                 got["params"], want["params"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got["params"], want["params"]
+    )
     # every parameter trained (Adam's steps are about lr = 2e-3), except the attention key biases: softmax
     # over the keys ignores a shift that is the same for every key, so their gradient is zero up to rounding
     moved = {k: float(np.abs(v - flat(want["initial"])[k]).max()) for k, v in flat(want["params"]).items()}
@@ -85,8 +91,10 @@ def assert_trained_alike(got, want):
 
 @pytest.fixture(scope="module")
 def single_device():
-    return {file: run_steps(config(mesh=dict(data=1, fsdp=1, tensor=1), file=file), devices=jax.devices()[:1])
-            for file in ("clip_shapes", "siglip_shapes")}
+    return {
+        file: run_steps(config(mesh=dict(data=1, fsdp=1, tensor=1), file=file), devices=jax.devices()[:1])
+        for file in ("clip_shapes", "siglip_shapes")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -123,20 +131,50 @@ TOKENS = "params/text/token_embed/embedding"  # (vocab, embed)
 LN = "params/text/ln_final/scale"  # (embed,)
 SCALE = "params/logit_scale"  # ()
 EXPECTED = {
-    "dp": {QKV: P(None, None, None), QKV_BIAS: P(None, None), FC1: P(None, None), FC2: P(None, None),
-           TOKENS: P(None, None), LN: P(None), SCALE: P()},
-    "fsdp": {QKV: P("fsdp", None, None), QKV_BIAS: P(None, "fsdp"),  # 2 heads: fsdp=8 splits kv
-             FC1: P("fsdp", None), FC2: P("fsdp", None), TOKENS: P("fsdp", None), LN: P("fsdp"), SCALE: P()},
-    "tp": {QKV: P(None, "tensor", None), QKV_BIAS: P("tensor", None), FC1: P(None, "tensor"),
-           FC2: P("tensor", None), TOKENS: P("tensor", None), LN: P(None), SCALE: P()},
-    "fsdp_tp": {QKV: P("fsdp", "tensor", None), QKV_BIAS: P("tensor", "fsdp"), FC1: P("fsdp", "tensor"),
-                FC2: P("tensor", "fsdp"), TOKENS: P("tensor", "fsdp"), LN: P("fsdp"), SCALE: P()},
+    "dp": {
+        QKV: P(None, None, None),
+        QKV_BIAS: P(None, None),
+        FC1: P(None, None),
+        FC2: P(None, None),
+        TOKENS: P(None, None),
+        LN: P(None),
+        SCALE: P(),
+    },
+    "fsdp": {
+        QKV: P("fsdp", None, None),
+        QKV_BIAS: P(None, "fsdp"),  # 2 heads: fsdp=8 splits kv
+        FC1: P("fsdp", None),
+        FC2: P("fsdp", None),
+        TOKENS: P("fsdp", None),
+        LN: P("fsdp"),
+        SCALE: P(),
+    },
+    "tp": {
+        QKV: P(None, "tensor", None),
+        QKV_BIAS: P("tensor", None),
+        FC1: P(None, "tensor"),
+        FC2: P("tensor", None),
+        TOKENS: P("tensor", None),
+        LN: P(None),
+        SCALE: P(),
+    },
+    "fsdp_tp": {
+        QKV: P("fsdp", "tensor", None),
+        QKV_BIAS: P("tensor", "fsdp"),
+        FC1: P("fsdp", "tensor"),
+        FC2: P("tensor", "fsdp"),
+        TOKENS: P("tensor", "fsdp"),
+        LN: P("fsdp"),
+        SCALE: P(),
+    },
 }
 
 
 def flat(tree):
-    return {"/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): v
-            for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): v
+        for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 @pytest.mark.parametrize("strategy", list(MESHES))
@@ -167,8 +205,9 @@ def test_fsdp_divides_state_memory_by_device_count(runs):
 
 
 def test_custom_rules_and_bad_rules():
-    rules = sharding.logical_rules(ml_collections.ConfigDict(dict(rules=[["batch", ["data", "fsdp"]],
-                                                                         ["embed", "fsdp"]])))
+    rules = sharding.logical_rules(
+        ml_collections.ConfigDict(dict(rules=[["batch", ["data", "fsdp"]], ["embed", "fsdp"]]))
+    )
     assert rules == (("batch", ("data", "fsdp")), ("embed", "fsdp"))
     with pytest.raises(config_lib.ConfigError, match="names mesh axis 'model'; the mesh axes are data, fsdp"):
         sharding.logical_rules(ml_collections.ConfigDict(dict(rules=[["mlp", "model"]])))
@@ -184,21 +223,30 @@ def test_param_spec_skips_axes_that_do_not_divide():
 
 
 def test_checkpoint_moves_between_meshes(tmp_path, runs):
-    """fsdp=8 -> data=2 x fsdp=4 (fsdp_tp) -> one device: the values survive, the placement is the target's."""
+    """fsdp=8 -> data=2 x fsdp=4 (fsdp_tp) -> one device: the values survive, the placement is the
+    target's."""
     saved = runs("fsdp")["state"]
     ckpt = Checkpointer(str(tmp_path / "ckpt"), async_save=False)
     ckpt.save(3, saved)
     ckpt.wait()
     expected = jax.device_get(saved)
-    for cfg, devices in [(config("fsdp_tp", dict(data=2, fsdp=4, tensor=1)), None),
-                         (config("dp", dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1])]:
+    for cfg, devices in [
+        (config("fsdp_tp", dict(data=2, fsdp=4, tensor=1)), None),
+        (config("dp", dict(data=1, fsdp=1, tensor=1)), jax.devices()[:1]),
+    ]:
         run = build_run(cfg, mesh=sharding.make_mesh(cfg.mesh, devices))
         target, shardings = run.abstract, run.shardings
         restored = ckpt.restore(3, target)
         assert int(restored.step) == 3
         jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), expected)
-        jax.tree.map(lambda x, s: (x.sharding.spec, x.sharding.mesh.shape) == (s.spec, s.mesh.shape) or
-                     pytest.fail(f"{x.sharding} != {s}"), restored, shardings)
+        jax.tree.map(
+            lambda x, s: (
+                (x.sharding.spec, x.sharding.mesh.shape) == (s.spec, s.mesh.shape)
+                or pytest.fail(f"{x.sharding} != {s}")
+            ),
+            restored,
+            shardings,
+        )
     ckpt.close()
 
 
@@ -213,5 +261,6 @@ def test_train_command_logs_the_same_losses_under_fsdp_tp_and_dp(tmp_path):
             runs[strategy] = [json.loads(line) for line in f]
     assert len(runs["dp"]) == 5
     for key in ("loss", "grad_norm"):  # (the gradient's scale, which Adam's update does not show)
-        np.testing.assert_allclose([r[key] for r in runs["fsdp_tp"]], [r[key] for r in runs["dp"]], rtol=1e-5,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            [r[key] for r in runs["fsdp_tp"]], [r[key] for r in runs["dp"]], rtol=1e-5, err_msg=key
+        )

@@ -221,6 +221,7 @@ def main():
                    train_s=round(train_s, 1), ms_step=round(1000 * train_s / a.steps, 1),
                    loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
         enc_i = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_image")[0])
+        enc_o = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_image_object")[0])
         enc_t = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_text")[0])
         names = pipeline.class_names(c.data)
         cls = zero_shot.class_embeddings(lambda t: batched(enc_t, t, 250),
@@ -229,7 +230,7 @@ def main():
         for split in ("validation", "test"):
             d = pipeline.load_split(c.data, split, tokenizer=tok, max_examples=1000)
             ie = batched(enc_i, d["image"], 250)
-            zs = contrastive.zero_shot_metrics(ie @ cls.T, d["label"], names)  # as results.json has them
+            zs = contrastive.zero_shot_metrics(batched(enc_o, d["image"], 250) @ cls.T, d["label"], names)  # as results.json has them
             for key, name in (("top1", "top1"), ("colour", "colour_accuracy"), ("shape", "shape_accuracy")):
                 res[f"{split}_{key}"] = round(zs[name] * 100, 1)
             if split == "test":

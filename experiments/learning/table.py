@@ -9,8 +9,10 @@ COLUMNS = ("validation_top1", "validation_shape", "test_top1", "test_colour", "t
 
 def recipe(row: dict) -> str:
     sets = " ".join(s.replace("model.", "") for s in row["sets"])
-    grey = f" grey={row['grey']}" if row.get("grey") else ""
-    return f"`{row['captions']}{grey}` {sets}".strip()
+    extras = "".join(f" {key}={row[key]}" for key in ("grey", "twins") if row.get(key))
+    extras += f" negatives={row['negatives']}" if row.get("negatives", "all") != "all" else ""
+    extras += " +short" if row.get("extra_short") else ""
+    return f"`{row['captions']}{extras}` {sets}".strip()
 
 
 def main(path: str) -> None:

@@ -56,7 +56,9 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     apply = lambda method: jax.jit(  # noqa: E731
         lambda x: task.model.apply({"params": params}, x, method=method)[0])
     encode_image, encode_text = apply("encode_image"), apply("encode_text")
+    encode_object = apply("encode_image_object")  # zero-shot prompts name one object (models' object head)
     image_emb = batched(encode_image, data["image"], bs)
+    object_emb = batched(encode_object, data["image"], bs) if task.config.model.get("object_head") else image_emb
     text_emb = batched(encode_text, data["text"], bs)
 
     class_names = list(data["class_names"])
@@ -64,7 +66,7 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
         lambda t: batched(encode_text, t, bs),
         lambda texts: task.tokenizer.tokenize(texts, cfg.data.max_len),
         class_names, pipeline.prompt_templates(cfg.data))
-    logits = image_emb @ class_emb.T
+    logits = object_emb @ class_emb.T
     labels = np.asarray(data["label"])
     zs = zero_shot_metrics(logits, labels, class_names)
     results = {
@@ -83,7 +85,7 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
         also = "validation"
     if also:
         other = pipeline.load_split(cfg.data, also, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples)
-        other_logits = batched(encode_image, other["image"], bs) @ class_emb.T
+        other_logits = batched(encode_object, other["image"], bs) @ class_emb.T
         for k, v in zero_shot_metrics(other_logits, np.asarray(other["label"]), class_names).items():
             results[f"{also}_zero_shot_{k}"] = v
     results.update(retrieval.retrieval_metrics(image_emb, text_emb, keys=data["caption"]))

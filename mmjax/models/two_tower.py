@@ -5,6 +5,12 @@ learned temperature (and, for SigLIP, a learned bias).
 "logit_scale": [], "logit_bias": [] (SigLIP only)}``; embeddings are L2-normalised float32.
 ``encode_image`` / ``encode_text`` run one tower (use them with ``model.apply(..., method=...)``).
 
+``object_head=True`` adds a second image projection, ``out["image_object"]`` (``encode_image_object``):
+the embedding that texts naming one object are scored against -- the short captions of
+``data.extra_short_caption`` in training, the zero-shot prompts in evaluation -- while ``out["image"]``
+stays the one for whole-scene captions (retrieval). Without it ``encode_image_object`` is
+``encode_image``.
+
 ``image_projection=False`` (SigLIP) uses the image tower's pooled output itself (then ``embed_dim`` must
 equal its width); ``text_proj_bias=True`` (SigLIP's text head) gives the text projection a bias.
 
@@ -39,6 +45,7 @@ class TwoTower(nn.Module, kw_only=True):
     dtype: layers.Dtype = jnp.float32
     image_projection: bool = True  # False: no image projection (SigLIP)
     text_proj_bias: bool = False  # True: the text projection has a bias (SigLIP)
+    object_head: bool = False  # True: a second image projection for texts that name one object
 
     def setup(self):
         proj = lambda name, bias=False: nn.Dense(  # noqa: E731
@@ -47,6 +54,8 @@ class TwoTower(nn.Module, kw_only=True):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("proj",)))
         if self.image_projection:
             self.image_proj = proj("image_proj")
+        if self.object_head:
+            self.image_proj_object = proj("image_proj_object")
         self.text_proj = proj("text_proj", self.text_proj_bias)
         self.logit_scale = self.param(
             "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(self.temperature_init)), ()),
@@ -55,22 +64,36 @@ class TwoTower(nn.Module, kw_only=True):
             self.logit_bias = self.param(
                 "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(self.bias_init), ()), ())
 
+    def _project_image(self, pooled):
+        return _l2_normalize(self.image_proj(pooled) if self.image_projection else pooled)
+
+    def _project_object(self, pooled):
+        return _l2_normalize(self.image_proj_object(pooled)) if self.object_head else self._project_image(pooled)
+
     def encode_image(self, images):
         pooled, extras = self.image(images)
-        return _l2_normalize(self.image_proj(pooled) if self.image_projection else pooled), extras
+        return self._project_image(pooled), extras
+
+    def encode_image_object(self, images):
+        """The image embedding to compare with texts that name one object (zero-shot prompts, the short
+        captions): the object head's projection, or ``encode_image``'s where there is none."""
+        pooled, extras = self.image(images)
+        return self._project_object(pooled), extras
 
     def encode_text(self, tokens):
         pooled, extras = self.text(tokens)
         return _l2_normalize(self.text_proj(pooled)), extras
 
     def __call__(self, images, tokens):
-        img, img_extras = self.encode_image(images)
+        pooled, img_extras = self.image(images)
         txt, txt_extras = self.encode_text(tokens)
         out = {
-            "image": img,
+            "image": self._project_image(pooled),
             "text": txt,
             "logit_scale": jnp.exp(jnp.minimum(self.logit_scale, math.log(self.max_scale))),
         }
+        if self.object_head:
+            out["image_object"] = self._project_object(pooled)
         if self.bias_init is not None:
             out["logit_bias"] = self.logit_bias
         return out, {"image": img_extras, "text": txt_extras}

@@ -88,6 +88,23 @@ def test_temperature_is_clipped_at_max_scale(tiny):
     np.testing.assert_allclose(out["logit_scale"], 100.0, rtol=1e-6)
 
 
+def test_object_head_is_a_second_image_projection(tiny):
+    model, params, images, tokens = tiny
+    plain, _ = model.apply({"params": params}, images, method="encode_image_object")  # no head: encode_image
+    np.testing.assert_array_equal(plain, model.apply({"params": params}, images, method="encode_image")[0])
+    two = models.build(dict(TINY, object_head=True))
+    p2 = nn.unbox(two.init(jax.random.key(0), images, tokens)["params"])
+    assert p2["image_proj_object"]["kernel"].shape == p2["image_proj"]["kernel"].shape
+    out, _ = two.apply({"params": p2}, images, tokens)
+    obj, _ = two.apply({"params": p2}, images, method="encode_image_object")
+    np.testing.assert_allclose(out["image_object"], obj, rtol=1e-6)
+    np.testing.assert_allclose(jnp.linalg.norm(obj, axis=-1), 1, atol=1e-5)
+    assert not np.allclose(obj, out["image"], atol=1e-3)  # its own projection
+    # only the object embedding reaches the object head
+    g = jax.grad(lambda p: two.apply({"params": p}, images, tokens)[0]["image"].sum())(p2)
+    assert float(jnp.abs(g["image_proj_object"]["kernel"]).sum()) == 0
+
+
 def test_siglip_bias_parameter():
     model = models.build(dict(TINY, bias_init=-10.0, temperature_init=10.0))
     out, _ = model.apply(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32)),
