@@ -55,8 +55,9 @@ def get_config(arg=None):
     # captions keep the model from learning "red things are never circles" from the held-out pairs'
     # absence: held-out zero-shot 26.6 -> 53 %, i2t R@1 59.6 -> 52 % (docs/learning.md; short_weight=0.35:
     # 47 % and 56 %).
-    c.loss = dict(kind="softmax", impl="gather", negatives="all", short_negatives="minimal_pairs",
-                  short_weight=0.5)
+    c.loss = dict(
+        kind="softmax", impl="gather", negatives="all", short_negatives="minimal_pairs", short_weight=0.5
+    )
     c.data = common.shapes_data(
         tiny,
         max_len=32,
@@ -69,7 +70,10 @@ def get_config(arg=None):
         hard_negatives=False,
     )
     c.optimizer = common.adamw(
-        lr=2e-3, eps=1e-6, weight_decay=0.1, warmup_steps=5 if tiny else 50,
+        lr=2e-3,
+        eps=1e-6,
+        weight_decay=0.1,
+        warmup_steps=5 if tiny else 50,
         # Decay matrices and embeddings only (not biases, norms, temperature), as in CLIP.
         weight_decay_regex=(r".*/kernel", r".*/embedding"),
     )

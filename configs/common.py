@@ -58,8 +58,10 @@ def _display_name(config_file):
 
 
 def _usage(allowed):
-    forms = [name if default is False else f"{name}={'|'.join(map(str, default))}"
-             for name, default in allowed.items()]
+    forms = [
+        name if default is False else f"{name}={'|'.join(map(str, default))}"
+        for name, default in allowed.items()
+    ]
     if len(forms) == 1:
         return f"use no argument or ':{forms[0]}'"
     return "use no argument or a comma-separated list of " + ", ".join(f"'{f}'" for f in forms)
@@ -84,14 +86,35 @@ def distributed():
     return dict(coordinator_address=None, num_processes=None, process_id=None)
 
 
-def adamw(*, lr, warmup_steps, eps, weight_decay, weight_decay_regex, freeze_regex=(), b1=0.9, b2=0.98,
-          end_lr_factor=0.0, grad_clip_norm=1.0):
+def adamw(
+    *,
+    lr,
+    warmup_steps,
+    eps,
+    weight_decay,
+    weight_decay_regex,
+    freeze_regex=(),
+    b1=0.9,
+    b2=0.98,
+    end_lr_factor=0.0,
+    grad_clip_norm=1.0,
+):
     """AdamW with linear warmup and cosine decay to ``end_lr_factor * lr``, gradients clipped to a global
     norm (mmjax/optimizer.py). Weight decay applies to the parameters whose path matches a regex of
     ``weight_decay_regex``; those matching ``freeze_regex`` do not learn."""
-    return dict(name="adamw", lr=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                warmup_steps=warmup_steps, end_lr_factor=end_lr_factor, grad_clip_norm=grad_clip_norm,
-                weight_decay_regex=weight_decay_regex, freeze_regex=freeze_regex)
+    return dict(
+        name="adamw",
+        lr=lr,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        end_lr_factor=end_lr_factor,
+        grad_clip_norm=grad_clip_norm,
+        weight_decay_regex=weight_decay_regex,
+        freeze_regex=freeze_regex,
+    )
 
 
 # ------------------------------------------------------------------------------------- the data
@@ -131,15 +154,22 @@ def vlm_data(tiny, *, caption_prob, images_per_example=1, max_len=64):
 
 def vlm_adamw(tiny, *, freeze_regex):
     """The fusion configs' optimizer; ``freeze_regex`` says which towers stay as loaded."""
-    return adamw(lr=1e-3, eps=1e-8, weight_decay=0.0, warmup_steps=2 if tiny else 30,
-                 weight_decay_regex=(r".*/kernel",), freeze_regex=freeze_regex)
+    return adamw(
+        lr=1e-3,
+        eps=1e-8,
+        weight_decay=0.0,
+        warmup_steps=2 if tiny else 30,
+        weight_decay_regex=(r".*/kernel",),
+        freeze_regex=freeze_regex,
+    )
 
 
 def vlm_eval(tiny):
     """Captioning and VQA on the test split; answer_tokens: the most tokens generated per answer (answers
     are one word + EOT)."""
-    return dict(split="test", num_examples=64 if tiny else 1000, batch_size=64 if tiny else 256,
-                answer_tokens=4)
+    return dict(
+        split="test", num_examples=64 if tiny else 1000, batch_size=64 if tiny else 256, answer_tokens=4
+    )
 
 
 # ----------------------------------------------------------------------------- the tiny variants

@@ -43,8 +43,11 @@ def get_config(arg=None):
         c.model.image.update(common.tiny_tower())
         c.model.lm = common.tiny_lm()
     # the vision tower from the main job's CLIP, the LM from configs/lm_shapes.py (text-only pretraining)
-    c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",),
-                       also=() if tiny else (("runs/lm_shapes", (r"lm/.*",)),))
+    c.init_from = dict(
+        workdir=None if tiny else "runs/clip_shapes",
+        regex=(r"image/.*",),
+        also=() if tiny else (("runs/lm_shapes", (r"lm/.*",)),),
+    )
     # the rows, optimizer and evaluation of configs/llava_shapes.py:stage=2; the vision tower and LM frozen
     c.data = common.vlm_data(tiny, caption_prob=0.15)
     c.optimizer = common.vlm_adamw(tiny, freeze_regex=(r"image/.*", r"lm/.*"))

@@ -27,8 +27,10 @@ def get_config(arg=None):
     opts = common.parse_arg(arg, allowed=dict(stage=(1, 2), tiny=False, pairs=False), config_file=__file__)
     stage, tiny, pairs = opts.stage, opts.tiny, opts.pairs
     if pairs and stage != 2:
-        raise config_lib.ConfigError(f"configs/llava_shapes.py: argument {arg!r}: 'pairs' needs 'stage=2', "
-                                     "whose weights it starts from: use ':stage=2,pairs'")
+        raise config_lib.ConfigError(
+            f"configs/llava_shapes.py: argument {arg!r}: 'pairs' needs 'stage=2', "
+            "whose weights it starts from: use ':stage=2,pairs'"
+        )
     c = ml_collections.ConfigDict()
     c.task = "vlm"
     c.seed = 0

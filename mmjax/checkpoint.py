@@ -33,14 +33,23 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True),
+                max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            ),
         )
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state, data_iterator=None, config: dict | None = None, *, info: dict | None = None,
-             force=False) -> bool:
+    def save(
+        self,
+        step: int,
+        state,
+        data_iterator=None,
+        config: dict | None = None,
+        *,
+        info: dict | None = None,
+        force=False,
+    ) -> bool:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             import grain  # the data stack is only needed when there is an iterator to save
@@ -58,7 +67,9 @@ class Checkpointer:
         import grain
 
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target_state)
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            target_state,
+        )
         items = {"state": ocp.args.StandardRestore(abstract)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -84,7 +95,9 @@ class Checkpointer:
         initial = data_iterator.get_state() if steps and data_iterator is not None else None
         unreadable, found = [], (None, target_state, {})
         for step in steps:
-            for attempt in range(2):  # a second try first: a read can fail for a moment (a network filesystem)
+            for attempt in range(
+                2
+            ):  # a second try first: a read can fail for a moment (a network filesystem)
                 try:
                     found = (step, self.restore(step, target_state, data_iterator), self.restore_info(step))
                     break
@@ -99,18 +112,27 @@ class Checkpointer:
         if jax.process_count() > 1:  # every process must resume from the same step (and see the moves below)
             from jax.experimental import multihost_utils
 
-            steps = set(multihost_utils.process_allgather(np.int32(-1 if found[0] is None else found[0]))
-                        .tolist())
+            steps = set(
+                multihost_utils.process_allgather(np.int32(-1 if found[0] is None else found[0])).tolist()
+            )
             if len(steps) > 1:
-                raise RuntimeError(f"processes found different readable checkpoints {sorted(steps)} in "
-                                   f"{self.directory}; all processes must see the same files")
-        then = f"resuming from {self.directory}/{found[0]}" if found[0] is not None else (
-            "no readable checkpoint remains; starting from scratch")
+                raise RuntimeError(
+                    f"processes found different readable checkpoints {sorted(steps)} in "
+                    f"{self.directory}; all processes must see the same files"
+                )
+        then = (
+            f"resuming from {self.directory}/{found[0]}"
+            if found[0] is not None
+            else ("no readable checkpoint remains; starting from scratch")
+        )
         for step, error in unreadable:
             moved = self._move_aside(step)
             if jax.process_index() == 0:
-                print(f"warning: checkpoint {self.directory}/{step} is unreadable ({_one_line(error)}); {then} "
-                      f"(moved it to {moved})", file=sys.stderr)
+                print(
+                    f"warning: checkpoint {self.directory}/{step} is unreadable ({_one_line(error)}); {then} "
+                    f"(moved it to {moved})",
+                    file=sys.stderr,
+                )
         if unreadable:
             if found[0] is None and data_iterator is not None:  # a failed attempt may have set it
                 data_iterator.set_state(initial)
@@ -127,19 +149,25 @@ class Checkpointer:
         from etils import epath
 
         try:
-            stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory, str(step), "state")).tree
+            stored = (
+                ocp.PyTreeCheckpointHandler().metadata(epath.Path(self.directory, str(step), "state")).tree
+            )
             stored = _shapes_by_path(stored)
         except Exception:  # unreadable metadata: the checkpoint is damaged, not foreign
             return
         wanted = _shapes_by_path(target_state)
         if stored == wanted:
             return
-        keys = sorted(stored.keys() | wanted.keys(), key=lambda k: (not k.startswith("params/"), k))  # params first
+        keys = sorted(
+            stored.keys() | wanted.keys(), key=lambda k: (not k.startswith("params/"), k)
+        )  # params first
         key = next(k for k in keys if stored.get(k) != wanted.get(k))
         there, here = (f"{d[key]}" if key in d else "absent" for d in (stored, wanted))
-        raise ConfigError(f"checkpoint {self.directory}/{step} holds a train state of other shapes than this "
-                          f"config's model and optimizer ({key}: {there} there, {here} here); resume with the "
-                          "config it was written with, or choose another --workdir")
+        raise ConfigError(
+            f"checkpoint {self.directory}/{step} holds a train state of other shapes than this "
+            f"config's model and optimizer ({key}: {there} there, {here} here); resume with the "
+            "config it was written with, or choose another --workdir"
+        )
 
     def _move_aside(self, step: int) -> str:
         """Rename ``step``'s directory to ``<step>.corrupt-<time>`` (process 0 only); return the new path."""
@@ -161,7 +189,7 @@ class Checkpointer:
 def _one_line(error: Exception, limit: int = 160) -> str:
     text = " ".join(str(error).split()) or "no message"
     text = f"{type(error).__name__}: {text}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def init_sources(init_from) -> list[tuple[str, tuple[str, ...]]]:
@@ -190,7 +218,9 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     if step is None:
         step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
     if step is None or not os.path.isdir(os.path.join(directory, str(step))):
-        raise ConfigError(f"init_from: no checkpoint in {source!r}; train that run first or fix init_from.workdir")
+        raise ConfigError(
+            f"init_from: no checkpoint in {source!r}; train that run first or fix init_from.workdir"
+        )
     path = os.path.join(directory, str(step), "state")
     from etils import epath
 
@@ -200,21 +230,36 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     regexes = [re.compile(p) for p in patterns]
     chosen = [k for k in target if any(r.fullmatch(k) for r in regexes)]
     if not chosen:
-        raise ConfigError(f"init_from.regex {tuple(patterns)} matches no parameter of the model; paths look like "
-                          f"{next(iter(target))!r}")
+        raise ConfigError(
+            f"init_from.regex {tuple(patterns)} matches no parameter of the model; paths look like "
+            f"{next(iter(target))!r}"
+        )
     for key in chosen:
         if key not in stored:
-            raise ConfigError(f"init_from: parameter {key!r} is not in checkpoint {path}; narrow init_from.regex")
+            raise ConfigError(
+                f"init_from: parameter {key!r} is not in checkpoint {path}; narrow init_from.regex"
+            )
         if tuple(stored[key].shape) != tuple(target[key].shape):
-            raise ConfigError(f"init_from: parameter {key!r} has shape {tuple(stored[key].shape)} in {path} but "
-                              f"{tuple(target[key].shape)} in the model; make the model sizes match")
+            raise ConfigError(
+                f"init_from: parameter {key!r} has shape {tuple(stored[key].shape)} in {path} but "
+                f"{tuple(target[key].shape)} in the model; make the model sizes match"
+            )
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # for targets without a sharding
-    item = {"params": flax.traverse_util.unflatten_dict(
-        {k: jax.ShapeDtypeStruct(target[k].shape, target[k].dtype, sharding=getattr(target[k], "sharding", None)
-                                 or default) for k in chosen}, sep="/")}
+    item = {
+        "params": flax.traverse_util.unflatten_dict(
+            {
+                k: jax.ShapeDtypeStruct(
+                    target[k].shape, target[k].dtype, sharding=getattr(target[k], "sharding", None) or default
+                )
+                for k in chosen
+            },
+            sep="/",
+        )
+    }
     args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, dtype=x.dtype), item)
-    loaded = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(item, restore_args=args,
-                                                                               partial_restore=True))
+    loaded = ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(item, restore_args=args, partial_restore=True)
+    )
     merged = dict(target, **flax.traverse_util.flatten_dict(loaded["params"], sep="/"))
     return flax.traverse_util.unflatten_dict(merged, sep="/")
 
@@ -223,5 +268,8 @@ def _shapes_by_path(tree) -> dict[str, tuple]:
     """``{"params/image/...": shape}`` for the arrays of ``tree`` (a train state or Orbax's metadata of one:
     attribute, dict and sequence keys all become path parts)."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape)
-            for path, x in leaves if hasattr(x, "shape")}
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape)
+        for path, x in leaves
+        if hasattr(x, "shape")
+    }

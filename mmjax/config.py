@@ -23,7 +23,8 @@ class ConfigError(ValueError):
 
 
 class DataError(RuntimeError):
-    """A problem with the input data (a damaged record, a data-loader worker that died); printed as one line."""
+    """A problem with the input data (a damaged record, a data-loader worker that died); printed as one
+    line."""
 
 
 def _import_path(path: str):
@@ -69,7 +70,9 @@ def _convert(key: str, text: str, current):
         try:
             value = float(text) if isinstance(current, float) else int(text)
         except ValueError:
-            raise ConfigError(f"config key {key!r} expects a {type(current).__name__}, got {text!r}") from None
+            raise ConfigError(
+                f"config key {key!r} expects a {type(current).__name__}, got {text!r}"
+            ) from None
         return value
     if isinstance(current, str):
         return text
@@ -101,7 +104,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
     rest, overrides = [], []
     for arg in argv:
         if arg.startswith("--config."):
-            key, eq, value = arg[len("--config."):].partition("=")
+            key, eq, value = arg[len("--config.") :].partition("=")
             if not eq:
                 raise ConfigError(f"{arg!r} has no value; write --config.{key}=VALUE")
             overrides.append((key, value))

@@ -20,11 +20,19 @@ import jax
 
 from mmjax.config import ConfigError
 
-ENV = {"coordinator_address": "MMJAX_COORDINATOR_ADDRESS", "num_processes": "MMJAX_NUM_PROCESSES",
-       "process_id": "MMJAX_PROCESS_ID"}
+ENV = {
+    "coordinator_address": "MMJAX_COORDINATOR_ADDRESS",
+    "num_processes": "MMJAX_NUM_PROCESSES",
+    "process_id": "MMJAX_PROCESS_ID",
+}
 # Environment variables that mark a Cloud TPU (GKE sets them); on a TPU VM ``import jax`` finds the chips.
-_TPU_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "CLOUD_TPU_TASK_ID", "TPU_ACCELERATOR_TYPE",
-            "MEGASCALE_COORDINATOR_ADDRESS")
+_TPU_ENV = (
+    "TPU_WORKER_HOSTNAMES",
+    "TPU_PROCESS_ADDRESSES",
+    "CLOUD_TPU_TASK_ID",
+    "TPU_ACCELERATOR_TYPE",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
 
 def settings(dist_cfg=None) -> dict:
@@ -75,16 +83,22 @@ def initialize(dist_cfg=None) -> bool:
             return False
         return True
     if address is None:
-        raise ConfigError("num_processes/process_id are set but no coordinator address; set config.distributed."
-                          "coordinator_address (or $MMJAX_COORDINATOR_ADDRESS) to HOST:PORT of process 0")
+        raise ConfigError(
+            "num_processes/process_id are set but no coordinator address; set config.distributed."
+            "coordinator_address (or $MMJAX_COORDINATOR_ADDRESS) to HOST:PORT of process 0"
+        )
     if ":" not in address:
         raise ConfigError(f"coordinator address {address!r} has no port; write HOST:PORT, e.g. 10.0.0.1:1234")
     if count is None or index is None:
-        raise ConfigError("a coordinator address needs num_processes and process_id too; set config.distributed."
-                          "num_processes and .process_id (or $MMJAX_NUM_PROCESSES and $MMJAX_PROCESS_ID)")
+        raise ConfigError(
+            "a coordinator address needs num_processes and process_id too; set config.distributed."
+            "num_processes and .process_id (or $MMJAX_NUM_PROCESSES and $MMJAX_PROCESS_ID)"
+        )
     if count < 1 or not 0 <= index < count:
-        raise ConfigError(f"process_id {index} is outside [0, num_processes={count}); number the processes "
-                          "0 .. num_processes - 1")
+        raise ConfigError(
+            f"process_id {index} is outside [0, num_processes={count}); number the processes "
+            "0 .. num_processes - 1"
+        )
     # JAX raises if a backend is already running (jax.devices(), an array, a jit): call this first.
     jax.distributed.initialize(coordinator_address=address, num_processes=count, process_id=index)
     return True

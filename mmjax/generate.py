@@ -35,7 +35,7 @@ def left_pad(prompts: Sequence[np.ndarray], pad_id: int, width: int | None = Non
     width = max(len(p) for p in prompts) if width is None else width
     out = np.full((len(prompts), width), pad_id, np.int32)
     for row, p in enumerate(prompts):
-        out[row, width - len(p):] = p
+        out[row, width - len(p) :] = p
     return out
 
 
@@ -72,8 +72,18 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
 
 
-def make_generate(model, *, max_new_tokens: int, eos_id: int, pad_id: int, banned_ids: Sequence[int] = (),
-                  temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, use_cache: bool = True):
+def make_generate(
+    model,
+    *,
+    max_new_tokens: int,
+    eos_id: int,
+    pad_id: int,
+    banned_ids: Sequence[int] = (),
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    use_cache: bool = True,
+):
     """A jitted ``generate(params, images, prompts, rng) -> int32 [B, max_new_tokens]``."""
     check_sampling(temperature, top_k, top_p)
     if max_new_tokens < 1:

@@ -89,8 +89,9 @@ def minimal_pair_mask(tokens, groups):
     return eye | (both_single & (differs == 1)) | neither
 
 
-def softmax_contrastive_loss(image_emb, text_emb, logit_scale, hard_negative_emb=None, negative_mask=None, *,
-                             axis_name=None):
+def softmax_contrastive_loss(
+    image_emb, text_emb, logit_scale, hard_negative_emb=None, negative_mask=None, *, axis_name=None
+):
     """Symmetric InfoNCE (CLIP) loss; returns ``(loss, metrics)`` with in-batch accuracies.
 
     ``hard_negative_emb`` (optional, ``[B', D]``): extra texts that match no image, appended to every
@@ -137,7 +138,9 @@ def sigmoid_loss(image_emb, text_emb, logit_scale, logit_bias, *, axis_name=None
         "i2t_acc": jnp.mean(jnp.argmax(logits, axis=1) == rows),
         "t2i_acc": jnp.mean(jnp.argmax(jax.lax.stop_gradient(t2i_logits), axis=1) == rows),
     }
-    return _mean_over_devices(_sigmoid_terms(logits, is_pair) / b, axis_name), _mean_over_devices(metrics, axis_name)
+    return _mean_over_devices(_sigmoid_terms(logits, is_pair) / b, axis_name), _mean_over_devices(
+        metrics, axis_name
+    )
 
 
 def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, axis_name=None):
@@ -168,7 +171,9 @@ def sigmoid_loss_ring(image_emb, text_emb, logit_scale, logit_bias, *, axis_name
         image_pos = image_pos + jnp.sum(jnp.where(is_pair, plain, 0.0), axis=1)
         text_best = jnp.maximum(text_best, off.max(axis=0))
         text_pos = text_pos + jnp.sum(jnp.where(is_pair, plain, 0.0), axis=0)
-        texts, text_best, text_pos = (jax.lax.ppermute(x, axis_name, perm) for x in (texts, text_best, text_pos))
+        texts, text_best, text_pos = (
+            jax.lax.ppermute(x, axis_name, perm) for x in (texts, text_best, text_pos)
+        )
         return (texts, text_best, text_pos, loss, image_best, image_pos), None
 
     # after n hops every text (and its running best) is back on its own device
@@ -183,8 +188,9 @@ def shard_over_batch(fn, batch_axes: tuple[str, ...], batched: dict, replicated:
     """``fn(**batched, **replicated, axis_name=batch_axes)`` under ``shard_map`` on the active mesh:
     ``batched`` arrays are split along their leading axis over ``batch_axes``, ``replicated`` ones
     (e.g. the temperature) are not; the outputs are replicated."""
-    mapped = jax.shard_map(lambda bat, rep: fn(**bat, **rep, axis_name=batch_axes),
-                           in_specs=(P(batch_axes), P()), out_specs=P())
+    mapped = jax.shard_map(
+        lambda bat, rep: fn(**bat, **rep, axis_name=batch_axes), in_specs=(P(batch_axes), P()), out_specs=P()
+    )
     return mapped(batched, replicated)
 
 
@@ -193,12 +199,15 @@ def check_loss(kind: str, impl: str) -> None:
     if kind not in ("softmax", "sigmoid"):
         raise ValueError(f"unknown contrastive loss {kind!r}; use 'softmax' or 'sigmoid'")
     if impl not in IMPLS or (impl == "ring" and kind != "sigmoid"):
-        raise ValueError(f"loss impl {impl!r} is not available for the {kind} loss; use 'gather'"
-                         + (" or 'ring'" if kind == "sigmoid" else ""))
+        raise ValueError(
+            f"loss impl {impl!r} is not available for the {kind} loss; use 'gather'"
+            + (" or 'ring'" if kind == "sigmoid" else "")
+        )
 
 
-def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str = "gather",
-                     negative_mask=None):
+def contrastive_loss(
+    kind: str, out: dict, hard_negative_emb=None, *, impl: str = "gather", negative_mask=None
+):
     """The ``kind`` (``softmax`` | ``sigmoid``) loss of a two-tower output ``out``. With an active mesh
     (``jax.set_mesh``) it runs sharded over the mesh axes that ``nn.logical_axis_rules`` give the
     ``batch`` (``impl``: ``gather``, or for ``sigmoid`` also ``ring``); without one, on one device.
@@ -216,11 +225,15 @@ def contrastive_loss(kind: str, out: dict, hard_negative_emb=None, *, impl: str 
             batched["negative_mask"] = negative_mask
     else:
         if hard_negative_emb is not None:
-            raise ValueError("hard negatives are only implemented for the softmax loss; set "
-                             "data.hard_negatives=False or loss.kind='softmax'")
+            raise ValueError(
+                "hard negatives are only implemented for the softmax loss; set "
+                "data.hard_negatives=False or loss.kind='softmax'"
+            )
         if negative_mask is not None:
-            raise ValueError("loss.negatives='minimal_pairs' is only implemented for the softmax loss; set "
-                             "loss.negatives='all' or loss.kind='softmax'")
+            raise ValueError(
+                "loss.negatives='minimal_pairs' is only implemented for the softmax loss; set "
+                "loss.negatives='all' or loss.kind='softmax'"
+            )
         fn = sigmoid_loss_ring if impl == "ring" else sigmoid_loss
         replicated["logit_bias"] = out["logit_bias"]
     axes = sharding.active_batch_axes()

@@ -27,16 +27,22 @@ def path_labels(params, patterns: Sequence[str], match: str, default: str):
             compiled.append(re.compile(p))
         except re.error as e:
             raise ConfigError(f"invalid parameter regex {p!r}: {e}") from None
-    flat = {k: (match if any(r.fullmatch(path) for r in compiled) else default)
-            for k, path in param_paths(params).items()}
+    flat = {
+        k: (match if any(r.fullmatch(path) for r in compiled) else default)
+        for k, path in param_paths(params).items()
+    }
     return flax.traverse_util.unflatten_dict(flat)
 
 
 def schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     warmup = min(int(opt_cfg.warmup_steps), max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt_cfg.lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=opt_cfg.lr * opt_cfg.end_lr_factor)
+        init_value=0.0,
+        peak_value=opt_cfg.lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=opt_cfg.lr * opt_cfg.end_lr_factor,
+    )
 
 
 def trainable(opt_cfg, params):
@@ -49,8 +55,14 @@ def make(opt_cfg, total_steps: int, params) -> optax.GradientTransformation:
     if opt_cfg.name != "adamw":
         raise ConfigError(f"unknown optimizer {opt_cfg.name!r}; known: adamw")
     decay = path_labels(params, opt_cfg.weight_decay_regex, True, False)
-    tx = optax.adamw(schedule(opt_cfg, total_steps), b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                     weight_decay=opt_cfg.weight_decay, mask=decay)
+    tx = optax.adamw(
+        schedule(opt_cfg, total_steps),
+        b1=opt_cfg.b1,
+        b2=opt_cfg.b2,
+        eps=opt_cfg.eps,
+        weight_decay=opt_cfg.weight_decay,
+        mask=decay,
+    )
     if opt_cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), tx)
     if opt_cfg.freeze_regex:

@@ -69,6 +69,9 @@ class StopRequest:
             except Exception as e:  # e.g. a RuntimeError: the preemption service is off; never fail for it
                 self._sync_point = None
                 if jax.process_index() == 0:
-                    print(f"warning: JAX's preemption sync point is unavailable ({type(e).__name__}: {e}); "
-                          "a preemption will not checkpoint", file=sys.stderr)
+                    print(
+                        f"warning: JAX's preemption sync point is unavailable ({type(e).__name__}: {e}); "
+                        "a preemption will not checkpoint",
+                        file=sys.stderr,
+                    )
         return self.reason is not None

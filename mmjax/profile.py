@@ -27,7 +27,6 @@ import numpy as np
 
 from mmjax import models
 
-
 # Dense bf16 matmul peak per chip (datasheets), by a substring of ``device.device_kind``; more specific
 # names first ("H100 PCIe" before "H100", "TPU v5 lite" before "TPU v5").
 DATASHEET_BF16_PEAKS = (
@@ -36,9 +35,12 @@ DATASHEET_BF16_PEAKS = (
     ("H200", 989e12),
     ("A100", 312e12),
     ("TPU v4", 275e12),
-    ("TPU v5 lite", 197e12), ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12), ("TPU v5", 459e12),
-    ("TPU v6 lite", 918e12), ("TPU v6e", 918e12),
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v6 lite", 918e12),
+    ("TPU v6e", 918e12),
 )
 
 
@@ -85,7 +87,9 @@ def image_flops(cfg: dict) -> int:
 
 def text_flops(cfg: dict) -> int:
     tx = cfg["text"]
-    macs = _encoder_macs(tx["max_len"], tx["width"], tx["mlp_dim"], tx["depth"]) + tx["width"] * cfg["embed_dim"]
+    macs = (
+        _encoder_macs(tx["max_len"], tx["width"], tx["mlp_dim"], tx["depth"]) + tx["width"] * cfg["embed_dim"]
+    )
     return 2 * macs
 
 
@@ -94,20 +98,25 @@ def param_counts(cfg: dict) -> dict[str, int]:
 
     model = models.build(cfg)
     s, length = cfg["image_size"], cfg["text"]["max_len"]
-    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)), jnp.zeros((1, length), jnp.int32))
+    shapes = jax.eval_shape(
+        model.init, jax.random.key(0), jnp.zeros((1, s, s, 3)), jnp.zeros((1, length), jnp.int32)
+    )
     params = nn.unbox(shapes)["params"]
     count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))  # noqa: E731
-    return {"params": count(params),
-            "image_params": count(params["image"]) + count(params["image_proj"]),
-            "text_params": count(params["text"]) + count(params["text_proj"])}
+    return {
+        "params": count(params),
+        "image_params": count(params["image"]) + count(params["image_proj"]),
+        "text_params": count(params["text"]) + count(params["text_proj"]),
+    }
 
 
 def profile(name: str) -> dict:
     cfg = models.model_config(name)
     row = {"model": name, "image_size": cfg["image_size"], "embed_dim": cfg["embed_dim"], **param_counts(cfg)}
     img, txt = image_flops(cfg), text_flops(cfg)
-    row.update(gflops=round((img + txt) / 1e9, 3), image_gflops=round(img / 1e9, 3),
-               text_gflops=round(txt / 1e9, 3))
+    row.update(
+        gflops=round((img + txt) / 1e9, 3), image_gflops=round(img / 1e9, 3), text_gflops=round(txt / 1e9, 3)
+    )
     return row
 
 
@@ -115,18 +124,41 @@ def main(argv: list[str]) -> int:
     as_json = "--json" in argv[1:]
     unknown = [a for a in argv[1:] if a != "--json"]
     if unknown:
-        print(f"error: unexpected argument {unknown[0]!r}; usage: python -m mmjax.profile [--json]", file=sys.stderr)
+        print(
+            f"error: unexpected argument {unknown[0]!r}; usage: python -m mmjax.profile [--json]",
+            file=sys.stderr,
+        )
         return 2
     rows = [profile(name) for name in models.list_models("two_tower")]
     if as_json:
         for row in rows:
             print(json.dumps(row))
         return 0
-    header = ["model", "image_size", "embed_dim", "params (M)", "image (M)", "text (M)",
-              "GFLOPs", "image GFLOPs", "text GFLOPs"]
-    lines = [[r["model"], r["image_size"], r["embed_dim"], f"{r['params'] / 1e6:.2f}", f"{r['image_params'] / 1e6:.2f}",
-              f"{r['text_params'] / 1e6:.2f}", f"{r['gflops']:.2f}", f"{r['image_gflops']:.2f}",
-              f"{r['text_gflops']:.2f}"] for r in rows]
+    header = [
+        "model",
+        "image_size",
+        "embed_dim",
+        "params (M)",
+        "image (M)",
+        "text (M)",
+        "GFLOPs",
+        "image GFLOPs",
+        "text GFLOPs",
+    ]
+    lines = [
+        [
+            r["model"],
+            r["image_size"],
+            r["embed_dim"],
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['image_params'] / 1e6:.2f}",
+            f"{r['text_params'] / 1e6:.2f}",
+            f"{r['gflops']:.2f}",
+            f"{r['image_gflops']:.2f}",
+            f"{r['text_gflops']:.2f}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     for line in [header, *lines]:
         print("  ".join(str(x).rjust(w) for x, w in zip(line, widths)))

@@ -46,8 +46,10 @@ def nan_policy(config) -> str:
     """``config.nan_policy`` (default ``"stop"``), checked."""
     policy = config.get("nan_policy", "stop")
     if policy not in NAN_POLICIES:
-        raise ConfigError(f"nan_policy {policy!r} is unknown; use \"stop\" (raise at a non-finite loss or "
-                          "gradient) or \"skip\" (skip that update)")
+        raise ConfigError(
+            f'nan_policy {policy!r} is unknown; use "stop" (raise at a non-finite loss or '
+            'gradient) or "skip" (skip that update)'
+        )
     return policy
 
 
@@ -82,6 +84,7 @@ def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if nan_policy == "skip":
+
             def keep(new, old):
                 return jnp.where(finite, new, old)
 
@@ -98,6 +101,7 @@ def make_train_step(task, tx, seed: int, trainable=None, nan_policy: str = "stop
 def _init_fn(task, tx):
     """``init(rng) -> TrainState`` at step 0, its parameters logically boxed (their placement is read
     from the boxes)."""
+
     def init(rng):
         params = task.init(rng)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
@@ -109,13 +113,18 @@ def _abstract_state(params, tx, mesh, rules):
     """``(abstract, shardings)``: the train state of the logically boxed abstract ``params`` as
     ``jax.ShapeDtypeStruct`` s placed by ``rules`` on ``mesh``, computed without initialising anything (a
     restore target for any mesh)."""
-    boxed = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                       opt_state=jax.eval_shape(tx.init, params))  # the optimizer state boxed like params
+    boxed = TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=jax.eval_shape(tx.init, params)
+    )  # the optimizer state boxed like params
     shardings = sharding.tree_shardings(boxed, mesh, rules)
-    values = jax.tree.map(lambda x: x.value if isinstance(x, nn.Partitioned) else x, boxed,
-                          is_leaf=lambda x: isinstance(x, nn.Partitioned))  # (nn.unbox would constrain)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), values,
-                            shardings)
+    values = jax.tree.map(
+        lambda x: x.value if isinstance(x, nn.Partitioned) else x,
+        boxed,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned),
+    )  # (nn.unbox would constrain)
+    abstract = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), values, shardings
+    )
     return abstract, shardings
 
 
@@ -188,7 +197,8 @@ class Run:
         init = _init_fn(self.task, self.tx)
         with self.context():
             state = jax.jit(lambda rng: nn.unbox(init(rng)), out_shardings=self.shardings)(
-                jax.random.key(seed))
+                jax.random.key(seed)
+            )
             if init_from:
                 state = state.replace(params=load_init_from(self.config, state.params))
         return state
@@ -221,9 +231,25 @@ def build_run(config, *, mesh: jax.sharding.Mesh | None = None, donate: bool = T
     trainable = optimizer_lib.trainable(config.optimizer, abstract.params)
     step_fn = make_train_step(task, tx, config.seed, trainable, policy)
     batch_sharding = sharding.batch_sharding(mesh, rules)
-    train_step = jax.jit(step_fn, in_shardings=(shardings, batch_sharding), out_shardings=(shardings, None),
-                         donate_argnums=0 if donate else ())
-    return Run(config=config, task=task, mesh=mesh, rules=rules, attention=attention, tx=tx,
-               schedule=optimizer_lib.schedule(config.optimizer, config.total_steps), trainable=trainable,
-               nan_policy=policy, abstract=abstract, shardings=shardings, batch_sharding=batch_sharding,
-               step_fn=step_fn, train_step=train_step)
+    train_step = jax.jit(
+        step_fn,
+        in_shardings=(shardings, batch_sharding),
+        out_shardings=(shardings, None),
+        donate_argnums=0 if donate else (),
+    )
+    return Run(
+        config=config,
+        task=task,
+        mesh=mesh,
+        rules=rules,
+        attention=attention,
+        tx=tx,
+        schedule=optimizer_lib.schedule(config.optimizer, config.total_steps),
+        trainable=trainable,
+        nan_policy=policy,
+        abstract=abstract,
+        shardings=shardings,
+        batch_sharding=batch_sharding,
+        step_fn=step_fn,
+        train_step=train_step,
+    )

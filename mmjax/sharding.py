@@ -32,7 +32,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mmjax.config import ConfigError
 
@@ -42,8 +43,14 @@ Rules = tuple[tuple[str, object], ...]
 
 # FSDP splits each weight along its first dimension (in the array's order) that has one of these names
 # and that ``fsdp`` divides.
-_FSDP: Rules = (("embed", "fsdp"), ("mlp", "fsdp"), ("heads", "fsdp"), ("kv", "fsdp"), ("vocab", "fsdp"),
-                ("proj", "fsdp"))
+_FSDP: Rules = (
+    ("embed", "fsdp"),
+    ("mlp", "fsdp"),
+    ("heads", "fsdp"),
+    ("kv", "fsdp"),
+    ("vocab", "fsdp"),
+    ("proj", "fsdp"),
+)
 _TP: Rules = (("heads", "tensor"), ("mlp", "tensor"), ("vocab", "tensor"))
 
 STRATEGIES: dict[str, Rules] = {
@@ -61,12 +68,16 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
-            raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} "
-                              "devices; make the fixed axis sizes divide the device count")
+            raise ConfigError(
+                f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} "
+                "devices; make the fixed axis sizes divide the device count"
+            )
         sizes[sizes.index(-1)] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
-                          f"{num_devices} are available; set one axis to -1 or match the device count")
+        raise ConfigError(
+            f"config.mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices but "
+            f"{num_devices} are available; set one axis to -1 or match the device count"
+        )
     return tuple(sizes)
 
 
@@ -86,14 +97,18 @@ def logical_rules(sharding_cfg) -> Rules:
         out = []
         for rule in rules:
             if len(rule) != 2 or not isinstance(rule[0], str):
-                raise ConfigError(f"config.sharding.rules: {rule!r} is not a (logical name, mesh axes) pair; "
-                                  "write e.g. [('batch', ('data', 'fsdp')), ('embed', 'fsdp')]")
+                raise ConfigError(
+                    f"config.sharding.rules: {rule!r} is not a (logical name, mesh axes) pair; "
+                    "write e.g. [('batch', ('data', 'fsdp')), ('embed', 'fsdp')]"
+                )
             axes = rule[1]
             axes = tuple(axes) if isinstance(axes, (list, tuple)) else axes
-            for axis in (axes if isinstance(axes, tuple) else (axes,)):
+            for axis in axes if isinstance(axes, tuple) else (axes,):
                 if axis is not None and axis not in MESH_AXES:
-                    raise ConfigError(f"config.sharding.rules: {rule!r} names mesh axis {axis!r}; the mesh "
-                                      f"axes are {', '.join(MESH_AXES)}")
+                    raise ConfigError(
+                        f"config.sharding.rules: {rule!r} names mesh axis {axis!r}; the mesh "
+                        f"axes are {', '.join(MESH_AXES)}"
+                    )
             out.append((rule[0], axes))
         return tuple(out)
     name = sharding_cfg.get("strategy", "dp")
@@ -162,4 +177,6 @@ def data_parallel_size(mesh, rules) -> int:
 def global_batch(local_batch: dict, mesh, rules) -> dict:
     """Assemble the global batch from each process's local batch (works for one process too)."""
     sharding = batch_sharding(mesh, rules)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
+    }

@@ -44,19 +44,27 @@ class ContrastiveTask:
         except ValueError as e:
             raise ConfigError(f"config.loss: {e}") from None
         if self.loss_kind == "sigmoid" and config.model.get("bias_init") is None:
-            raise ConfigError("config.loss.kind='sigmoid' needs a learned bias: set model.bias_init "
-                              "(SigLIP uses -10) and model.temperature_init (SigLIP uses 10)")
+            raise ConfigError(
+                "config.loss.kind='sigmoid' needs a learned bias: set model.bias_init "
+                "(SigLIP uses -10) and model.temperature_init (SigLIP uses 10)"
+            )
         if self.loss_kind == "sigmoid" and config.data.get("hard_negatives"):
-            raise ConfigError("data.hard_negatives is only implemented for loss.kind='softmax'; "
-                              "set data.hard_negatives=False")
+            raise ConfigError(
+                "data.hard_negatives is only implemented for loss.kind='softmax'; "
+                "set data.hard_negatives=False"
+            )
         self.negatives = {key: loss_cfg.get(key, "all") for key in ("negatives", "short_negatives")}
         for key, value in self.negatives.items():
             if value not in ("all", "minimal_pairs"):
-                raise ConfigError(f"config.loss.{key}={value!r}; use 'all' (every other caption of the batch) "
-                                  "or 'minimal_pairs' (see mmjax.losses.minimal_pair_mask)")
+                raise ConfigError(
+                    f"config.loss.{key}={value!r}; use 'all' (every other caption of the batch) "
+                    "or 'minimal_pairs' (see mmjax.losses.minimal_pair_mask)"
+                )
             if value == "minimal_pairs" and self.loss_kind != "softmax":
-                raise ConfigError(f"config.loss.{key}='minimal_pairs' is only implemented for loss.kind="
-                                  f"'softmax'; set loss.{key}='all'")
+                raise ConfigError(
+                    f"config.loss.{key}='minimal_pairs' is only implemented for loss.kind="
+                    f"'softmax'; set loss.{key}='all'"
+                )
         self.short_weight = float(loss_cfg.get("short_weight", 0.5))
         if not 0 <= self.short_weight <= 1:
             raise ConfigError(f"config.loss.short_weight={self.short_weight} is not a weight in [0, 1]")
@@ -68,16 +76,23 @@ class ContrastiveTask:
         if self.tokenizer.vocab_size > config.model.text.vocab_size:
             raise ConfigError(
                 f"tokenizer {config.data.tokenizer!r} has {self.tokenizer.vocab_size} tokens but "
-                f"model.text.vocab_size is {config.model.text.vocab_size}; raise model.text.vocab_size")
+                f"model.text.vocab_size is {config.model.text.vocab_size}; raise model.text.vocab_size"
+            )
         if config.data.max_len > config.model.text.max_len:
-            raise ConfigError(f"data.max_len {config.data.max_len} exceeds model.text.max_len "
-                              f"{config.model.text.max_len}; lower data.max_len or raise the model's")
+            raise ConfigError(
+                f"data.max_len {config.data.max_len} exceeds model.text.max_len "
+                f"{config.model.text.max_len}; lower data.max_len or raise the model's"
+            )
         if config.data.image_size != config.model.image_size:
-            raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
-                              f"{config.model.image_size}; make them equal")
+            raise ConfigError(
+                f"data.image_size {config.data.image_size} differs from model.image_size "
+                f"{config.model.image_size}; make them equal"
+            )
         if config.data.get("images_per_example", 1) != 1:
-            raise ConfigError(f"data.images_per_example={config.data.images_per_example} is for task='vlm'; "
-                              "the contrastive task pairs one image with one text: set it to 1")
+            raise ConfigError(
+                f"data.images_per_example={config.data.images_per_example} is for task='vlm'; "
+                "the contrastive task pairs one image with one text: set it to 1"
+            )
         # Impossible sizes fail here, before any data is built.
         self.model.image.check((config.model.image_size,) * 2)
         self.model.text.check(config.data.max_len)
@@ -95,16 +110,20 @@ class ContrastiveTask:
 
         groups = pipeline.attribute_words(self.config.data)
         if not groups:
-            raise ConfigError(f"config.loss.negatives='minimal_pairs' needs the attribute words of dataset "
-                              f"{self.config.data.get('name', 'shapes')!r}, which names none; "
-                              "set loss.negatives='all'")
+            raise ConfigError(
+                f"config.loss.negatives='minimal_pairs' needs the attribute words of dataset "
+                f"{self.config.data.get('name', 'shapes')!r}, which names none; "
+                "set loss.negatives='all'"
+            )
         ids = []
         for words in groups:
             encoded = [self.tokenizer.encode(w) for w in words]
             if any(len(e) != 1 for e in encoded):
-                raise ConfigError(f"config.loss.negatives='minimal_pairs': tokenizer {self.config.data.tokenizer!r} "
-                                  "splits an attribute word into several tokens; use a word-level tokenizer "
-                                  "or loss.negatives='all'")
+                raise ConfigError(
+                    f"config.loss.negatives='minimal_pairs': tokenizer {self.config.data.tokenizer!r} "
+                    "splits an attribute word into several tokens; use a word-level tokenizer "
+                    "or loss.negatives='all'"
+                )
             ids.append(tuple(e[0] for e in encoded))
         return tuple(ids)
 
@@ -118,7 +137,8 @@ class ContrastiveTask:
     def init(self, rng):
         spec = self.batch_spec(1)
         return self.model.init(rng, jnp.zeros(spec["image"].shape), jnp.zeros(spec["text"].shape, jnp.int32))[
-            "params"]
+            "params"
+        ]
 
     def loss(self, params, batch, rng):
         del rng  # deterministic forward pass
@@ -126,14 +146,22 @@ class ContrastiveTask:
         negatives = None
         if "text_neg" in batch:
             negatives, _ = self.model.apply({"params": params}, batch["text_neg"], method="encode_text")
-        loss, metrics = losses.contrastive_loss(self.loss_kind, out, negatives, impl=self.loss_impl,
-                                                negative_mask=self._mask(batch["text"], "negatives"))
+        loss, metrics = losses.contrastive_loss(
+            self.loss_kind,
+            out,
+            negatives,
+            impl=self.loss_impl,
+            negative_mask=self._mask(batch["text"], "negatives"),
+        )
         if "text_short" in batch:  # a second caption per image, the main object alone: its own loss
             short, _ = self.model.apply({"params": params}, batch["text_short"], method="encode_text")
             image = out.get("image_object", out["image"])  # the object head, where the model has one
             short_loss, short_metrics = losses.contrastive_loss(
-                self.loss_kind, dict(out, image=image, text=short), impl=self.loss_impl,
-                negative_mask=self._mask(batch["text_short"], "short_negatives"))
+                self.loss_kind,
+                dict(out, image=image, text=short),
+                impl=self.loss_impl,
+                negative_mask=self._mask(batch["text_short"], "short_negatives"),
+            )
             loss = (1 - self.short_weight) * loss + self.short_weight * short_loss
             metrics.update({f"short_{k}": v for k, v in short_metrics.items()})
         metrics["logit_scale"] = out["logit_scale"]
@@ -144,8 +172,9 @@ class ContrastiveTask:
     def train_loader(self, global_batch_size: int, seed: int):
         from mmjax.data import pipeline
 
-        return pipeline.train_loader(self.config.data, tokenizer=self.tokenizer,
-                                     global_batch_size=global_batch_size, seed=seed)
+        return pipeline.train_loader(
+            self.config.data, tokenizer=self.tokenizer, global_batch_size=global_batch_size, seed=seed
+        )
 
     def evaluate(self, params, workdir: str, history: list[dict], run_info: dict) -> dict:
         from mmjax.evaluate import contrastive
@@ -168,14 +197,19 @@ class VlmTask:
 
         self.config = config
         self.tokenizer = tok = tok_lib.get_tokenizer(config.data.tokenizer)
-        self.model = models.build(config.model, config.dtype, image_id=tok.image_id, sep_id=tok.sep_id,
-                                  pad_id=tok.pad_id)
+        self.model = models.build(
+            config.model, config.dtype, image_id=tok.image_id, sep_id=tok.sep_id, pad_id=tok.pad_id
+        )
         if tok.vocab_size > config.model.lm.vocab_size:
-            raise ConfigError(f"tokenizer {config.data.tokenizer!r} has {tok.vocab_size} tokens but "
-                              f"model.lm.vocab_size is {config.model.lm.vocab_size}; raise model.lm.vocab_size")
+            raise ConfigError(
+                f"tokenizer {config.data.tokenizer!r} has {tok.vocab_size} tokens but "
+                f"model.lm.vocab_size is {config.model.lm.vocab_size}; raise model.lm.vocab_size"
+            )
         if config.data.image_size != config.model.image_size:
-            raise ConfigError(f"data.image_size {config.data.image_size} differs from model.image_size "
-                              f"{config.model.image_size}; make them equal")
+            raise ConfigError(
+                f"data.image_size {config.data.image_size} differs from model.image_size "
+                f"{config.model.image_size}; make them equal"
+            )
         self.images_per_example = layout.images_per_example(config.data)
         # [IMG] placeholders per row, for all of its images (the model's count checks the sizes)
         self.num_image_tokens = self.model.num_image_tokens(config.model.image_size) * self.images_per_example
@@ -183,13 +217,16 @@ class VlmTask:
 
     def batch_spec(self, batch_size: int) -> dict:
         s, t = self.config.data.image_size, self.images_per_example
-        return {"image": jax.ShapeDtypeStruct((batch_size, *(t,) * (t > 1), s, s, 3), jnp.float32),
-                "tokens": jax.ShapeDtypeStruct((batch_size, self.config.data.max_len), jnp.int32)}
+        return {
+            "image": jax.ShapeDtypeStruct((batch_size, *(t,) * (t > 1), s, s, 3), jnp.float32),
+            "tokens": jax.ShapeDtypeStruct((batch_size, self.config.data.max_len), jnp.int32),
+        }
 
     def init(self, rng):
         spec = self.batch_spec(1)
-        return self.model.init(rng, jnp.zeros(spec["image"].shape), jnp.zeros(spec["tokens"].shape, jnp.int32))[
-            "params"]
+        return self.model.init(
+            rng, jnp.zeros(spec["image"].shape), jnp.zeros(spec["tokens"].shape, jnp.int32)
+        )["params"]
 
     def loss(self, params, batch, rng):
         del rng  # deterministic forward pass
@@ -203,8 +240,12 @@ class VlmTask:
         from mmjax.data import pipeline
 
         return pipeline.train_loader(
-            self.config.data, tokenizer=self.tokenizer, global_batch_size=global_batch_size, seed=seed,
-            preprocess=pipeline.vlm_preprocess(self.config.data, self.tokenizer, self.num_image_tokens))
+            self.config.data,
+            tokenizer=self.tokenizer,
+            global_batch_size=global_batch_size,
+            seed=seed,
+            preprocess=pipeline.vlm_preprocess(self.config.data, self.tokenizer, self.num_image_tokens),
+        )
 
     def evaluate(self, params, workdir: str, history: list[dict], run_info: dict) -> dict:
         from mmjax.evaluate import vlm

@@ -79,8 +79,9 @@ def check_workdir(workdir: str) -> str:
             pass
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(f"workdir {workdir!r} is not writable ({e.strerror or e}); "
-                          "choose another --workdir") from None
+        raise ConfigError(
+            f"workdir {workdir!r} is not writable ({e.strerror or e}); choose another --workdir"
+        ) from None
     return workdir
 
 
@@ -98,8 +99,10 @@ def check_batch_size(run: Run) -> None:
     """``config.batch_size`` must split evenly over the data-parallel devices and over the processes."""
     batch_size, dp = run.config.batch_size, sharding.data_parallel_size(run.mesh, run.rules)
     if batch_size % dp or batch_size % jax.process_count():
-        raise ConfigError(f"batch_size {batch_size} is not divisible by the data-parallel size {dp} "
-                          f"and process count {jax.process_count()}; choose a multiple of both")
+        raise ConfigError(
+            f"batch_size {batch_size} is not divisible by the data-parallel size {dp} "
+            f"and process count {jax.process_count()}; choose a multiple of both"
+        )
 
 
 def train(run: Run, workdir: str, *, stop_at: int | None) -> tuple[TrainState, list[dict], Tally] | None:
@@ -130,8 +133,9 @@ def train(run: Run, workdir: str, *, stop_at: int | None) -> tuple[TrainState, l
                     logged = log_metrics(run, ckpt, log, tally, step, metrics)
                     # refresh=False: shown at the bar's next redraw (every 1 s on a terminal, 30 s in a log
                     # file), so a log is not written a line per logged step
-                    bar.set_postfix(loss=f"{logged['loss']:.3f}", ex_s=f"{logged['examples_per_sec']:.0f}",
-                                    refresh=False)
+                    bar.set_postfix(
+                        loss=f"{logged['loss']:.3f}", ex_s=f"{logged['examples_per_sec']:.0f}", refresh=False
+                    )
                 stopping = stop.requested(step)
                 # Writing checkpoints is not training time; so the checkpoint's train_seconds is exactly
                 # what this run reports, and a rerun of a finished run reports the same.
@@ -144,8 +148,11 @@ def train(run: Run, workdir: str, *, stop_at: int | None) -> tuple[TrainState, l
         ckpt.wait()
         if stop.reason is not None:
             if jax.process_index() == 0:
-                print(f"stopped by {stop.reason} after step {step}; checkpoint: {ckpt.directory}/"
-                      f"{ckpt.latest_step()}; rerun the same command to resume", file=sys.stderr)
+                print(
+                    f"stopped by {stop.reason} after step {step}; checkpoint: {ckpt.directory}/"
+                    f"{ckpt.latest_step()}; rerun the same command to resume",
+                    file=sys.stderr,
+                )
             return None
     finally:
         ckpt.close()  # waits for a save in flight, so the last good checkpoint is complete
@@ -171,8 +178,14 @@ def progress_bar(config, start: int):
     """The console's progress bar (process 0 only); a context manager that closes it."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=config.total_steps, initial=start, desc="train", disable=jax.process_index() != 0,
-                dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    return tqdm(
+        total=config.total_steps,
+        initial=start,
+        desc="train",
+        disable=jax.process_index() != 0,
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
 
 
 def next_batch(data_iter, step: int, ckpt) -> dict:
@@ -206,19 +219,27 @@ class Tally:
     @classmethod
     def from_info(cls, info: dict) -> "Tally":
         """The counts a checkpoint's info holds (none: zeros), the clock started now."""
-        return cls(skipped_steps=int(info.get("skipped_steps", 0)),
-                   truncated_examples=int(info.get("truncated_examples", 0)),
-                   train_seconds=float(info.get("train_seconds", 0.0)))
+        return cls(
+            skipped_steps=int(info.get("skipped_steps", 0)),
+            truncated_examples=int(info.get("truncated_examples", 0)),
+            train_seconds=float(info.get("train_seconds", 0.0)),
+        )
 
     def info(self) -> dict:
         """The counts, for a checkpoint's info."""
-        return {"skipped_steps": self.skipped_steps, "truncated_examples": self.truncated_examples,
-                "train_seconds": self.train_seconds}
+        return {
+            "skipped_steps": self.skipped_steps,
+            "truncated_examples": self.truncated_examples,
+            "train_seconds": self.train_seconds,
+        }
 
     def summary(self, run: Run) -> dict:
         """What the final evaluation reports of the training (``results.json``)."""
-        done = {"steps": int(run.config.total_steps), "train_seconds": round(self.train_seconds, 2),
-                "truncated_examples": self.truncated_examples}
+        done = {
+            "steps": int(run.config.total_steps),
+            "train_seconds": round(self.train_seconds, 2),
+            "truncated_examples": self.truncated_examples,
+        }
         if run.nan_policy == "skip":
             done["skipped_steps"] = self.skipped_steps
         return done
@@ -240,9 +261,12 @@ class Tally:
         self.skipped_steps += len(bad)
         if cut and not self.truncated_examples and jax.process_index() == 0:
             max_len = run.config.data.get("max_len", 32)
-            print(f"warning: some training texts are longer than data.max_len={max_len} and are cut to fit; "
-                  "they are counted as truncated_examples in metrics.jsonl and results.json (raise "
-                  "data.max_len to keep them whole)", file=sys.stderr)
+            print(
+                f"warning: some training texts are longer than data.max_len={max_len} and are cut to fit; "
+                "they are counted as truncated_examples in metrics.jsonl and results.json (raise "
+                "data.max_len to keep them whole)",
+                file=sys.stderr,
+            )
         self.truncated_examples += cut
 
     def examples_per_sec(self, batch_size: int) -> float:
@@ -284,21 +308,26 @@ def all_finite(tree) -> jax.Array:
 
 
 def _last_checkpoint(ckpt) -> str:
-    """Where the last good checkpoint is, in words for an error message (once a save in flight is committed)."""
+    """Where the last good checkpoint is, in words for an error message (once a save in flight is
+    committed)."""
     ckpt.wait()
     last = ckpt.latest_step()
-    return f"the last good checkpoint is {ckpt.directory}/{last}" if last is not None else \
-        "no checkpoint was written before it"
+    return (
+        f"the last good checkpoint is {ckpt.directory}/{last}"
+        if last is not None
+        else "no checkpoint was written before it"
+    )
 
 
 def _nonfinite(what: str, step: int, ckpt, hint: bool) -> NonFiniteError:
     """The error for a non-finite ``what`` at ``step``, naming the last checkpoint."""
-    return NonFiniteError(f"non-finite {what} at step {step}; {_last_checkpoint(ckpt)}"
-                          + (' (set nan_policy="skip" to skip such steps)' if hint else ""))
+    return NonFiniteError(
+        f"non-finite {what} at step {step}; {_last_checkpoint(ckpt)}"
+        + (' (set nan_policy="skip" to skip such steps)' if hint else "")
+    )
 
 
-USAGE = ("usage: python -m mmjax.train --config=configs/FILE.py[:ARG] --workdir=DIR "
-         "[--config.KEY=VALUE ...]")
+USAGE = "usage: python -m mmjax.train --config=configs/FILE.py[:ARG] --workdir=DIR [--config.KEY=VALUE ...]"
 
 HELP = """{usage}
        python -m mmjax.train --config=configs/FILE.py[:ARG] [--config.KEY=VALUE ...] --print_config

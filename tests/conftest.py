@@ -6,11 +6,12 @@ import os
 # XLA's CPU compiler: without its expensive backend passes the suite runs about a third faster.
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + (
     " --xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    " --xla_llvm_disable_expensive_passes=true")
+    " --xla_llvm_disable_expensive_passes=true"
+)
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
 
@@ -25,8 +26,9 @@ def data_dir(tmp_path_factory):
 def trained(data_dir, tmp_path_factory):
     """``(workdir, results)`` of an uninterrupted 30-step run of the tiny config (``helpers.TRAINED``): the
     reference of the resume tests, also checked for its outputs."""
-    from mmjax import train
     from helpers import TRAINED, tiny_config
+
+    from mmjax import train
 
     workdir = str(tmp_path_factory.mktemp("run"))
     return workdir, train.train_and_evaluate(tiny_config(data_dir, **TRAINED), workdir)

@@ -24,12 +24,17 @@ def require(module: str):
         return pytest.importorskip(module, exc_type=ImportError)  # (a broken install too)
     except pytest.skip.Exception as e:
         if in_ci(os.environ.get("CI")):
-            pytest.fail(f"CI={os.environ['CI']}: {module!r} does not import, so the parity tests cannot run "
-                        f"({e}); install the extra: pip install -e '.[test,parity]'", pytrace=False)
+            pytest.fail(
+                f"CI={os.environ['CI']}: {module!r} does not import, so the parity tests cannot run "
+                f"({e}); install the extra: pip install -e '.[test,parity]'",
+                pytrace=False,
+            )
         raise
 
 
-TRAINED = dict(total_steps=30, log_every=2, checkpoint_every=10)  # the ``trained`` fixture's run (conftest.py)
+TRAINED = dict(
+    total_steps=30, log_every=2, checkpoint_every=10
+)  # the ``trained`` fixture's run (conftest.py)
 
 
 def tiny_config(data_dir, **overrides):
@@ -55,8 +60,11 @@ def step_with_grads(run):
         grads = jax.grad(lambda p: run.task.loss(p, batch, rng)[0])(state.params)
         return *run.step_fn(state, batch), grads
 
-    return jax.jit(step, in_shardings=(run.shardings, run.batch_sharding),
-                   out_shardings=(run.shardings, None, run.shardings.params))
+    return jax.jit(
+        step,
+        in_shardings=(run.shardings, run.batch_sharding),
+        out_shardings=(run.shardings, None, run.shardings.params),
+    )
 
 
 def assert_grads_close(got, want):
@@ -94,10 +102,27 @@ def tiny_llava_config(*, vision_layers: int, patch_size: int, max_positions: int
     import transformers
 
     return transformers.LlavaConfig(
-        vision_config=dict(model_type="clip_vision_model", hidden_size=36, intermediate_size=37,
-                           num_hidden_layers=vision_layers, num_attention_heads=3, image_size=30,
-                           patch_size=patch_size),
-        text_config=dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=40, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
-                         pad_token_id=0, bos_token_id=1, eos_token_id=2),
-        image_token_id=image_token_id)
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=36,
+            intermediate_size=37,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=3,
+            image_size=30,
+            patch_size=patch_size,
+        ),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=40,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_positions,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+        ),
+        image_token_id=image_token_id,
+    )

@@ -37,11 +37,19 @@ def test_lm_and_early_fusion_flops_by_hand():
     lm = dict(width=8, depth=1, num_heads=2, num_kv_heads=1, mlp_dim=16, vocab_size=10)
     # MACs: q,o 2*3*64=384; k,v 2*3*8*4=192; scores+mix 2*9*8=144; SwiGLU 3*3*8*16=1152; head 3*8*10=240
     assert flops.lm_forward_flops(lm, 3) == 2 * (384 + 192 + 144 + 1152 + 240)
-    cfg = dict(image_size=8, image_pool=1, projector="mlp2x_gelu", vision_tokens="patches", lm=lm,
-               image=dict(width=4, depth=1, num_heads=1, mlp_dim=8, patch_size=4, pool="cls"))
+    cfg = dict(
+        image_size=8,
+        image_pool=1,
+        projector="mlp2x_gelu",
+        vision_tokens="patches",
+        lm=lm,
+        image=dict(width=4, depth=1, num_heads=1, mlp_dim=8, patch_size=4, pool="cls"),
+    )
     # ViT: 4 patches x 48 x 4 = 768 patch MACs; 5 tokens: 4*5*16 + 2*25*4 + 2*5*4*8 = 320+200+320 = 840
     # projector (2 layers) on 4 tokens: 4*(4*8 + 8*8) = 384
-    assert flops.early_fusion_forward_flops(cfg, 3) == 2 * (768 + 840) + 2 * 384 + flops.lm_forward_flops(lm, 3)
+    assert flops.early_fusion_forward_flops(cfg, 3) == 2 * (768 + 840) + 2 * 384 + flops.lm_forward_flops(
+        lm, 3
+    )
     assert flops.early_fusion_train_flops(cfg, 2, 3) == 6 * flops.early_fusion_forward_flops(cfg, 3)
 
 
@@ -60,18 +68,34 @@ def test_gpu_session_script_runs_at_tiny_size_without_the_data_stack(tmp_path):
     (tmp_path / "site" / "sitecustomize.py").write_text(_NO_DATA_STACK)
     env = dict(os.environ, MMJAX_BENCH_SMOKE="1", PYTHONPATH=str(tmp_path / "site"))
     # one CPU device (the suite simulates 8); keep conftest's fast-compile flags
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if "xla_force_host_platform_device_count" not in f)
+    env["XLA_FLAGS"] = " ".join(
+        f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+    )
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", os.path.join(BENCH, "gpu_session.sh"), "1", str(out)], capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        ["bash", os.path.join(BENCH, "gpu_session.sh"), "1", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
     with open(out / "cpu_clip-tiny_part1.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["lever"] for r in rows] == ["bf16+attn_cudnn", "bf16+attn_cudnn@4", "bf16", "torch eager"]
-    for col in ("compile_s", "step_ms", "throughput", "tflops_per_device", "mfu_vs_measured_fp32",
-                "mfu_vs_measured_bf16", "device", "versions", "date", "command"):
+    for col in (
+        "compile_s",
+        "step_ms",
+        "throughput",
+        "tflops_per_device",
+        "mfu_vs_measured_fp32",
+        "mfu_vs_measured_bf16",
+        "device",
+        "versions",
+        "date",
+        "command",
+    ):
         assert rows[0][col] not in ("", None), col
     assert float(rows[0]["step_ms"]) > 0 and float(rows[0]["mfu_vs_measured_fp32"]) > 0
     assert all(np.isfinite(float(r["loss"])) for r in rows)
@@ -97,9 +121,14 @@ def test_variants_parse_and_combine():
 
     assert run.parse_variant("baseline") == (frozenset(), None)
     assert run.parse_variant("bf16+attn_cudnn+remat_dots@512") == ({"bf16", "attn_cudnn", "remat_dots"}, 512)
-    for spec, message in [("turbo", "unknown lever ['turbo']"), ("bf16+", "unknown lever ['']"),
-                          ("remat_dots+remat_full", "choose one of them"), ("bf16@0", "positive integer"),
-                          ("bf16@x", "positive integer"), ("baseline+bf16", "unknown lever ['baseline']")]:
+    for spec, message in [
+        ("turbo", "unknown lever ['turbo']"),
+        ("bf16+", "unknown lever ['']"),
+        ("remat_dots+remat_full", "choose one of them"),
+        ("bf16@0", "positive integer"),
+        ("bf16@x", "positive integer"),
+        ("baseline+bf16", "unknown lever ['baseline']"),
+    ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             run.parse_variant(spec)
     config = run.make_config("clip-tiny", frozenset({"attn_cudnn", "remat_full", "scan"}), 3)
@@ -117,9 +146,18 @@ def test_a_failing_or_late_variant_is_listed_and_the_others_still_run(tmp_path, 
     def fake_build(model, spec, batch):
         if spec == "bf16":
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.\nmore")
-        row = {"model": model, "lever": spec, "framework": "mmjax (jax)", "dtype": "float32",
-               "batch_per_device": batch, "flops_per_step": 1e6, "items_per_step": batch, "unit": "pairs/s",
-               "compile_s": 0.0, "temp_mib": 1.0}
+        row = {
+            "model": model,
+            "lever": spec,
+            "framework": "mmjax (jax)",
+            "dtype": "float32",
+            "batch_per_device": batch,
+            "flops_per_step": 1e6,
+            "items_per_step": batch,
+            "unit": "pairs/s",
+            "compile_s": 0.0,
+            "temp_mib": 1.0,
+        }
 
         def run_step():
             if spec == "scan":
@@ -133,7 +171,10 @@ def test_a_failing_or_late_variant_is_listed_and_the_others_still_run(tmp_path, 
     assert run.main(args + ["--levers", "baseline,bf16,scan,xla_gpu_flags"]) == 0
     md = (tmp_path / "cpu_clip-tiny.md").read_text()
     assert "| baseline | mmjax" in md and "| scan | mmjax" not in md
-    assert "- bf16: failed (RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.)" in md
+    assert (
+        "- bf16: failed (RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 80.00GiB.)"
+        in md
+    )
     assert "- scan: failed while running (ValueError: step failed)" in md
     assert "- xla_gpu_flags: skipped (xla_gpu_flags: GPU only" in md
     assert run.main(args + ["--levers", "baseline,no_donate", "--budget-s", "0"]) == 0
@@ -145,19 +186,35 @@ def test_targets_are_checked_on_the_fastest_variant():
     import run
 
     def row(lever, throughput, datasheet=float("nan"), measured=0.3, framework="mmjax (jax)"):
-        return dict(lever=lever, framework=framework, throughput=throughput, mfu_vs_datasheet_bf16=datasheet,
-                    mfu_vs_measured_bf16=measured)
+        return dict(
+            lever=lever,
+            framework=framework,
+            throughput=throughput,
+            mfu_vs_datasheet_bf16=datasheet,
+            mfu_vs_measured_bf16=measured,
+        )
 
-    rows = [row("bf16", 100, 0.35), row("bf16+attn_cudnn@512", 130, 0.455),
-            row("open_clip bf16 autocast + torch.compile", 70, framework="open_clip 3.3.0")]
+    rows = [
+        row("bf16", 100, 0.35),
+        row("bf16+attn_cudnn@512", 130, 0.455),
+        row("open_clip bf16 autocast + torch.compile", 70, framework="open_clip 3.3.0"),
+    ]
     assert run.target_lines("clip-vit-b16", rows)[1:] == [
-        "Targets (fastest mmjax variant: bf16+attn_cudnn@512):", "", "| target | measured | met |", "|---|---|---|",
+        "Targets (fastest mmjax variant: bf16+attn_cudnn@512):",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
         "| MFU >= 40 % (vs the datasheet bf16 peak) | 45.5 % | yes |",
-        "| pairs/s >= 2x open_clip bf16 autocast + torch.compile | 1.86x | **no** |"]
-    assert run.target_lines("llava-b16-base", [row("bf16", 1)])[-1] == \
-        "| MFU >= 35 % (vs the measured bf16 peak) | 30.0 % | **no** |"
-    assert run.target_lines("clip-small", [row("baseline", 60)])[-1] == \
-        "| pairs/s >= 1.5x torch eager | not measured (no torch eager row) | – |"
+        "| pairs/s >= 2x open_clip bf16 autocast + torch.compile | 1.86x | **no** |",
+    ]
+    assert (
+        run.target_lines("llava-b16-base", [row("bf16", 1)])[-1]
+        == "| MFU >= 35 % (vs the measured bf16 peak) | 30.0 % | **no** |"
+    )
+    assert (
+        run.target_lines("clip-small", [row("baseline", 60)])[-1]
+        == "| pairs/s >= 1.5x torch eager | not measured (no torch eager row) | – |"
+    )
     assert run.target_lines("clip-tiny", rows) == []
 
 
@@ -166,7 +223,9 @@ def test_benchmark_rejects_unknown_lever(capsys):
 
     with pytest.raises(SystemExit) as e:
         run.main(["run.py", "--levers", "baseline,bf16+turbo"])
-    assert e.value.code == 2 and "--levers: unknown lever ['turbo'] in 'bf16+turbo'" in capsys.readouterr().err
+    assert (
+        e.value.code == 2 and "--levers: unknown lever ['turbo'] in 'bf16+turbo'" in capsys.readouterr().err
+    )
 
 
 # ----------------------------------------------------------------------------------- model options
@@ -242,7 +301,10 @@ def test_lm_remat_gives_the_same_loss_and_grads():
     base, rem = lm_lib.DecoderLM(**kw), lm_lib.DecoderLM(**kw, remat="dots")
     params = base.init(jax.random.key(0), tokens)
     assert jax.tree.structure(params) == jax.tree.structure(rem.init(jax.random.key(0), tokens))
-    f = lambda m: jax.jit(jax.value_and_grad(lambda p: (m.apply(p, tokens)[0] ** 2).mean()))(params)  # noqa: E731
+
+    def f(m):
+        return jax.jit(jax.value_and_grad(lambda p: (m.apply(p, tokens)[0] ** 2).mean()))(params)
+
     (l0, g0), (l1, g1) = f(base), f(rem)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
@@ -259,7 +321,10 @@ def test_lm_scan_equals_the_unrolled_lm_on_restacked_parameters(remat):
     assert boxed.names == ("layers", "embed", "heads", "kv") and boxed.value.shape == (3, 32, 4, 8)
     stacked = models.stack_layers(params)
     assert set(stacked["params"]) == {"blocks", "token_embed", "ln_final", "lm_head"}
-    f = lambda m, p: jax.jit(jax.value_and_grad(lambda p: (m.apply(p, tokens)[0] ** 2).mean()))(p)  # noqa: E731
+
+    def f(m, p):
+        return jax.jit(jax.value_and_grad(lambda p: (m.apply(p, tokens)[0] ** 2).mean()))(p)
+
     (l0, g0), (l1, g1) = f(base, params), f(scanned, stacked)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(models.stack_layers(g0)), jax.tree.leaves(g1)):

@@ -18,8 +18,9 @@ CLIP = os.path.join(ROOT, "configs", "clip_shapes.py")
 
 def run(*args, timeout=120):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+    )
 
 
 def first_words(path, n=4):
@@ -36,7 +37,7 @@ def test_help_lists_the_configs_with_their_purpose_and_arguments():
     lines = out.splitlines()
     (clip,) = [i for i, line in enumerate(lines) if line.strip().startswith("configs/clip_shapes.py")]
     assert first_words(CLIP) in lines[clip]  # "A small CLIP trained", from its docstring
-    assert "arguments: :tiny" in " ".join(lines[clip:clip + 4])
+    assert "arguments: :tiny" in " ".join(lines[clip : clip + 4])
     for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
         if os.path.basename(path) != "common.py":
             assert f"configs/{os.path.basename(path)}" in out
@@ -60,8 +61,15 @@ def test_print_config_prints_the_overridden_config_and_builds_nothing(tmp_path, 
     monkeypatch.setattr(train, "train_and_evaluate", refuse)
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "w"
-    code = train.main(["mmjax.train", f"--config={CLIP}:tiny", "--config.optimizer.lr=0.5", "--print_config",
-                       f"--workdir={workdir}"])
+    code = train.main(
+        [
+            "mmjax.train",
+            f"--config={CLIP}:tiny",
+            "--config.optimizer.lr=0.5",
+            "--print_config",
+            f"--workdir={workdir}",
+        ]
+    )
     out = capsys.readouterr().out.splitlines()
     assert code == 0
     assert "optimizer.lr=0.5" in out and "task=contrastive" in out and "total_steps=20" in out
@@ -70,25 +78,34 @@ def test_print_config_prints_the_overridden_config_and_builds_nothing(tmp_path, 
 
 
 def test_print_config_needs_no_workdir_and_imports_no_data_stack():
-    code = ("import sys; from mmjax import train; "
-            "rc = train.main(['mmjax.train', '--config=configs/siglip_shapes.py:tiny', '--print_config']); "
-            "assert 'mmjax.data.pipeline' not in sys.modules and 'grain' not in sys.modules; sys.exit(rc)")
+    code = (
+        "import sys; from mmjax import train; "
+        "rc = train.main(['mmjax.train', '--config=configs/siglip_shapes.py:tiny', '--print_config']); "
+        "assert 'mmjax.data.pipeline' not in sys.modules and 'grain' not in sys.modules; sys.exit(rc)"
+    )
     proc = run("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert "loss.impl=ring" in proc.stdout.splitlines()
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--verbose"], "error: unexpected '--verbose'; usage: python -m mmjax.train --config="),
-    (["--print_config=yes"], "error: unexpected '--print_config=yes'; usage:"),
-    (["-x"], "error: unexpected '-x'; usage:"),
-    (["--config=configs/clip_shapes.py:huge", "--print_config"],
-     "error: configs/clip_shapes.py: unknown argument 'huge'; use no argument or ':tiny'"),
-    (["--config=configs/clip_shapes.py"], "error: usage: python -m mmjax.train"),
-    (["--print_config"], "error: usage: python -m mmjax.train"),
-    (["--config=configs/clip_shapes.py", "--print_config", "--config.optimizer.lrr=1"],
-     "error: unknown config key 'optimizer.lrr'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--verbose"], "error: unexpected '--verbose'; usage: python -m mmjax.train --config="),
+        (["--print_config=yes"], "error: unexpected '--print_config=yes'; usage:"),
+        (["-x"], "error: unexpected '-x'; usage:"),
+        (
+            ["--config=configs/clip_shapes.py:huge", "--print_config"],
+            "error: configs/clip_shapes.py: unknown argument 'huge'; use no argument or ':tiny'",
+        ),
+        (["--config=configs/clip_shapes.py"], "error: usage: python -m mmjax.train"),
+        (["--print_config"], "error: usage: python -m mmjax.train"),
+        (
+            ["--config=configs/clip_shapes.py", "--print_config", "--config.optimizer.lrr=1"],
+            "error: unknown config key 'optimizer.lrr'",
+        ),
+    ],
+)
 def test_bad_command_lines_are_one_line(args, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert train.main(["mmjax.train", *args]) == 2
@@ -110,11 +127,13 @@ def test_the_hf_commands_answer_under_their_documented_names(module):
 
 
 def test_generating_the_shapes_dataset_prints_only_mmjax_lines(tmp_path):
-    code = ("import sys; from mmjax.data import shapes_builder; "
-            f"sizes = dict(image_size=16, num_train=4, num_validation=2, num_test=2); "
-            f"b = shapes_builder.ensure_built({str(tmp_path)!r}, **sizes); "
-            "print('examples', b.info.splits['train'].num_examples, file=sys.stderr); "
-            f"shapes_builder.ensure_built({str(tmp_path)!r}, **sizes)")  # the second call: prepared, silent
+    code = (
+        "import sys; from mmjax.data import shapes_builder; "
+        f"sizes = dict(image_size=16, num_train=4, num_validation=2, num_test=2); "
+        f"b = shapes_builder.ensure_built({str(tmp_path)!r}, **sizes); "
+        "print('examples', b.info.splits['train'].num_examples, file=sys.stderr); "
+        f"shapes_builder.ensure_built({str(tmp_path)!r}, **sizes)"
+    )  # the second call: prepared, silent
     proc = run("-c", code)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
@@ -133,5 +152,6 @@ def test_a_failing_generation_still_raises(tmp_path, monkeypatch):
     monkeypatch.setattr(shapes_builder, "encode_example", broken)
     with pytest.raises(RuntimeError, match="cannot draw train example 0"):
         shapes_builder.ensure_built(str(tmp_path), image_size=16, num_train=4, num_validation=2, num_test=2)
-    assert not shapes_builder.get_builder(str(tmp_path), image_size=16, num_train=4, num_validation=2,
-                                          num_test=2).is_prepared()
+    assert not shapes_builder.get_builder(
+        str(tmp_path), image_size=16, num_train=4, num_validation=2, num_test=2
+    ).is_prepared()

@@ -40,8 +40,23 @@ def test_shape_bytes_and_collective_parsing_on_a_compiled_program():
 
 def test_harness_compares_dp_and_fsdp(tmp_path):
     run = harness()
-    assert run.main(["run.py", "--mesh", "fsdp=8", "--strategies", "dp,fsdp", "--batch", "16", "--no-time",
-                     "--out", str(tmp_path)]) == 0
+    assert (
+        run.main(
+            [
+                "run.py",
+                "--mesh",
+                "fsdp=8",
+                "--strategies",
+                "dp,fsdp",
+                "--batch",
+                "16",
+                "--no-time",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     stem = tmp_path / "cpu_clip-shapes_data1_fsdp8_tensor1"
     with open(f"{stem}.csv") as f:
         rows = {r["strategy"]: r for r in csv.DictReader(f)}
@@ -56,20 +71,42 @@ def test_fusion_comparison_harness(tmp_path, monkeypatch):
     """One variant end to end (the others differ only in their configs): curve, sizes, files."""
     monkeypatch.setenv("MMJAX_DATA_DIR", str(tmp_path / "tfds"))
     run = harness("fusion_comparison")
-    assert run.main(["run.py", "--tiny", "--variants", "deep", "--steps", "2", "--eval-every", "1",
-                     "--eval-images", "2", "--time-rounds", "1", "--workdir", str(tmp_path / "runs"),
-                     "--out", str(tmp_path / "out")]) == 0
+    assert (
+        run.main(
+            [
+                "run.py",
+                "--tiny",
+                "--variants",
+                "deep",
+                "--steps",
+                "2",
+                "--eval-every",
+                "1",
+                "--eval-images",
+                "2",
+                "--time-rounds",
+                "1",
+                "--workdir",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     stem = tmp_path / "out" / "cpu_tiny_fusion_comparison"
     with open(f"{stem}.csv") as f:
         (row,) = list(csv.DictReader(f))
     with open(f"{stem}_curves.csv") as f:
         curves = list(csv.DictReader(f))
     assert [(c["variant"], int(c["step"]), int(c["vqa_questions"])) for c in curves] == [
-        ("deep", s, 12) for s in (0, 1, 2)]  # the start and each checkpoint; 2 images x 6 questions
+        ("deep", s, 12) for s in (0, 1, 2)
+    ]  # the start and each checkpoint; 2 images x 6 questions
     assert row["variant"] == "deep" and int(row["lm_positions_per_image"]) == 1
     assert int(row["visual_tokens_per_image"]) == 8 and float(row["tokens_per_example"]) > 5
     assert 0 < int(row["trainable_params"]) < int(row["total_params"]) and float(row["step_s"]) > 0
     assert "deep fusion" in open(f"{stem}.md").read() and os.path.getsize(f"{stem}.png") > 10_000
-    cfg = run.variant_config("early_frozen_lm", run.argparse.Namespace(tiny=True, steps=2, eval_every=1,
-                                                                       eval_images=2))
+    cfg = run.variant_config(
+        "early_frozen_lm", run.argparse.Namespace(tiny=True, steps=2, eval_every=1, eval_images=2)
+    )
     assert cfg.optimizer.freeze_regex == (r"image/.*", r"lm/.*") and cfg.model.type == "early_fusion"

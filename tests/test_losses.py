@@ -34,9 +34,12 @@ def test_equals_hand_computed_value():
     a = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     b = jnp.array([[1.0, 0.0], [0.6, 0.8]])
     logits = 2.0 * a @ b.T  # [[2, 1.2], [0, 1.6]]
-    row = -np.mean([logits[0, 0] - np.log(np.exp(logits[0]).sum()), logits[1, 1] - np.log(np.exp(logits[1]).sum())])
-    col = -np.mean([logits[0, 0] - np.log(np.exp(logits[:, 0]).sum()),
-                    logits[1, 1] - np.log(np.exp(logits[:, 1]).sum())])
+    row = -np.mean(
+        [logits[0, 0] - np.log(np.exp(logits[0]).sum()), logits[1, 1] - np.log(np.exp(logits[1]).sum())]
+    )
+    col = -np.mean(
+        [logits[0, 0] - np.log(np.exp(logits[:, 0]).sum()), logits[1, 1] - np.log(np.exp(logits[:, 1]).sum())]
+    )
     loss, _ = losses.softmax_contrastive_loss(a, b, jnp.float32(2.0))
     np.testing.assert_allclose(loss, (row + col) / 2, rtol=1e-6)
 
@@ -45,8 +48,14 @@ def test_float32_for_bfloat16_inputs():
     a = normalized(jax.random.normal(jax.random.key(0), (4, 8))).astype(jnp.bfloat16)
     loss, _ = losses.softmax_contrastive_loss(a, a, jnp.bfloat16(10.0))
     assert loss.dtype == jnp.float32
-    assert loss == pytest.approx(float(losses.softmax_contrastive_loss(a.astype(jnp.float32), a.astype(jnp.float32),
-                                                                        jnp.float32(10.0))[0]), rel=1e-6)
+    assert loss == pytest.approx(
+        float(
+            losses.softmax_contrastive_loss(a.astype(jnp.float32), a.astype(jnp.float32), jnp.float32(10.0))[
+                0
+            ]
+        ),
+        rel=1e-6,
+    )
 
 
 def test_hard_negatives_are_extra_image_to_text_candidates():
@@ -69,10 +78,14 @@ def test_hard_negatives_are_extra_image_to_text_candidates():
 
 # --- SigLIP and the sharded forms: equal values and gradients on 8 devices --------------------------
 
+
 def embeddings(b=16, d=8, seed=0):
     k = jax.random.split(jax.random.key(seed), 3)
-    return (normalized(jax.random.normal(k[0], (b, d))), normalized(jax.random.normal(k[1], (b, d))),
-            normalized(jax.random.normal(k[2], (b, d))))
+    return (
+        normalized(jax.random.normal(k[0], (b, d))),
+        normalized(jax.random.normal(k[1], (b, d))),
+        normalized(jax.random.normal(k[2], (b, d))),
+    )
 
 
 def test_sigmoid_loss_equals_hand_computed_value():
@@ -109,9 +122,15 @@ def sharded(kind, impl, mesh_axes, negatives=False, mask=None):
         return grad_fn(*args)
 
 
-@pytest.mark.parametrize("kind,impl,negatives", [
-    ("softmax", "gather", False), ("softmax", "gather", True), ("sigmoid", "gather", False),
-    ("sigmoid", "ring", False)])
+@pytest.mark.parametrize(
+    "kind,impl,negatives",
+    [
+        ("softmax", "gather", False),
+        ("softmax", "gather", True),
+        ("sigmoid", "gather", False),
+        ("sigmoid", "ring", False),
+    ],
+)
 @pytest.mark.parametrize("mesh_axes", [("data", "fsdp", "tensor"), ("fsdp",)])
 def test_sharded_losses_equal_single_device(kind, impl, negatives, mesh_axes):
     (loss1, m1), grads1 = sharded(kind, "gather", None, negatives)
@@ -125,17 +144,36 @@ def test_sharded_losses_equal_single_device(kind, impl, negatives, mesh_axes):
 
 
 # Captions as token ids: red=10, blue=11; star=20, circle=21, cross=22 (1 BOS, 2 EOT, 30 another word).
-CAPTIONS = np.array([[1, 10, 20, 2], [1, 10, 22, 2], [1, 11, 20, 2], [1, 11, 21, 2], [1, 10, 20, 2],
-                     [1, 10, 11, 20], [1, 30, 10, 2], [1, 11, 21, 20]])
+CAPTIONS = np.array(
+    [
+        [1, 10, 20, 2],
+        [1, 10, 22, 2],
+        [1, 11, 20, 2],
+        [1, 11, 21, 2],
+        [1, 10, 20, 2],
+        [1, 10, 11, 20],
+        [1, 30, 10, 2],
+        [1, 11, 21, 20],
+    ]
+)
 GROUPS = ((10, 11), (20, 21, 22))
 
 
 def test_minimal_pair_mask():
     mask = np.asarray(losses.minimal_pair_mask(CAPTIONS, GROUPS))
-    want = np.array([  # red star: red cross and blue star only (not blue circle, not its duplicate)
-        [1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 1, 0, 0, 0], [1, 0, 1, 1, 1, 0, 0, 0], [0, 0, 1, 1, 0, 0, 0, 0],
-        [0, 1, 1, 0, 1, 0, 0, 0],
-        [0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1]], bool)  # not single
+    want = np.array(
+        [  # red star: red cross and blue star only (not blue circle, not its duplicate)
+            [1, 1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 1, 0, 0, 0],
+            [1, 0, 1, 1, 1, 0, 0, 0],
+            [0, 0, 1, 1, 0, 0, 0, 0],
+            [0, 1, 1, 0, 1, 0, 0, 0],
+            [0, 0, 0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 0, 0, 1, 1, 1],
+            [0, 0, 0, 0, 0, 1, 1, 1],
+        ],
+        bool,
+    )  # not single
     np.testing.assert_array_equal(mask, want)
     assert np.asarray(losses.minimal_pair_mask(CAPTIONS, ())).all()
 
@@ -152,7 +190,9 @@ def test_masked_pairs_take_no_part_in_the_loss():
     full, _ = losses.softmax_contrastive_loss(img, txt, jnp.float32(4.0))
     assert float(full) > float(loss)  # fewer candidates
     # a text's embedding reaches an image's loss terms only where the mask pairs them
-    grad = jax.grad(lambda t: losses.softmax_contrastive_loss(img, t, jnp.float32(4.0), negative_mask=mask)[0])
+    grad = jax.grad(
+        lambda t: losses.softmax_contrastive_loss(img, t, jnp.float32(4.0), negative_mask=mask)[0]
+    )
     g_row0 = jax.grad(lambda t: jax.nn.logsumexp(jnp.where(mask[0], 4.0 * img[0] @ t.T, -1e9)))(txt)
     assert float(jnp.abs(g_row0[3]).sum()) == 0 and float(jnp.abs(g_row0[1]).sum()) > 0
     assert float(jnp.abs(grad(txt)).sum()) > 0
@@ -160,7 +200,9 @@ def test_masked_pairs_take_no_part_in_the_loss():
 
 @pytest.mark.parametrize("mesh_axes", [("data", "fsdp", "tensor"), ("fsdp",)])
 def test_sharded_masked_loss_equals_single_device(mesh_axes):
-    mask = losses.minimal_pair_mask(np.concatenate([CAPTIONS, CAPTIONS[::-1]]), GROUPS)  # 16 rows, as embeddings()
+    mask = losses.minimal_pair_mask(
+        np.concatenate([CAPTIONS, CAPTIONS[::-1]]), GROUPS
+    )  # 16 rows, as embeddings()
     (loss1, m1), grads1 = sharded("softmax", "gather", None, mask=mask)
     (loss8, m8), grads8 = sharded("softmax", "gather", mesh_axes, mask=mask)
     np.testing.assert_allclose(loss8, loss1, rtol=1e-6)

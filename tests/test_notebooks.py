@@ -57,9 +57,15 @@ def kernel_env(data_dir: str, cache_dir: str) -> dict:
     some programs twice (e.g. the fusion harness initialises again the state that training initialised)."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     flags += ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
-    env = dict(os.environ, XLA_FLAGS=" ".join(dict.fromkeys(flags)), JAX_PLATFORMS="cpu",
-               MMJAX_DATA_DIR=data_dir, TFDS_DISABLE_GCS="1", JAX_COMPILATION_CACHE_DIR=cache_dir,
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=" ".join(dict.fromkeys(flags)),
+        JAX_PLATFORMS="cpu",
+        MMJAX_DATA_DIR=data_dir,
+        TFDS_DISABLE_GCS="1",
+        JAX_COMPILATION_CACHE_DIR=cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+    )
     env.pop("PYTEST_CURRENT_TEST", None)
     return env
 
@@ -72,10 +78,17 @@ def execute(name: str, workdir: str, data_dir: str, cache_dir: str):
     client = NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": workdir}})
     client.execute(env=kernel_env(data_dir, cache_dir))
     seconds = time.perf_counter() - t0
-    lines = [line for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-             if o.get("output_type") == "stream" for line in o.get("text", "").splitlines() if line.startswith(MARK)]
+    lines = [
+        line
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+        for line in o.get("text", "").splitlines()
+        if line.startswith(MARK)
+    ]
     assert len(lines) == 1, f"{name}: expected one {MARK.strip()} line, got {len(lines)}"
-    return nb, json.loads(lines[0][len(MARK):]), seconds
+    return nb, json.loads(lines[0][len(MARK) :]), seconds
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +101,14 @@ def executed(data_dir, tmp_path_factory):
     from mmjax.data import shapes_builder
 
     d = config_lib.load_file(os.path.join(ROOT, "configs", "clip_shapes.py:tiny")).data
-    shapes_builder.ensure_built(data_dir, seed=d.seed, image_size=d.image_size, num_train=d.num_train,
-                                num_validation=d.num_validation, num_test=d.num_test)
+    shapes_builder.ensure_built(
+        data_dir,
+        seed=d.seed,
+        image_size=d.image_size,
+        num_train=d.num_train,
+        num_validation=d.num_validation,
+        num_test=d.num_test,
+    )
     with concurrent.futures.ThreadPoolExecutor(len(NOTEBOOKS)) as pool:
         futures = {name: pool.submit(execute, name, dirs[name], data_dir, cache_dir) for name in NOTEBOOKS}
         concurrent.futures.wait(futures.values())
@@ -117,10 +136,15 @@ def test_committed_notebook_is_clean_and_colab_ready(name):
     cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in cells), f"{name}: clear the outputs"
     first = cells[0].source
-    assert '"google.colab" in sys.modules' in first and 'MMJAX_GIT = "https://github.com/mmjax/mmjax"' in first
+    assert (
+        '"google.colab" in sys.modules' in first and 'MMJAX_GIT = "https://github.com/mmjax/mmjax"' in first
+    )
     assert "parameters" in cells[1].metadata.get("tags", []) and 'SCALE = "full"' in cells[1].source
     if name == "03_sharding_strategies":  # 8 devices must be asked for before JAX initialises
-        assert "xla_force_host_platform_device_count=8" in first and "import jax" not in first.split("XLA_FLAGS")[0]
+        assert (
+            "xla_force_host_platform_device_count=8" in first
+            and "import jax" not in first.split("XLA_FLAGS")[0]
+        )
 
 
 def test_clip_notebook(executed):
@@ -148,10 +172,13 @@ def test_fusion_notebook(executed):
     # Flamingo-style: one [IMG] position per image in the LM input; LLaVA-style: one per image token
     assert s["variants"]["deep"]["lm_positions_per_image"] == 1
     assert s["variants"]["early"]["lm_positions_per_image"] > 1
-    # the masks drawn: early fusion's image+prompt prefix is bidirectional, deep fusion's self-attention causal,
-    # and text before the image sees no visual token
-    assert s["masks"] == {"early_prefix_bidirectional": True, "deep_self_attention_causal": True,
-                          "deep_text_before_image_sees_nothing": True}
+    # the masks drawn: early fusion's image+prompt prefix is bidirectional, deep fusion's self-attention
+    # causal, and text before the image sees no visual token
+    assert s["masks"] == {
+        "early_prefix_bidirectional": True,
+        "deep_self_attention_causal": True,
+        "deep_text_before_image_sees_nothing": True,
+    }
     assert images_in(nb) >= 2  # masks, accuracy/parameters plot
 
 

@@ -9,14 +9,27 @@ import pytest
 from mmjax import optimizer
 from mmjax.config import ConfigError
 
-PARAMS = {"image": {"fc": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}},
-          "text": {"embed": {"embedding": jnp.ones((3, 2))}}, "logit_scale": jnp.ones(())}
+PARAMS = {
+    "image": {"fc": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}},
+    "text": {"embed": {"embedding": jnp.ones((3, 2))}},
+    "logit_scale": jnp.ones(()),
+}
 
 
 def opt_cfg(**kw):
-    base = dict(name="adamw", lr=0.1, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.5, warmup_steps=2,
-                end_lr_factor=0.0, grad_clip_norm=1.0, weight_decay_regex=(r".*/kernel", r".*/embedding"),
-                freeze_regex=())
+    base = dict(
+        name="adamw",
+        lr=0.1,
+        b1=0.9,
+        b2=0.98,
+        eps=1e-6,
+        weight_decay=0.5,
+        warmup_steps=2,
+        end_lr_factor=0.0,
+        grad_clip_norm=1.0,
+        weight_decay_regex=(r".*/kernel", r".*/embedding"),
+        freeze_regex=(),
+    )
     return ml_collections.ConfigDict(dict(base, **kw))
 
 
@@ -60,4 +73,3 @@ def test_frozen_parameters_do_not_move_and_have_no_optimizer_state():
 def test_unknown_optimizer():
     with pytest.raises(ConfigError, match="unknown optimizer 'sgdd'; known: adamw"):
         optimizer.make(opt_cfg(name="sgdd"), 10, PARAMS)
-

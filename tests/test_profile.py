@@ -6,8 +6,13 @@ from mmjax import models
 
 
 def test_profile_cli_json_lists_every_model():
-    out = subprocess.run([sys.executable, "-m", "mmjax.profile", "--json"], capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "mmjax.profile", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     rows = [json.loads(line) for line in out.splitlines()]
     assert [r["model"] for r in rows] == models.list_models("two_tower")
     b16 = next(r for r in rows if r["model"] == "clip-vit-b16")
@@ -16,6 +21,7 @@ def test_profile_cli_json_lists_every_model():
 
 
 def test_profile_cli_rejects_unknown_arguments():
-    proc = subprocess.run([sys.executable, "-m", "mmjax.profile", "--csv"], capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmjax.profile", "--csv"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: unexpected argument '--csv'")

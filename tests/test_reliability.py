@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import TRAINED, read_metrics, tiny_config
 
 from mmjax import sharding, tasks, train
 from mmjax.checkpoint import Checkpointer
@@ -26,12 +27,12 @@ from mmjax.config import ConfigError
 from mmjax.metrics_log import last_logged_step
 from mmjax.preemption import StopRequest
 from mmjax.run import build_run
-from helpers import TRAINED, read_metrics, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A failed Orbax restore leaves TensorStore reads behind whose callbacks later find Orbax's event loop closed.
 LEFTOVER_READS = pytest.mark.filterwarnings(
-    r"ignore:(?s)Exception ignored in.*Event loop is closed:pytest.PytestUnraisableExceptionWarning")
+    r"ignore:(?s)Exception ignored in.*Event loop is closed:pytest.PytestUnraisableExceptionWarning"
+)
 
 
 def steps_on_disk(workdir):
@@ -49,6 +50,7 @@ def load_state(workdir, step):
 
 # --- exact resume after a crash -------------------------------------------------------------------------
 
+
 def without_timing(records):
     return [{k: v for k, v in r.items() if k != "examples_per_sec"} for r in records]
 
@@ -65,18 +67,32 @@ def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
     first_checkpoint = os.path.join(workdir, "checkpoints", str(TRAINED["checkpoint_every"]))
     with open(log, "w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={workdir}",
-             f"--config.data.data_dir={data_dir}", *(f"--config.{k}={v}" for k, v in TRAINED.items())],
-            cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.DEVNULL, stderr=stderr)
+            [
+                sys.executable,
+                "-m",
+                "mmjax.train",
+                "--config=configs/clip_shapes.py:tiny",
+                f"--workdir={workdir}",
+                f"--config.data.data_dir={data_dir}",
+                *(f"--config.{k}={v}" for k, v in TRAINED.items()),
+            ],
+            cwd=ROOT,
+            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         deadline = time.monotonic() + 120
-        while proc.poll() is None and (last_logged_step(workdir) < kill_after
-                                       or not os.path.isdir(first_checkpoint)):
+        while proc.poll() is None and (
+            last_logged_step(workdir) < kill_after or not os.path.isdir(first_checkpoint)
+        ):
             assert time.monotonic() < deadline, f"step {kill_after} not logged after 120 s"
             time.sleep(0.01)
         time.sleep(delay)
         proc.kill()
-        assert proc.wait(60) == -signal.SIGKILL, f"the run ended before it was killed (seed {seed}): {log.read_text()}"
+        assert proc.wait(60) == -signal.SIGKILL, (
+            f"the run ended before it was killed (seed {seed}): {log.read_text()}"
+        )
     finally:
         proc.kill()
     resume_from = steps_on_disk(workdir)[-1]
@@ -94,19 +110,33 @@ def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
 
 # --- graceful stop ----------------------------------------------------------------------------------------
 
-STOPPED = dict(total_steps=400, log_every=1, checkpoint_every=2)  # the run below; 400 steps would take minutes
+STOPPED = dict(
+    total_steps=400, log_every=1, checkpoint_every=2
+)  # the run below; 400 steps would take minutes
 
 
 @pytest.fixture(scope="module")
 def stopped(data_dir, tmp_path_factory):
-    """``python -m mmjax.train`` sent SIGTERM once step 3 is logged: ``(workdir, returncode, stdout, stderr)``.
-    Its checkpoints (the periodic ones and the one of the last step) also serve the checkpoint-safety tests."""
+    """``python -m mmjax.train`` sent SIGTERM once step 3 is logged: ``(workdir, returncode, stdout,
+    stderr)``. Its checkpoints (the periodic ones and the one of the last step) also serve the
+    checkpoint-safety tests."""
     workdir = str(tmp_path_factory.mktemp("stopped"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={workdir}",
-         f"--config.data.data_dir={data_dir}", *(f"--config.{k}={v}" for k, v in STOPPED.items())],
-        cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "mmjax.train",
+            "--config=configs/clip_shapes.py:tiny",
+            f"--workdir={workdir}",
+            f"--config.data.data_dir={data_dir}",
+            *(f"--config.{k}={v}" for k, v in STOPPED.items()),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and last_logged_step(workdir) < 3:
@@ -124,11 +154,14 @@ def test_sigterm_stops_after_a_checkpoint_and_a_rerun_resumes(stopped, data_dir,
     same config in the same workdir continues after that step."""
     workdir, returncode, out, err = stopped
     assert returncode == 0, err
-    assert "zero_shot_top1" not in out and "null" not in out.splitlines()  # no results: the run did not finish
+    assert (
+        "zero_shot_top1" not in out and "null" not in out.splitlines()
+    )  # no results: the run did not finish
     lines = [line for line in err.splitlines() if line.startswith("stopped by")]
     assert len(lines) == 1 and lines[0] == err.splitlines()[-1], err
-    match = re.fullmatch(r"stopped by SIGTERM after step (\d+); checkpoint: (\S+); rerun the same command to resume",
-                         lines[0])
+    match = re.fullmatch(
+        r"stopped by SIGTERM after step (\d+); checkpoint: (\S+); rerun the same command to resume", lines[0]
+    )
     assert match, lines[0]
     step = int(match.group(1))
     assert 3 <= step < 400
@@ -218,6 +251,7 @@ def test_stop_request_uses_the_preemption_sync_point_with_several_processes(monk
 
 # --- non-finite loss or gradient --------------------------------------------------------------------------
 
+
 @pytest.fixture
 def nan_at(monkeypatch):
     """``nan_at({3, 5})``: the batches of those steps (counted from 1 in this process) hold NaN images."""
@@ -244,20 +278,27 @@ def test_nan_stop_raises_naming_the_step_and_keeps_the_last_good_checkpoint(data
     cfg = tiny_config(data_dir, total_steps=8, log_every=8, checkpoint_every=2, keep_checkpoints=5)
     with pytest.raises(train.NonFiniteError) as info:
         train.train_and_evaluate(cfg, workdir)
-    assert str(info.value) == (f"non-finite loss or gradient at step 5; the last good checkpoint is {workdir}/"
-                               f'checkpoints/4 (set nan_policy="skip" to skip such steps)')
+    assert str(info.value) == (
+        f"non-finite loss or gradient at step 5; the last good checkpoint is {workdir}/"
+        f'checkpoints/4 (set nan_policy="skip" to skip such steps)'
+    )
     assert steps_on_disk(workdir) == [2, 4]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(load_state(workdir, 4)))
     assert read_metrics(workdir) == []
 
 
-def test_nan_skip_leaves_the_state_unchanged_and_counts_skipped_steps(data_dir, tmp_path, nan_at, monkeypatch):
+def test_nan_skip_leaves_the_state_unchanged_and_counts_skipped_steps(
+    data_dir, tmp_path, nan_at, monkeypatch
+):
     nan_at({2, 3})
     # The final evaluation only passes the loop's counts through to results.json; skip its work here.
-    monkeypatch.setattr(tasks.ContrastiveTask, "evaluate", lambda self, params, workdir, history, done: dict(done))
+    monkeypatch.setattr(
+        tasks.ContrastiveTask, "evaluate", lambda self, params, workdir, history, done: dict(done)
+    )
     workdir = str(tmp_path / "run")
-    cfg = tiny_config(data_dir, total_steps=4, log_every=2, checkpoint_every=1, keep_checkpoints=10,
-                      nan_policy="skip")
+    cfg = tiny_config(
+        data_dir, total_steps=4, log_every=2, checkpoint_every=1, keep_checkpoints=10, nan_policy="skip"
+    )
     results = train.train_and_evaluate(cfg, workdir)
     assert results["skipped_steps"] == 2
     with open(os.path.join(workdir, "results.json")) as f:
@@ -268,7 +309,9 @@ def test_nan_skip_leaves_the_state_unchanged_and_counts_skipped_steps(data_dir, 
         assert states[after]["step"] == states[before]["step"] + 1
         for key in ("params", "opt_state"):
             jax.tree.map(np.testing.assert_array_equal, states[before][key], states[after][key])
-    assert not np.array_equal(states[3]["params"]["text_proj"]["kernel"], states[4]["params"]["text_proj"]["kernel"])
+    assert not np.array_equal(
+        states[3]["params"]["text_proj"]["kernel"], states[4]["params"]["text_proj"]["kernel"]
+    )
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
         assert [ckpt.restore_info(s)["skipped_steps"] for s in range(1, 5)] == [0, 1, 2, 2]
@@ -284,12 +327,19 @@ def test_all_finite():
 
 def test_unknown_nan_policy_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
-    code = train.main(["mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}",
-                       "--config.nan_policy=ignore"])
+    code = train.main(
+        [
+            "mmjax.train",
+            "--config=configs/clip_shapes.py:tiny",
+            f"--workdir={tmp_path / 'w'}",
+            "--config.nan_policy=ignore",
+        ]
+    )
     assert code == 2
     assert capsys.readouterr().err.splitlines() == [
-        "error: nan_policy 'ignore' is unknown; use \"stop\" (raise at a non-finite loss or gradient) or \"skip\" "
-        "(skip that update)"]
+        "error: nan_policy 'ignore' is unknown; use \"stop\" (raise at a non-finite loss or gradient) "
+        'or "skip" (skip that update)'
+    ]
 
 
 def test_main_exit_status_for_non_finite_and_stopped_runs(tmp_path, monkeypatch, capsys):
@@ -297,18 +347,23 @@ def test_main_exit_status_for_non_finite_and_stopped_runs(tmp_path, monkeypatch,
     argv = ["mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}"]
 
     def non_finite(config, workdir):
-        raise train.NonFiniteError("non-finite loss or gradient at step 3; no checkpoint was written before it")
+        raise train.NonFiniteError(
+            "non-finite loss or gradient at step 3; no checkpoint was written before it"
+        )
 
     monkeypatch.setattr(train, "train_and_evaluate", non_finite)
     assert train.main(argv) == 1
     out, err = capsys.readouterr()
-    assert err.splitlines() == ["error: non-finite loss or gradient at step 3; no checkpoint was written before it"]
+    assert err.splitlines() == [
+        "error: non-finite loss or gradient at step 3; no checkpoint was written before it"
+    ]
     monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: None)  # stopped by a signal
     assert train.main(argv) == 0
     assert capsys.readouterr().out == ""
 
 
 # --- checkpoint safety ------------------------------------------------------------------------------------
+
 
 def copy_run(workdir, tmp_path):
     copy = str(tmp_path / "run")
@@ -341,7 +396,8 @@ def restore_target(cfg):
 
 @LEFTOVER_READS
 def test_resume_falls_back_from_an_unreadable_checkpoint(stopped, data_dir, tmp_path, capsys):
-    """The damaged latest checkpoint is moved aside with one warning; training resumes from the previous one."""
+    """The damaged latest checkpoint is moved aside with one warning; training resumes from the previous
+    one."""
     workdir = copy_run(stopped[0], tmp_path)
     good, bad = steps_on_disk(workdir)[-2:]
     damage(os.path.join(workdir, "checkpoints", str(bad)), "delete manifest")
@@ -350,8 +406,11 @@ def test_resume_falls_back_from_an_unreadable_checkpoint(stopped, data_dir, tmp_
     warnings = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, err
     ckpts = os.path.join(workdir, "checkpoints")
-    assert re.fullmatch(rf"warning: checkpoint {ckpts}/{bad} is unreadable \(.+\); resuming from {ckpts}/{good} "
-                        rf"\(moved it to {ckpts}/{bad}\.corrupt-[0-9T]+\)", warnings[0]), warnings[0]
+    assert re.fullmatch(
+        rf"warning: checkpoint {ckpts}/{bad} is unreadable \(.+\); resuming from {ckpts}/{good} "
+        rf"\(moved it to {ckpts}/{bad}\.corrupt-[0-9T]+\)",
+        warnings[0],
+    ), warnings[0]
     assert f"resumed from {ckpts}/{good}" in err
     assert steps_on_disk(workdir) == [good, good + 1]
     assert len(glob.glob(os.path.join(ckpts, f"{bad}.corrupt-*", "state"))) == 1  # kept, not deleted
@@ -371,13 +430,20 @@ def test_restore_latest_moves_unreadable_checkpoints_aside(stopped, data_dir, tm
     ckpt = Checkpointer(ckpts)
     try:
         step, state, info = ckpt.restore_latest(abstract, data_iter)
-        assert (step, int(state.step), info["skipped_steps"], info["truncated_examples"]) == (good, good, 0, 0)
+        assert (step, int(state.step), info["skipped_steps"], info["truncated_examples"]) == (
+            good,
+            good,
+            0,
+            0,
+        )
         assert ckpt.latest_step() == good
     finally:
         ckpt.close()
     assert capsys.readouterr().err.count("warning: checkpoint") == 1
 
-    damage(os.path.join(ckpts, str(good)), how)  # now none is readable: start from scratch, iterator untouched
+    damage(
+        os.path.join(ckpts, str(good)), how
+    )  # now none is readable: start from scratch, iterator untouched
     abstract, data_iter = restore_target(cfg)
     initial = data_iter.get_state()
     ckpt = Checkpointer(ckpts)
@@ -388,7 +454,9 @@ def test_restore_latest_moves_unreadable_checkpoints_aside(stopped, data_dir, tm
         ckpt.close()
     assert data_iter.get_state() == initial
     err = capsys.readouterr().err
-    assert f"warning: checkpoint {ckpts}/{good} is unreadable" in err and "no readable checkpoint remains" in err
+    assert (
+        f"warning: checkpoint {ckpts}/{good} is unreadable" in err and "no readable checkpoint remains" in err
+    )
     assert steps_on_disk(workdir) == [] and len(glob.glob(os.path.join(ckpts, "*.corrupt-*"))) == 2
 
 
@@ -422,9 +490,12 @@ def test_restore_latest_refuses_a_checkpoint_of_another_model(stopped, data_dir,
     abstract, data_iter = restore_target(tiny_config(data_dir, **STOPPED, **{"model.embed_dim": 16}))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     try:
-        with pytest.raises(ConfigError, match=rf"checkpoint .*/{before[-1]} holds a train state of other shapes than "
-                           r"this config's model and optimizer \(params/image_proj/kernel: \(32, 32\) there, "
-                           r"\(32, 16\) here\); resume with the config it was written with"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"checkpoint .*/{before[-1]} holds a train state of other shapes than "
+            r"this config's model and optimizer \(params/image_proj/kernel: \(32, 32\) there, "
+            r"\(32, 16\) here\); resume with the config it was written with",
+        ):
             ckpt.restore_latest(abstract, data_iter)
     finally:
         ckpt.close()
@@ -432,9 +503,11 @@ def test_restore_latest_refuses_a_checkpoint_of_another_model(stopped, data_dir,
 
 
 def test_old_checkpoint_outlives_the_save_of_its_successor(tmp_path, monkeypatch):
-    """With max_to_keep=1, Orbax deletes step 1 only once step 2 is committed; a failed commit deletes nothing.
+    """With max_to_keep=1, Orbax deletes step 1 only once step 2 is committed; a failed commit deletes
+    nothing.
 
-    The commit (the rename of ``<step>.orbax-checkpoint-tmp`` to ``<step>``) is held back to look in between."""
+    The commit (the rename of ``<step>.orbax-checkpoint-tmp`` to ``<step>``) is held back to look in
+    between."""
     from etils import epath
 
     directory = str(tmp_path / "checkpoints")
@@ -480,24 +553,37 @@ def test_old_checkpoint_outlives_the_save_of_its_successor(tmp_path, monkeypatch
 
 # --- bad input ----------------------------------------------------------------------------------------------
 
+
 def record(**changes):
     """Record 7 of a tiny shapes train split, as the data source returns it, with ``changes``."""
     from mmjax.data import shapes_builder
 
     ex = shapes_builder.encode_example(0, "train", 7, 32)
     as_bytes = lambda v: [t.encode() for t in v]  # noqa: E731
-    rec = {"id": np.int64(7), "image_png": ex["image_png"], "label": np.int64(ex["label"]),
-           **{k: as_bytes(ex[k]) for k in ("captions", "questions", "answers")}}
+    rec = {
+        "id": np.int64(7),
+        "image_png": ex["image_png"],
+        "label": np.int64(ex["label"]),
+        **{k: as_bytes(ex[k]) for k in ("captions", "questions", "answers")},
+    }
     return {**rec, **changes}
 
 
-@pytest.mark.parametrize("changes,message", [
-    (dict(image_png=b"\x89PNG\r\n\x1a\n cut short"), "train record 7: its image bytes do not decode "
-     "(not an image Pillow can read); the dataset is damaged: regenerate it (delete its directory under "
-     "data.data_dir) or drop the record"),
-    (dict(captions=[b"a red circle", b" "]), "train record 7: captions[1] is empty; repair the dataset or drop "
-     "the record"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (
+            dict(image_png=b"\x89PNG\r\n\x1a\n cut short"),
+            "train record 7: its image bytes do not decode "
+            "(not an image Pillow can read); the dataset is damaged: regenerate it (delete its directory "
+            "under data.data_dir) or drop the record",
+        ),
+        (
+            dict(captions=[b"a red circle", b" "]),
+            "train record 7: captions[1] is empty; repair the dataset or drop the record",
+        ),
+    ],
+)
 def test_damaged_records_are_one_line_errors(changes, message):
     from mmjax.config import DataError
     from mmjax.data import pipeline
@@ -521,20 +607,37 @@ def test_a_damaged_dataset_stops_training_with_one_line(tmp_path, monkeypatch, c
     from mmjax.data import shapes_builder
 
     encode = shapes_builder.encode_example
-    cut = lambda seed, split, index, size: {**encode(seed, split, index, size), "image_png": b"\x89PNG"}  # noqa: E731
+
+    def cut(seed, split, index, size):
+        return {**encode(seed, split, index, size), "image_png": b"\x89PNG"}
+
     monkeypatch.setattr(shapes_builder, "encode_example", cut)
     cfg = tiny_config(str(tmp_path / "tfds"))
-    shapes_builder.ensure_built(cfg.data.data_dir, image_size=cfg.data.image_size, num_train=cfg.data.num_train,
-                                num_validation=cfg.data.num_validation, num_test=cfg.data.num_test)
+    shapes_builder.ensure_built(
+        cfg.data.data_dir,
+        image_size=cfg.data.image_size,
+        num_train=cfg.data.num_train,
+        num_validation=cfg.data.num_validation,
+        num_test=cfg.data.num_test,
+    )
     monkeypatch.undo()
     monkeypatch.chdir(ROOT)
-    code = train.main(["mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}",
-                       f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.worker_count=1"])
+    code = train.main(
+        [
+            "mmjax.train",
+            "--config=configs/clip_shapes.py:tiny",
+            f"--workdir={tmp_path / 'w'}",
+            f"--config.data.data_dir={tmp_path / 'tfds'}",
+            "--config.data.worker_count=1",
+        ]
+    )
     assert code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and re.fullmatch(
-        r"error: the data loader failed at step 1: train record \d+: its image bytes do not decode \(not an image "
-        r"Pillow can read\); .* or drop the record; no checkpoint was written before it", errors[0]), errors
+        r"error: the data loader failed at step 1: train record \d+: its image bytes do not decode "
+        r"\(not an image Pillow can read\); .* or drop the record; no checkpoint was written before it",
+        errors[0],
+    ), errors
 
 
 def test_a_dead_loader_worker_is_an_error_not_a_hang(data_dir):
@@ -544,8 +647,11 @@ def test_a_dead_loader_worker_is_an_error_not_a_hang(data_dir):
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     data_iter = iter(tasks.get_task(cfg).train_loader(cfg.batch_size, cfg.seed))
     next(data_iter)
-    workers = [p for p in psutil.Process().children(recursive=True)
-               if p.pid not in before and "spawn_main" in " ".join(p.cmdline())]
+    workers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and "spawn_main" in " ".join(p.cmdline())
+    ]
     assert workers
     for worker in workers:
         worker.kill()
@@ -573,20 +679,26 @@ def test_a_dead_loader_worker_is_an_error_not_a_hang(data_dir):
     reader.join(120)
     assert not reader.is_alive(), "the loader hung for 120 s after its worker died"
     assert outcome, "48 batches came after the worker died"
-    assert re.fullmatch(r"the data loader failed at step \d+: RuntimeError: Worker process was terminated "
-                        r"unexpectedly.*; no checkpoint was written before it", str(outcome[0])), outcome
+    assert re.fullmatch(
+        r"the data loader failed at step \d+: RuntimeError: Worker process was terminated "
+        r"unexpectedly.*; no checkpoint was written before it",
+        str(outcome[0]),
+    ), outcome
     data_iter.close()
 
 
 def test_texts_cut_to_fit_are_counted_and_reported(data_dir, tmp_path, capsys):
-    """``truncated_examples`` (cumulative in metrics.jsonl, total in results.json) equals the loader's own count
-    of cut rows over the steps run; one warning says how to avoid it."""
+    """``truncated_examples`` (cumulative in metrics.jsonl, total in results.json) equals the loader's own
+    count of cut rows over the steps run; one warning says how to avoid it."""
     cfg = tiny_config(data_dir, total_steps=4, log_every=2, checkpoint_every=4, **{"data.max_len": 14})
     results = train.train_and_evaluate(cfg, str(tmp_path))
     data_iter = iter(tasks.get_task(cfg).train_loader(cfg.batch_size, cfg.seed))
     cut = np.cumsum([next(data_iter)["truncated"].sum() for _ in range(4)])
     assert 0 < cut[1] < cut[3] < 4 * cfg.batch_size
-    assert [(r["step"], r["truncated_examples"]) for r in read_metrics(str(tmp_path))] == [(2, cut[1]), (4, cut[3])]
+    assert [(r["step"], r["truncated_examples"]) for r in read_metrics(str(tmp_path))] == [
+        (2, cut[1]),
+        (4, cut[3]),
+    ]
     assert results["truncated_examples"] == cut[3]
     assert capsys.readouterr().err.count("longer than data.max_len=14 and are cut to fit") == 1
 
@@ -597,6 +709,8 @@ def test_an_unwritable_workdir_is_a_one_line_error_before_any_work(tmp_path):
     else:
         os.chmod(tmp_path, 0o500)
         workdir = str(tmp_path / "run")
-    with pytest.raises(ConfigError, match=rf"^workdir '{workdir}' is not writable \(.+\); choose another --workdir$"):
+    with pytest.raises(
+        ConfigError, match=rf"^workdir '{workdir}' is not writable \(.+\); choose another --workdir$"
+    ):
         train.check_workdir(workdir)
     assert not os.path.exists(workdir)

@@ -21,11 +21,14 @@ def test_mesh_fills_the_minus_one_axis():
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
 
 
-@pytest.mark.parametrize("kw,message", [
-    (dict(data=3, fsdp=-1), "does not divide the 8 devices"),
-    (dict(data=2, fsdp=2, tensor=1), "has 4 devices but 8 are available"),
-    (dict(data=-1, fsdp=-1), "at most one axis may be -1"),
-])
+@pytest.mark.parametrize(
+    "kw,message",
+    [
+        (dict(data=3, fsdp=-1), "does not divide the 8 devices"),
+        (dict(data=2, fsdp=2, tensor=1), "has 4 devices but 8 are available"),
+        (dict(data=-1, fsdp=-1), "at most one axis may be -1"),
+    ],
+)
 def test_mesh_errors(kw, message):
     with pytest.raises(ConfigError, match=message):
         sharding.mesh_shape(mesh_cfg(**kw), 8)

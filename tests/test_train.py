@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import TRAINED, read_metrics, tiny_config
 
 from mmjax import train
 from mmjax.config import ConfigError
-from helpers import TRAINED, read_metrics, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,18 +62,36 @@ def test_batch_not_divisible_by_devices(data_dir, tmp_path):
 
 def run_cli(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "mmjax.train", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mmjax.train", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config.optimizer.lrr=1"], "error: unknown config key 'optimizer.lrr': optimizer has keys"),
-    (["--config.model.image.patch_size=7"], "error: ViT: image size 64x64 is not divisible by patch size 7"),
-    (["--config.model.text.num_heads=3"], "error: TextTransformer: width 32 is not divisible by num_heads 3"),
-    (["--workdir=/nonexistent/parent/run"], "error: workdir parent '/nonexistent/parent' does not exist"),
-    (["--config.data.name=imagenet"], "error: unknown dataset 'imagenet'; valid names: shapes"),
-    (["--config.attention=flash"], "error: attention='flash' is not an attention kernel; use one of default, xla, cudnn"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--config.optimizer.lrr=1"], "error: unknown config key 'optimizer.lrr': optimizer has keys"),
+        (
+            ["--config.model.image.patch_size=7"],
+            "error: ViT: image size 64x64 is not divisible by patch size 7",
+        ),
+        (
+            ["--config.model.text.num_heads=3"],
+            "error: TextTransformer: width 32 is not divisible by num_heads 3",
+        ),
+        (["--workdir=/nonexistent/parent/run"], "error: workdir parent '/nonexistent/parent' does not exist"),
+        (["--config.data.name=imagenet"], "error: unknown dataset 'imagenet'; valid names: shapes"),
+        (
+            ["--config.attention=flash"],
+            "error: attention='flash' is not an attention kernel; use one of default, xla, cudnn",
+        ),
+    ],
+)
 def test_cli_errors_are_one_line(args, message, tmp_path):
     base = ["--config=configs/clip_shapes.py:tiny", f"--workdir={tmp_path / 'w'}"]
     if args[0].startswith("--workdir"):
@@ -86,7 +104,9 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("name", ["clip_shapes", "siglip_shapes", "llava_shapes", "flamingo_shapes", "lm_shapes"])
+@pytest.mark.parametrize(
+    "name", ["clip_shapes", "siglip_shapes", "llava_shapes", "flamingo_shapes", "lm_shapes"]
+)
 def test_every_config_names_the_attention_kernel(name):
     from mmjax import config as config_lib
 

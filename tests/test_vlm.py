@@ -13,13 +13,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import assert_grads_close, step_with_grads
 
 from mmjax import checkpoint, sharding, tasks, train
 from mmjax import config as config_lib
 from mmjax import optimizer as optimizer_lib
 from mmjax.config import ConfigError
 from mmjax.run import build_run
-from helpers import assert_grads_close, step_with_grads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,8 +69,11 @@ def clip_run(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage1(clip_run, data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("stage1"))
-    cfg = load("llava_shapes.py:stage=1,tiny", data_dir, **{"init_from.workdir": clip_run[0], "total_steps": 4,
-                                                             "eval.num_examples": 8})
+    cfg = load(
+        "llava_shapes.py:stage=1,tiny",
+        data_dir,
+        **{"init_from.workdir": clip_run[0], "total_steps": 4, "eval.num_examples": 8},
+    )
     results = train.train_and_evaluate(cfg, workdir)
     return workdir, cfg, results
 
@@ -88,8 +91,14 @@ def test_stage1_trains_only_the_projector_on_the_clip_vision_tower(stage1, clip_
         else:
             assert key.startswith("proj_") and not np.array_equal(value, initial[key]), key
     # results and report
-    for key in ("vqa_accuracy", "vqa_accuracy_colour", "vqa_accuracy_count", "caption_bleu4",
-                "caption_objects_correct", "steps"):
+    for key in (
+        "vqa_accuracy",
+        "vqa_accuracy_colour",
+        "vqa_accuracy_count",
+        "caption_bleu4",
+        "caption_objects_correct",
+        "steps",
+    ):
         assert key in results
     assert results["steps"] == 4 and results["vqa_questions"] >= 8 * 5
     with open(os.path.join(workdir, "results.json")) as f:
@@ -112,11 +121,16 @@ def test_frozen_parameters_have_no_optimizer_state(data_dir):
 
 def test_stage2_starts_from_stage1_weights(stage1, data_dir, tmp_path):
     s1_dir, s1_cfg, _ = stage1
-    cfg = load("llava_shapes.py:stage=2,tiny", data_dir, **{"init_from.workdir": s1_dir, "total_steps": 1,
-                                                             "optimizer.lr": 0.0, "eval.num_examples": 2})
+    cfg = load(
+        "llava_shapes.py:stage=2,tiny",
+        data_dir,
+        **{"init_from.workdir": s1_dir, "total_steps": 1, "optimizer.lr": 0.0, "eval.num_examples": 2},
+    )
     assert cfg.init_from.regex == (".*",) and cfg.optimizer.freeze_regex == ("image/.*",)
     train.train_and_evaluate(cfg, str(tmp_path))
-    jax.tree.map(np.testing.assert_array_equal, saved_params(str(tmp_path), cfg), saved_params(s1_dir, s1_cfg))
+    jax.tree.map(
+        np.testing.assert_array_equal, saved_params(str(tmp_path), cfg), saved_params(s1_dir, s1_cfg)
+    )
 
 
 def test_init_from_errors_name_the_parameter(clip_run, data_dir):
@@ -145,8 +159,10 @@ def test_deep_fusion_on_pairs_trains_only_resampler_cross_attention_and_new_toke
     assert results["caption_examples"] == 4 and os.path.getsize(tmp_path / "examples.png") > 10_000
     final, initial = flat(saved_params(str(tmp_path), cfg)), flat(initial_params(cfg))
     trained = [k for k in final if not np.array_equal(final[k], initial[k])]
-    assert trained and all(k.split("/")[0] in ("resampler", "new_token_embed", "image_pos_embed")
-                           or k.startswith("xattn_") for k in trained)
+    assert trained and all(
+        k.split("/")[0] in ("resampler", "new_token_embed", "image_pos_embed") or k.startswith("xattn_")
+        for k in trained
+    )
     assert any(k.endswith("attn_gate") for k in trained)  # the gates open
     assert "image_pos_embed" in trained and final["image_pos_embed"].shape == (2, cfg.model.image.width)
     params = jax.eval_shape(lambda: nn.unbox(tasks.get_task(cfg).init(jax.random.key(0))))
@@ -160,12 +176,22 @@ def test_deep_fusion_loads_its_vision_tower_and_lm_from_two_runs(clip_run, data_
     lm_dir = str(tmp_path / "lm")
     lm_cfg = load("lm_shapes.py:tiny", data_dir, **{"total_steps": 2, "eval.num_examples": 2})
     train.train_and_evaluate(lm_cfg, lm_dir)
-    cfg = load("flamingo_shapes.py:tiny", data_dir, **{
-        "init_from.workdir": clip_run[0], "init_from.also": f"(({lm_dir!r}, ('lm/.*',)),)", "total_steps": 1,
-        "eval.num_examples": 2})
+    cfg = load(
+        "flamingo_shapes.py:tiny",
+        data_dir,
+        **{
+            "init_from.workdir": clip_run[0],
+            "init_from.also": f"(({lm_dir!r}, ('lm/.*',)),)",
+            "total_steps": 1,
+            "eval.num_examples": 2,
+        },
+    )
     train.train_and_evaluate(cfg, str(tmp_path / "flamingo"))
-    final, lm, clip = flat(saved_params(str(tmp_path / "flamingo"), cfg)), flat(saved_params(lm_dir, lm_cfg)), flat(
-        clip_run[1])
+    final, lm, clip = (
+        flat(saved_params(str(tmp_path / "flamingo"), cfg)),
+        flat(saved_params(lm_dir, lm_cfg)),
+        flat(clip_run[1]),
+    )
     for key, value in final.items():
         if key.split("/")[0] in ("image", "lm"):  # loaded, then frozen
             np.testing.assert_array_equal(value, (clip if key.startswith("image/") else lm)[key], err_msg=key)
@@ -174,7 +200,9 @@ def test_deep_fusion_loads_its_vision_tower_and_lm_from_two_runs(clip_run, data_
 def test_init_sources():
     assert checkpoint.init_sources(None) == [] and checkpoint.init_sources(dict(workdir=None, regex=())) == []
     assert checkpoint.init_sources(dict(workdir="a", regex=("x/.*",), also=(("b", ("y/.*",)),))) == [
-        ("a", ("x/.*",)), ("b", ("y/.*",))]
+        ("a", ("x/.*",)),
+        ("b", ("y/.*",)),
+    ]
     with pytest.raises(ConfigError, match="not a \\(workdir"):
         checkpoint.init_sources(dict(workdir=None, regex=(), also=(("b", "y/.*"),)))
 
@@ -187,6 +215,7 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
     """Two steps on fsdp_tp over 8 devices == on one: losses, gradient norms, the gradients (at the moved
     state of the second step: Adam's update would hide a gradient's scale) and the parameters. Warmup is off
     (its first step has lr 0) and deep fusion's gates are set to GATE, so that every trainable part moves."""
+
     def two_steps(mesh_shape, strategy, devices):
         cfg = load(spec, data_dir, **{"optimizer.warmup_steps": 0})
         cfg.mesh, cfg.sharding.strategy = ml_collections.ConfigDict(mesh_shape), strategy
@@ -194,17 +223,22 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
         task = run.task
         from mmjax.data.pipeline import encode_vlm
 
-        qa = [("what colour is the star", "red"), ("how many objects are there", "two"),
-              ("what is in the image", "a small blue circle in the center on a grey background")] * 3
-        tokens = np.stack([encode_vlm(task.tokenizer, task.num_image_tokens, q, a, cfg.data.max_len)[0]
-                           for q, a in qa[:8]])
+        qa = [
+            ("what colour is the star", "red"),
+            ("how many objects are there", "two"),
+            ("what is in the image", "a small blue circle in the center on a grey background"),
+        ] * 3
+        tokens = np.stack(
+            [encode_vlm(task.tokenizer, task.num_image_tokens, q, a, cfg.data.max_len)[0] for q, a in qa[:8]]
+        )
         images = np.random.default_rng(0).uniform(-1, 1, (8, 64, 64, 3)).astype(np.float32)
         batch = {"image": images, "tokens": tokens}
         with run.context():
             state = run.init(init_from=False)
             params = jax.tree_util.tree_map_with_path(
                 lambda path, x: np.full_like(x, GATE) if "gate" in jax.tree_util.keystr(path) else x,
-                jax.device_get(state.params))
+                jax.device_get(state.params),
+            )
             state = state.replace(params=jax.device_put(params, run.shardings.params))
             step = step_with_grads(run)
             losses, grad_norms = [], []
@@ -230,8 +264,11 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
         elif not key.endswith("/key/bias"):  # (softmax ignores a shift shared by all keys: no gradient)
             assert moved > 1e-4 and np.abs(grads[key]).max() > 1e-6, (key, moved)
     parts = {k.split("/")[0] for k, t in trainable.items() if t}
-    assert parts == ({"resampler", "new_token_embed", "xattn_0", "xattn_1"} if "flamingo" in spec else
-                     {"lm", "proj_0", "proj_1"}), parts
+    assert parts == (
+        {"resampler", "new_token_embed", "xattn_0", "xattn_1"}
+        if "flamingo" in spec
+        else {"lm", "proj_0", "proj_1"}
+    ), parts
 
 
 def test_early_fusion_pairs_config_gives_two_images_and_their_placeholders(data_dir):

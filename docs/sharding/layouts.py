@@ -20,7 +20,9 @@ import os
 import sys
 
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import flax.linen as nn  # noqa: E402
@@ -28,7 +30,8 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
@@ -65,11 +68,27 @@ def draw(ax, title, spec: P, shape, names, mesh):
     bl = blocks(spec, shape, mesh)
     cmap = plt.get_cmap("tab10" if len(bl) <= 10 else "tab20")
     for i, ((r0, r1), (c0, c1), ids) in enumerate(bl):
-        ax.add_patch(plt.Rectangle((c0, r0), c1 - c0, r1 - r0, facecolor=cmap(i % cmap.N), edgecolor="black",
-                                   alpha=0.75, linewidth=1.2))
+        ax.add_patch(
+            plt.Rectangle(
+                (c0, r0),
+                c1 - c0,
+                r1 - r0,
+                facecolor=cmap(i % cmap.N),
+                edgecolor="black",
+                alpha=0.75,
+                linewidth=1.2,
+            )
+        )
         label = "0-7 (all)" if len(ids) == 8 else ",".join(map(str, ids))
-        ax.text((c0 + c1) / 2, (r0 + r1) / 2, label, ha="center", va="center", fontsize=9 if len(ids) < 4 else 8,
-                rotation=90 if (c1 - c0) < 0.2 * shape[1] and len(label) > 3 else 0)
+        ax.text(
+            (c0 + c1) / 2,
+            (r0 + r1) / 2,
+            label,
+            ha="center",
+            va="center",
+            fontsize=9 if len(ids) < 4 else 8,
+            rotation=90 if (c1 - c0) < 0.2 * shape[1] and len(label) > 3 else 0,
+        )
     ax.set_xlim(0, shape[1])
     ax.set_ylim(shape[0], 0)
     ax.set_xlabel(f"{names[1]} ({shape[1]}): {describe(spec[1])}")
@@ -84,15 +103,36 @@ def figure(name: str, mesh, out_dir: str) -> str:
     act = nn.logical_to_mesh_axes(("batch", "seq", "embed"), rules)
     hidden = nn.logical_to_mesh_axes(("batch", "seq", "mlp"), rules)
     fig, axes = plt.subplots(1, 3, figsize=(17, 5), gridspec_kw=dict(width_ratios=[1.3, 1, 1.3]))
-    draw(axes[0], f"weight fc1/kernel (embed, mlp) -> {fmt(w_spec)}", w_spec, (EMBED, MLP),
-         ("embed", "mlp"), mesh)
-    draw(axes[1], f"activation (batch, seq, embed) -> {fmt(act)}\nshown: (batch, embed) plane",
-         P(act[0], act[2]), (BATCH, EMBED), ("batch", "embed"), mesh)
-    draw(axes[2], f"MLP hidden (batch, seq, mlp) -> {fmt(hidden)}\nshown: (batch, mlp) plane",
-         P(hidden[0], hidden[2]), (BATCH, MLP), ("batch", "mlp"), mesh)
+    draw(
+        axes[0],
+        f"weight fc1/kernel (embed, mlp) -> {fmt(w_spec)}",
+        w_spec,
+        (EMBED, MLP),
+        ("embed", "mlp"),
+        mesh,
+    )
+    draw(
+        axes[1],
+        f"activation (batch, seq, embed) -> {fmt(act)}\nshown: (batch, embed) plane",
+        P(act[0], act[2]),
+        (BATCH, EMBED),
+        ("batch", "embed"),
+        mesh,
+    )
+    draw(
+        axes[2],
+        f"MLP hidden (batch, seq, mlp) -> {fmt(hidden)}\nshown: (batch, mlp) plane",
+        P(hidden[0], hidden[2]),
+        (BATCH, MLP),
+        ("batch", "mlp"),
+        mesh,
+    )
     grid = f"device ids by mesh position [data][fsdp][tensor]: {mesh.device_ids.tolist()}"
-    fig.suptitle(f"strategy {name!r} on mesh data=2 x fsdp=2 x tensor=2 (numbers in blocks: device ids holding "
-                 f"a copy)\n{grid}", fontsize=10)
+    fig.suptitle(
+        f"strategy {name!r} on mesh data=2 x fsdp=2 x tensor=2 (numbers in blocks: device ids holding "
+        f"a copy)\n{grid}",
+        fontsize=10,
+    )
     fig.tight_layout()
     path = os.path.join(out_dir, f"{name}.png")
     fig.savefig(path, dpi=100)

@@ -36,7 +36,9 @@ def features(task, params, data_cfg, split: str, n: int):
     vit = task.model.image
     encode = jax.jit(lambda x: vit.apply({"params": params}, x)[1]["patch_tokens"].reshape(x.shape[0], -1))
     data = pipeline.load_split(data_cfg, split, tokenizer=task.tokenizer, max_examples=n)
-    x = np.concatenate([np.asarray(encode(data["image"][i:i + 250])) for i in range(0, len(data["image"]), 250)])
+    x = np.concatenate(
+        [np.asarray(encode(data["image"][i : i + 250])) for i in range(0, len(data["image"]), 250)]
+    )
     return x, data["label"] // len(shapes.SHAPES), data["label"] % len(shapes.SHAPES)
 
 
@@ -46,7 +48,9 @@ def fit_probe(x, y, classes: int, steps: int = 500, weight_decay: float = 1e-2):
     z = lambda a: jnp.asarray((a - mu) / sd)  # noqa: E731
     tx = optax.adamw(1e-2, weight_decay=weight_decay)
     params = (jnp.zeros((x.shape[1], classes)), jnp.zeros(classes))
-    loss = lambda p, a, b: optax.softmax_cross_entropy_with_integer_labels(a @ p[0] + p[1], b).mean()  # noqa: E731
+
+    def loss(p, a, b):
+        return optax.softmax_cross_entropy_with_integer_labels(a @ p[0] + p[1], b).mean()
 
     @jax.jit
     def step(p, state, a, b):
@@ -62,9 +66,14 @@ def fit_probe(x, y, classes: int, steps: int = 500, weight_decay: float = 1e-2):
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=os.path.join(ROOT, "runs", "clip_shapes"), help="run with the tower")
-    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "llava_shapes.py") + ":stage=2",
-                        help="a config whose model.image is the run's tower")
-    parser.add_argument("--random", action="store_true", help="probe a randomly initialised tower (a control)")
+    parser.add_argument(
+        "--config",
+        default=os.path.join(ROOT, "configs", "llava_shapes.py") + ":stage=2",
+        help="a config whose model.image is the run's tower",
+    )
+    parser.add_argument(
+        "--random", action="store_true", help="probe a randomly initialised tower (a control)"
+    )
     parser.add_argument("--train", type=int, default=4000, help="training images for the probe")
     parser.add_argument("--eval", type=int, default=1000, help="validation and test images")
     args = parser.parse_args(argv[1:])
@@ -77,8 +86,10 @@ def main(argv: list[str]) -> int:
         params = checkpoint.load_params(args.run, abstract, (r"image/.*",))["image"]
     train = features(task, params, cfg.data, "train", args.train)
     splits = {s: features(task, params, cfg.data, s, args.eval) for s in ("validation", "test")}
-    print(f"linear probe on the patch tokens of {args.run} ({train[0].shape[1]} features, {args.train} "
-          "training images); accuracy of the main object's attribute\n")
+    print(
+        f"linear probe on the patch tokens of {args.run} ({train[0].shape[1]} features, {args.train} "
+        "training images); accuracy of the main object's attribute\n"
+    )
     print("| attribute | chance | train | validation (seen combinations) | test (held-out combinations) |")
     print("|---|---|---|---|---|")
     for name, col, classes in (("colour", 1, len(shapes.COLOURS)), ("shape", 2, len(shapes.SHAPES))):

@@ -22,7 +22,7 @@ parameters, tokens per example, compiled step time (median, variants interleaved
 ``<out>/<platform>_fusion_comparison.{md,csv,png}`` and ``..._curves.csv``.
 
     python experiments/fusion_comparison/run.py                  # 800 steps each, ~25 min on 2 CPU cores
-    python experiments/fusion_comparison/run.py --tiny --steps 4 --eval-every 2 --eval-images 4   # a smoke test
+    python experiments/fusion_comparison/run.py --tiny --steps 4 --eval-every 2 --eval-images 4  # smoke test
 """
 
 from __future__ import annotations
@@ -47,8 +47,12 @@ from mmjax.profile import time_interleaved  # noqa: E402
 from mmjax.run import build_run  # noqa: E402
 
 VARIANTS = ("early", "early_frozen_lm", "deep", "deep_lm")
-LABELS = {"early": "early fusion (projector + LM train)", "early_frozen_lm": "early fusion (projector only)",
-          "deep": "deep fusion (resampler + xattn train)", "deep_lm": "deep fusion (resampler + xattn + LM train)"}
+LABELS = {
+    "early": "early fusion (projector + LM train)",
+    "early_frozen_lm": "early fusion (projector only)",
+    "deep": "deep fusion (resampler + xattn train)",
+    "deep_lm": "deep fusion (resampler + xattn + LM train)",
+}
 CLIP_RUN, LM_RUN = "runs/clip_shapes", "runs/lm_shapes"
 
 
@@ -61,8 +65,11 @@ def variant_config(name: str, args):
             c.optimizer.freeze_regex = (r"image/.*",)
     else:
         c = config_lib.load_file(os.path.join(ROOT, "configs", "llava_shapes.py") + ":stage=2" + tiny)
-        c.init_from = dict(workdir=None if args.tiny else CLIP_RUN, regex=(r"image/.*",),
-                           also=() if args.tiny else ((LM_RUN, (r"lm/.*",)),))
+        c.init_from = dict(
+            workdir=None if args.tiny else CLIP_RUN,
+            regex=(r"image/.*",),
+            also=() if args.tiny else ((LM_RUN, (r"lm/.*",)),),
+        )
         c.optimizer.freeze_regex = (r"image/.*",) + ((r"lm/.*",) if name == "early_frozen_lm" else ())
     c.total_steps = args.steps
     c.checkpoint_every = args.eval_every
@@ -153,34 +160,67 @@ MiB = 2**20
 
 def markdown(rows, curves, header: str) -> str:
     final = {c["variant"]: c for c in curves}  # the last step of each variant
-    cols = ["variant", "trainable / total params", "image positions in LM input", "visual tokens per image",
-            "LM tokens per example", "step ms", "train state + batch MiB", "temp MiB", "GFLOPs/step",
-            "VQA at start", "VQA at end", "best VQA (step)"]
+    cols = [
+        "variant",
+        "trainable / total params",
+        "image positions in LM input",
+        "visual tokens per image",
+        "LM tokens per example",
+        "step ms",
+        "train state + batch MiB",
+        "temp MiB",
+        "GFLOPs/step",
+        "VQA at start",
+        "VQA at end",
+        "best VQA (step)",
+    ]
     lines = [header, "", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
         mine = [c for c in curves if c["variant"] == r["variant"]]
         best = max(mine, key=lambda c: c["vqa_accuracy"])
-        lines.append("| " + " | ".join([
-            LABELS[r["variant"]],
-            f"{r['trainable_params']:,} / {r['total_params']:,} ({100 * r['trainable_params'] / r['total_params']:.1f} %)",
-            str(r["lm_positions_per_image"]), str(r["visual_tokens_per_image"]), f"{r['tokens_per_example']:.1f}",
-            f"{1e3 * r['step_s']:.0f}",
-            "n/a" if r["argument_bytes"] is None else f"{r['argument_bytes'] / MiB:.1f}",
-            "n/a" if r["temp_bytes"] is None else f"{r['temp_bytes'] / MiB:.1f}",
-            f"{r['gflops_per_step']:.1f}",
-            f"{100 * mine[0]['vqa_accuracy']:.1f} %", f"{100 * final[r['variant']]['vqa_accuracy']:.1f} %",
-            f"{100 * best['vqa_accuracy']:.1f} % ({best['step']})"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    LABELS[r["variant"]],
+                    f"{r['trainable_params']:,} / {r['total_params']:,} "
+                    f"({100 * r['trainable_params'] / r['total_params']:.1f} %)",
+                    str(r["lm_positions_per_image"]),
+                    str(r["visual_tokens_per_image"]),
+                    f"{r['tokens_per_example']:.1f}",
+                    f"{1e3 * r['step_s']:.0f}",
+                    "n/a" if r["argument_bytes"] is None else f"{r['argument_bytes'] / MiB:.1f}",
+                    "n/a" if r["temp_bytes"] is None else f"{r['temp_bytes'] / MiB:.1f}",
+                    f"{r['gflops_per_step']:.1f}",
+                    f"{100 * mine[0]['vqa_accuracy']:.1f} %",
+                    f"{100 * final[r['variant']]['vqa_accuracy']:.1f} %",
+                    f"{100 * best['vqa_accuracy']:.1f} % ({best['step']})",
+                ]
+            )
+            + " |"
+        )
     types = sorted(k.removeprefix("vqa_accuracy_") for k in curves[0] if k.startswith("vqa_accuracy_"))
-    lines += ["", "VQA accuracy (%) at the last step, by question type:", "",
-              "| variant | " + " | ".join(types) + " |", "|---|" + "---|" * len(types)]
+    lines += [
+        "",
+        "VQA accuracy (%) at the last step, by question type:",
+        "",
+        "| variant | " + " | ".join(types) + " |",
+        "|---|" + "---|" * len(types),
+    ]
     for r in rows:
         c = final[r["variant"]]
-        lines.append(f"| {LABELS[r['variant']]} | " + " | ".join(f"{100 * c[f'vqa_accuracy_{t}']:.1f}"
-                                                                for t in types) + " |")
-    lines += ["", "Step ms: median compiled train step (batch as in the table's config, variants interleaved). "
-              "Train state + batch / temp: `memory_analysis()` of the compiled step (temp: activations, "
-              "gradients, workspace). GFLOPs/step: `cost_analysis()`. LM tokens per example: mean non-pad "
-              "positions of a training row. VQA: greedy exact match on the eval images' questions."]
+        lines.append(
+            f"| {LABELS[r['variant']]} | "
+            + " | ".join(f"{100 * c[f'vqa_accuracy_{t}']:.1f}" for t in types)
+            + " |"
+        )
+    lines += [
+        "",
+        "Step ms: median compiled train step (batch as in the table's config, variants interleaved). "
+        "Train state + batch / temp: `memory_analysis()` of the compiled step (temp: activations, "
+        "gradients, workspace). GFLOPs/step: `cost_analysis()`. LM tokens per example: mean non-pad "
+        "positions of a training row. VQA: greedy exact match on the eval images' questions.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -191,8 +231,12 @@ def chart(rows, curves, title: str, path: str) -> None:
     axes = fig.subplots(1, 3, gridspec_kw={"width_ratios": [1.6, 1, 1]})
     for r in rows:
         mine = [c for c in curves if c["variant"] == r["variant"]]
-        axes[0].plot([c["step"] for c in mine], [100 * c["vqa_accuracy"] for c in mine], marker="o",
-                     label=LABELS[r["variant"]])
+        axes[0].plot(
+            [c["step"] for c in mine],
+            [100 * c["vqa_accuracy"] for c in mine],
+            marker="o",
+            label=LABELS[r["variant"]],
+        )
     axes[0].set(title="VQA accuracy vs training steps", xlabel="step", ylabel="exact match, %")
     axes[0].grid(alpha=0.3)
     axes[0].legend(fontsize=8)
@@ -203,10 +247,18 @@ def chart(rows, curves, title: str, path: str) -> None:
     axes[1].set(title="parameters", ylabel="millions", xticks=x, xticklabels=names)
     axes[1].legend(fontsize=8)
     bars = axes[2].bar(x, [1e3 * r["step_s"] for r in rows], 0.5, color="tab:gray")
-    axes[2].bar_label(bars, labels=[f"{1e3 * r['step_s']:.0f} ms\n{(r['temp_bytes'] or 0) / MiB:.0f} MiB temp"
-                                    for r in rows], fontsize=7)
-    axes[2].set(title="train step time (median)", ylabel="ms", xticks=x, xticklabels=names,
-                ylim=(0, 1.2e3 * max(r["step_s"] for r in rows)))
+    axes[2].bar_label(
+        bars,
+        labels=[f"{1e3 * r['step_s']:.0f} ms\n{(r['temp_bytes'] or 0) / MiB:.0f} MiB temp" for r in rows],
+        fontsize=7,
+    )
+    axes[2].set(
+        title="train step time (median)",
+        ylabel="ms",
+        xticks=x,
+        xticklabels=names,
+        ylim=(0, 1.2e3 * max(r["step_s"] for r in rows)),
+    )
     for ax in axes[1:]:
         ax.tick_params(axis="x", labelsize=8)
     fig.suptitle(title)
@@ -227,11 +279,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=800, help="training steps per variant")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between scored checkpoints")
     parser.add_argument("--eval-images", type=int, default=200, help="test images whose questions are scored")
-    parser.add_argument("--time-rounds", type=int, default=5, help="timed steps per variant after one warm-up")
+    parser.add_argument(
+        "--time-rounds", type=int, default=5, help="timed steps per variant after one warm-up"
+    )
     parser.add_argument("--tiny", action="store_true", help="the tiny configs, random weights (for tests)")
-    parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "fusion_comparison"),
-                        help="where the runs go (a finished run and its scores are reused, an unfinished "
-                             "one resumed)")
+    parser.add_argument(
+        "--workdir",
+        default=os.path.join(ROOT, "runs", "fusion_comparison"),
+        help="where the runs go (a finished run and its scores are reused, an unfinished one resumed)",
+    )
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "fusion_comparison", "results"))
     args = parser.parse_args(argv[1:])
     names = [v for v in args.variants.split(",") if v]
@@ -242,8 +298,10 @@ def main(argv: list[str]) -> int:
     if not args.tiny:
         for run in (CLIP_RUN, LM_RUN):
             if not os.path.isdir(os.path.join(ROOT, run, "checkpoints")):
-                parser.error(f"{run} has no checkpoint: train it first (README: the main job, and "
-                             "python -m mmjax.train --config=configs/lm_shapes.py --workdir=runs/lm_shapes)")
+                parser.error(
+                    f"{run} has no checkpoint: train it first (README: the main job, and "
+                    "python -m mmjax.train --config=configs/lm_shapes.py --workdir=runs/lm_shapes)"
+                )
         os.chdir(ROOT)  # the configs name those runs relative to the repository
 
     from mmjax.data import pipeline
@@ -253,12 +311,15 @@ def main(argv: list[str]) -> int:
     for name in names:
         config = variant_config(name, args)
         workdir = os.path.join(args.workdir, name)
-        if not (os.path.exists(os.path.join(workdir, "results.json")) and
-                os.path.isdir(os.path.join(workdir, "checkpoints", str(args.steps)))):
+        if not (
+            os.path.exists(os.path.join(workdir, "results.json"))
+            and os.path.isdir(os.path.join(workdir, "checkpoints", str(args.steps)))
+        ):
             train.train_and_evaluate(config, workdir)  # else finished and evaluated before: reuse it
         run, state = setup(config)
-        data = pipeline.load_split(config.data, config.eval.split, tokenizer=run.task.tokenizer,
-                                   max_examples=args.eval_images)
+        data = pipeline.load_split(
+            config.data, config.eval.split, tokenizer=run.task.tokenizer, max_examples=args.eval_images
+        )
         curves += accuracy_curve(name, config, workdir, run.task, state.params, data)
         row, run_step = profile(name, run, state)
         with open(os.path.join(workdir, "results.json")) as f:
@@ -272,14 +333,21 @@ def main(argv: list[str]) -> int:
     dev = jax.devices()[0]
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{dev.platform}{'_tiny' if args.tiny else ''}_fusion_comparison")
-    header = (f"{len(jax.devices())} x {dev.device_kind}, jax {jax.__version__}, {args.steps} steps per variant, "
-              f"batch {rows[0]['batch']}, VQA on the {curves[0]['vqa_questions']} questions of "
-              f"{args.eval_images} test images, {time.strftime('%Y-%m-%d')}")
+    header = (
+        f"{len(jax.devices())} x {dev.device_kind}, jax {jax.__version__}, {args.steps} steps per variant, "
+        f"batch {rows[0]['batch']}, VQA on the {curves[0]['vqa_questions']} questions of "
+        f"{args.eval_images} test images, {time.strftime('%Y-%m-%d')}"
+    )
     with open(stem + ".md", "w") as f:
         f.write(markdown(rows, curves, header))
     write_csv(stem + ".csv", rows)
     write_csv(stem + "_curves.csv", curves)
-    chart(rows, curves, f"early vs deep fusion on shapes VQA ({dev.device_kind}, {args.steps} steps)", stem + ".png")
+    chart(
+        rows,
+        curves,
+        f"early vs deep fusion on shapes VQA ({dev.device_kind}, {args.steps} steps)",
+        stem + ".png",
+    )
     print(f"wrote {stem}.md, .csv, _curves.csv, .png", file=sys.stderr)
     return 0
 

@@ -29,14 +29,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from mmjax import config as config_lib  # noqa: E402
 from mmjax.data import pipeline, shapes  # noqa: E402
-from mmjax.evaluate import zero_shot, retrieval  # noqa: E402
-from mmjax.evaluate import contrastive  # noqa: E402
+from mmjax.evaluate import (  # noqa: E402
+    contrastive,  # noqa: E402
+    retrieval,
+    zero_shot,
+)
 from mmjax.evaluate.contrastive import batched  # noqa: E402
 from mmjax.run import build_run  # noqa: E402
 
 
 def load_config(spec, sets):
-    """``spec`` (``configs/x.py[:arg]``) with ``KEY=VALUE`` overrides, as ``python -m mmjax.train`` reads them."""
+    """``spec`` (``configs/x.py[:arg]``) with ``KEY=VALUE`` overrides, as ``python -m mmjax.train``
+    reads them."""
     c = config_lib.load_file(spec)
     for s in sets:
         key, _, value = s.partition("=")
@@ -64,8 +68,10 @@ def _mask_negatives(task):
         logits = out["logit_scale"] * out["image"] @ out["text"].T
         logits = jnp.where(batch["allowed"], logits, -1e9)
         labels = jnp.arange(logits.shape[0])
-        ce = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-              + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+        ce = (
+            optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
+        ) / 2
         return ce, {"logit_scale": out["logit_scale"]}
 
     task.loss = loss
@@ -78,15 +84,28 @@ def main():
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--captions", default="random")
     ap.add_argument("--tag", default="")
-    ap.add_argument("--grey", type=float, default=0.0, help="probability of a greyscale image, colour words dropped")
-    ap.add_argument("--negatives", default="all", choices=("all", "dedupe", "share"),
-                    help="diagnostic (main-object labels): which in-batch pairs are negatives: all; all but "
-                         "those with the same main object; only those sharing its colour or its shape")
-    ap.add_argument("--extra-short", action="store_true",
-                    help="each image also gets its record's short caption as text_short (the task's second "
-                         "loss; loss.short_negatives applies to it)")
-    ap.add_argument("--twins", type=float, default=0.0,
-                    help="fraction of each batch that is pairs (scene, its twin with the main shape swapped)")
+    ap.add_argument(
+        "--grey", type=float, default=0.0, help="probability of a greyscale image, colour words dropped"
+    )
+    ap.add_argument(
+        "--negatives",
+        default="all",
+        choices=("all", "dedupe", "share"),
+        help="diagnostic (main-object labels): which in-batch pairs are negatives: all; all but "
+        "those with the same main object; only those sharing its colour or its shape",
+    )
+    ap.add_argument(
+        "--extra-short",
+        action="store_true",
+        help="each image also gets its record's short caption as text_short (the task's second "
+        "loss; loss.short_negatives applies to it)",
+    )
+    ap.add_argument(
+        "--twins",
+        type=float,
+        default=0.0,
+        help="fraction of each batch that is pairs (scene, its twin with the main shape swapped)",
+    )
     a = ap.parse_args()
     if a.grey and a.twins:
         ap.error("--grey and --twins do not combine (the grey rows would replace the twins)")
@@ -110,15 +129,23 @@ def main():
     toks_f = tok.tokenize([shapes.flip_text(x) for x in flat], c.data.max_len).reshape(n, K, -1)
     if a.grey:
         if a.captions == "short":  # the grey image's short caption names its shape only
-            toks_g = np.repeat(tok.tokenize([f"a {shapes.SHAPES[y % 6]}" for y in labels], c.data.max_len)[:, None],
-                               K, 1)
+            toks_g = np.repeat(
+                tok.tokenize([f"a {shapes.SHAPES[y % 6]}" for y in labels], c.data.max_len)[:, None], K, 1
+            )
             toks_gf = toks_g
         else:
             drop = lambda t: " ".join(w for w in t.split() if w not in shapes.COLOURS)  # noqa: E731
             toks_g = tok.tokenize([drop(x) for x in flat], c.data.max_len).reshape(n, K, -1)
-            toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(n, K, -1)
-        grey_img = np.repeat((images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-                             .round().astype(np.uint8)[..., None], 3, -1)
+            toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(
+                n, K, -1
+            )
+        grey_img = np.repeat(
+            (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+            .round()
+            .astype(np.uint8)[..., None],
+            3,
+            -1,
+        )
     if a.twins:  # the twin of every training scene, its captions (same kinds, same order) and label
         twin_img, twin_caps, twin_labels = [], [], []
         for i in range(n):
@@ -143,8 +170,11 @@ def main():
         toks = np.repeat(short[:, None], K, 1)
         toks_f = toks
         if a.twins:
-            twin_toks = np.repeat(tok.tokenize([f"a {shapes.CLASS_NAMES[y]}" for y in twin_labels],
-                                               c.data.max_len)[:, None], K, 1)
+            twin_toks = np.repeat(
+                tok.tokenize([f"a {shapes.CLASS_NAMES[y]}" for y in twin_labels], c.data.max_len)[:, None],
+                K,
+                1,
+            )
             twin_toks_f = twin_toks
     kind, _, p = a.captions.partition(":")
     probs = np.full(K, 1.0 / K)
@@ -152,9 +182,11 @@ def main():
         pr = float(p or 0)  # probability of the record's own captions
         col = [shapes.COLOURS[y // 6] for y in labels]
         shp = [shapes.SHAPES[y % 6] for y in labels]
-        extra = [tok.tokenize([f"a {c_} {s_}" for c_, s_ in zip(col, shp)], c.data.max_len),
-                 tok.tokenize([f"a {s_}" for s_ in shp], c.data.max_len),
-                 tok.tokenize([f"a {c_} object" for c_ in col], c.data.max_len)]
+        extra = [
+            tok.tokenize([f"a {c_} {s_}" for c_, s_ in zip(col, shp)], c.data.max_len),
+            tok.tokenize([f"a {s_}" for s_ in shp], c.data.max_len),
+            tok.tokenize([f"a {c_} object" for c_ in col], c.data.max_len),
+        ]
         extra = np.stack(extra, 1)
         toks = np.concatenate([toks, extra], 1)
         toks_f = np.concatenate([toks_f, extra], 1)
@@ -178,13 +210,15 @@ def main():
             img = images[idx].copy()
             img[flip] = img[flip, :, ::-1]
             txt = np.where(flip[:, None], toks_f[idx, which], toks[idx, which])
-            if a.twins:  # the last k rows become the twins of the k rows before them (same flip, caption kind)
+            if (
+                a.twins
+            ):  # the last k rows become the twins of the k rows before them (same flip, caption kind)
                 k = int(round(a.twins * B / 2))
                 src_rows = np.arange(B - 2 * k, B - k)
                 j, w, f = idx[src_rows], which[src_rows], flip[src_rows]
-                img[B - k:] = np.where(f[:, None, None, None], twin_img[j][:, :, ::-1], twin_img[j])
+                img[B - k :] = np.where(f[:, None, None, None], twin_img[j][:, :, ::-1], twin_img[j])
                 w = np.minimum(w, twin_toks.shape[1] - 1)
-                txt[B - k:] = np.where(f[:, None], twin_toks_f[j, w], twin_toks[j, w])
+                txt[B - k :] = np.where(f[:, None], twin_toks_f[j, w], twin_toks[j, w])
             if a.grey:
                 g = rng.random(B) < a.grey
                 gi = grey_img[idx]
@@ -197,16 +231,18 @@ def main():
             if a.extra_short:
                 short_rows = toks_short[idx]
                 if a.twins:
-                    short_rows[B - k:] = twin_short[j]
+                    short_rows[B - k :] = twin_short[j]
                 batch["text_short"] = short_rows.astype(np.int32)  # no side words: the same when flipped
             if a.negatives != "all":
                 y = labels[idx]
                 if a.twins:
-                    y[B - k:] = twin_labels[j]
+                    y[B - k :] = twin_labels[j]
                 col, shp = y // 6, y % 6
                 same_c, same_s = col[:, None] == col[None], shp[:, None] == shp[None]
                 allowed = ~(same_c & same_s) if a.negatives == "dedupe" else same_c != same_s
-                if kind == "main":  # the rule among the short main-object captions; long ones among themselves
+                if (
+                    kind == "main"
+                ):  # the rule among the short main-object captions; long ones among themselves
                     short = which == K - 1
                     allowed = np.where(short[:, None] & short[None], allowed, ~short[:, None] & ~short[None])
                 batch["allowed"] = allowed | np.eye(B, dtype=bool)
@@ -216,21 +252,37 @@ def main():
         jax.block_until_ready(state)
         train_s = time.time() - t1
         params = state.params
-        res = dict(tag=a.tag, sets=a.set, captions=a.captions, grey=a.grey, twins=a.twins, negatives=a.negatives,
-                   extra_short=a.extra_short, steps=a.steps, load_s=round(load_s, 1),
-                   train_s=round(train_s, 1), ms_step=round(1000 * train_s / a.steps, 1),
-                   loss_first=round(losses[0], 3), loss_last=round(losses[-1], 3))
+        res = dict(
+            tag=a.tag,
+            sets=a.set,
+            captions=a.captions,
+            grey=a.grey,
+            twins=a.twins,
+            negatives=a.negatives,
+            extra_short=a.extra_short,
+            steps=a.steps,
+            load_s=round(load_s, 1),
+            train_s=round(train_s, 1),
+            ms_step=round(1000 * train_s / a.steps, 1),
+            loss_first=round(losses[0], 3),
+            loss_last=round(losses[-1], 3),
+        )
         enc_i = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_image")[0])
         enc_o = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_image_object")[0])
         enc_t = jax.jit(lambda x: task.model.apply({"params": params}, x, method="encode_text")[0])
         names = pipeline.class_names(c.data)
-        cls = zero_shot.class_embeddings(lambda t: batched(enc_t, t, 250),
-                                         lambda t: tok.tokenize(t, c.data.max_len), names,
-                                         pipeline.prompt_templates(c.data))
+        cls = zero_shot.class_embeddings(
+            lambda t: batched(enc_t, t, 250),
+            lambda t: tok.tokenize(t, c.data.max_len),
+            names,
+            pipeline.prompt_templates(c.data),
+        )
         for split in ("validation", "test"):
             d = pipeline.load_split(c.data, split, tokenizer=tok, max_examples=1000)
             ie = batched(enc_i, d["image"], 250)
-            zs = contrastive.zero_shot_metrics(batched(enc_o, d["image"], 250) @ cls.T, d["label"], names)  # as results.json has them
+            zs = contrastive.zero_shot_metrics(
+                batched(enc_o, d["image"], 250) @ cls.T, d["label"], names
+            )  # as results.json has them
             for key, name in (("top1", "top1"), ("colour", "colour_accuracy"), ("shape", "shape_accuracy")):
                 res[f"{split}_{key}"] = round(zs[name] * 100, 1)
             if split == "test":

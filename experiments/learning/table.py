@@ -20,8 +20,16 @@ def main(path: str) -> None:
     print("| tag | recipe | steps | " + " | ".join(COLUMNS) + " |")
     print("|---" * (3 + len(COLUMNS)) + "|")
     for r in rows:
-        print(f"| {r['tag']} | {recipe(r)} | {r['steps']} | " + " | ".join(str(r.get(c, "–")) for c in COLUMNS) + " |")
+        print(
+            f"| {r['tag']} | {recipe(r)} | {r['steps']} | "
+            + " | ".join(str(r.get(c, "–")) for c in COLUMNS)
+            + " |"
+        )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results", "screen.jsonl"))
+    main(
+        sys.argv[1]
+        if len(sys.argv) > 1
+        else os.path.join(os.path.dirname(__file__), "results", "screen.jsonl")
+    )

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from screen import load_config, report  # noqa: E402
+
 from mmjax import models  # noqa: E402
 from mmjax.data import pipeline, tokenizer  # noqa: E402
 
@@ -58,8 +59,10 @@ def main():
 
     def loss_fn(p, x, y):
         ls, lc = model.apply({"params": p}, x)
-        return (optax.softmax_cross_entropy_with_integer_labels(ls, y % 6).mean()
-                + optax.softmax_cross_entropy_with_integer_labels(lc, y // 6).mean())
+        return (
+            optax.softmax_cross_entropy_with_integer_labels(ls, y % 6).mean()
+            + optax.softmax_cross_entropy_with_integer_labels(lc, y // 6).mean()
+        )
 
     @jax.jit
     def step(p, o, x, y):

@@ -22,15 +22,17 @@ import sys
 # Must happen before jax is imported. The flag only affects the host platform, so it is harmless
 # where an accelerator is present (jax then defaults to the accelerator's devices).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
 
-import csv  # noqa: E402
-import re  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import csv
+import re
+import statistics
+import time
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
@@ -43,8 +45,24 @@ from mmjax.run import build_run  # noqa: E402
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 
 # bf16 dense peak FLOP/s per device, matched against ``jax.devices()[0].device_kind`` (first match wins).
-DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-               "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "token": 0}
+DTYPE_BYTES = {
+    "pred": 1,
+    "s8": 1,
+    "u8": 1,
+    "s16": 2,
+    "u16": 2,
+    "f16": 2,
+    "bf16": 2,
+    "s32": 4,
+    "u32": 4,
+    "f32": 4,
+    "s64": 8,
+    "u64": 8,
+    "f64": 8,
+    "c64": 8,
+    "c128": 16,
+    "token": 0,
+}
 
 
 def shape_bytes(shape_text: str) -> int:
@@ -80,8 +98,10 @@ def parse_mesh(text: str) -> dict[str, int]:
     for part in filter(None, text.split(",")):
         axis, eq, size = part.partition("=")
         if not eq or axis not in mesh:
-            raise SystemExit(f"error: --mesh {text!r}: write e.g. data=2,fsdp=2,tensor=2 (axes: "
-                             f"{', '.join(sharding.MESH_AXES)})")
+            raise SystemExit(
+                f"error: --mesh {text!r}: write e.g. data=2,fsdp=2,tensor=2 (axes: "
+                f"{', '.join(sharding.MESH_AXES)})"
+            )
         mesh[axis] = int(size)
     return mesh
 
@@ -110,7 +130,7 @@ def synthetic_batch(task, batch: int, vocab: int, seed: int = 0) -> dict:
     eot = rs.randint(2, length, n)
     for i, e in enumerate(eot):
         text[i, e] = 2
-        text[i, e + 1:] = 0
+        text[i, e + 1 :] = 0
     return {"image": image, "text": text}
 
 
@@ -140,14 +160,18 @@ def measure(args, strategy: str, mesh_cfg: dict):
     run = build_run(config)
     dp = sharding.data_parallel_size(run.mesh, run.rules)
     if args.batch % dp:
-        raise SystemExit(f"error: --batch {args.batch} is not divisible by {strategy}'s data-parallel size {dp}")
+        raise SystemExit(
+            f"error: --batch {args.batch} is not divisible by {strategy}'s data-parallel size {dp}"
+        )
     device = run.mesh.devices.flat[0]
     row = {"strategy": strategy, "batch_axes": "x".join(sharding.batch_axes(run.rules)) or "-"}
     with run.context():
         if args.no_time:  # compile from shapes only: nothing is allocated
             state = run.abstract
-            batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding)
-                     for k, v in run.task.batch_spec(args.batch).items()}
+            batch = {
+                k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_sharding)
+                for k, v in run.task.batch_spec(args.batch).items()
+            }
         else:
             state = run.init(init_from=False)
             batch = run.global_batch(synthetic_batch(run.task, args.batch, config.model.text.vocab_size))
@@ -206,28 +230,50 @@ def _mib(x):
 
 
 def markdown(rows: list[dict], header_line: str) -> str:
-    cols = ["strategy", "batch over", "params MiB/dev", "opt state MiB/dev", "args MiB/dev", "temp MiB/dev",
-            "GFLOPs/step (analytic)", "HLO GFLOPs/dev"]
+    cols = [
+        "strategy",
+        "batch over",
+        "params MiB/dev",
+        "opt state MiB/dev",
+        "args MiB/dev",
+        "temp MiB/dev",
+        "GFLOPs/step (analytic)",
+        "HLO GFLOPs/dev",
+    ]
     cols += [f"{k} (n, MiB)" for k in COLLECTIVES] + ["collectives MiB"]
     cols += ["step ms, median (min)", "MFU"]
     lines = [header_line, "", "| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for r in rows:
-        cells = [r["strategy"], r["batch_axes"], _mib(r["param_bytes"]), _mib(r["opt_bytes"]),
-                 _mib(r["argument_bytes"]), _mib(r["temp_bytes"]), f"{r['flops'] / 1e9:.4g}",
-                 f"{r['hlo_flops_per_device'] / 1e9:.4g}"]
-        cells += [f"{r[f'{k}_count']}, {r[f'{k}_bytes'] / MiB:.3f}" if r[f"{k}_count"] else "-" for k in COLLECTIVES]
+        cells = [
+            r["strategy"],
+            r["batch_axes"],
+            _mib(r["param_bytes"]),
+            _mib(r["opt_bytes"]),
+            _mib(r["argument_bytes"]),
+            _mib(r["temp_bytes"]),
+            f"{r['flops'] / 1e9:.4g}",
+            f"{r['hlo_flops_per_device'] / 1e9:.4g}",
+        ]
+        cells += [
+            f"{r[f'{k}_count']}, {r[f'{k}_bytes'] / MiB:.3f}" if r[f"{k}_count"] else "-" for k in COLLECTIVES
+        ]
         cells.append(f"{sum(r[f'{k}_bytes'] for k in COLLECTIVES) / MiB:.3f}")
-        cells += ["n/a" if np.isnan(r["step_ms"]) else f"{r['step_ms']:.1f} ({r['step_ms_min']:.1f})",
-                  "n/a" if np.isnan(r["mfu"]) else f"{100 * r['mfu']:.1f} %"]
+        cells += [
+            "n/a" if np.isnan(r["step_ms"]) else f"{r['step_ms']:.1f} ({r['step_ms_min']:.1f})",
+            "n/a" if np.isnan(r["mfu"]) else f"{100 * r['mfu']:.1f} %",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Bytes are per device (device 0). params / opt state: the device's shards of the train state; "
-              "args / temp: `memory_analysis()` (args = state + batch; temp = everything else the step "
-              "allocates: activations, gradients, gathered weights, workspace). "
-              "Collectives: static op count in the compiled HLO and the summed size of their results "
-              "(all-gather: the gathered array; reduce-scatter: the scattered piece). "
-              "GFLOPs/step: 3 x forward matmul FLOPs of `mmjax.profile` x batch (global); "
-              "HLO GFLOPs/dev: `cost_analysis()['flops']` of the partitioned program. "
-              "MFU = analytic FLOPs / (step time x devices x bf16 peak)."]
+    lines += [
+        "",
+        "Bytes are per device (device 0). params / opt state: the device's shards of the train state; "
+        "args / temp: `memory_analysis()` (args = state + batch; temp = everything else the step "
+        "allocates: activations, gradients, gathered weights, workspace). "
+        "Collectives: static op count in the compiled HLO and the summed size of their results "
+        "(all-gather: the gathered array; reduce-scatter: the scattered piece). "
+        "GFLOPs/step: 3 x forward matmul FLOPs of `mmjax.profile` x batch (global); "
+        "HLO GFLOPs/dev: `cost_analysis()['flops']` of the partitioned program. "
+        "MFU = analytic FLOPs / (step time x devices x bf16 peak).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -258,8 +304,17 @@ def chart(rows: list[dict], title: str, path: str) -> None:
     w = 0.8 / len(kinds)
     top = max(r[f"{k}_bytes"] / MiB for r in rows for k in kinds)
     for i, k in enumerate(kinds):
-        _bars(axes[1], x + (i - (len(kinds) - 1) / 2) * w, [r[f"{k}_bytes"] / MiB for r in rows], w, top, label=k)
-    axes[1].set(title="collective result bytes per device, by kind", ylabel="MiB", xticks=x, xticklabels=names)
+        _bars(
+            axes[1],
+            x + (i - (len(kinds) - 1) / 2) * w,
+            [r[f"{k}_bytes"] / MiB for r in rows],
+            w,
+            top,
+            label=k,
+        )
+    axes[1].set(
+        title="collective result bytes per device, by kind", ylabel="MiB", xticks=x, xticklabels=names
+    )
     axes[1].legend()
     if timed:
         _bars(axes[2], x, times, 0.5, max(times), color="tab:gray")
@@ -277,10 +332,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=64, help="global batch size")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     parser.add_argument("--dtype", default=None, help="compute dtype (default: the config's, float32)")
-    parser.add_argument("--no-time", action="store_true", help="compile and analyse only (no state is allocated)")
-    parser.add_argument("--sequential", action="store_true",
-                        help="time each strategy right after compiling it and free its state (less memory; "
-                             "by default all are kept and timed round-robin, fairer on a busy machine)")
+    parser.add_argument(
+        "--no-time", action="store_true", help="compile and analyse only (no state is allocated)"
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="time each strategy right after compiling it and free its state (less memory; "
+        "by default all are kept and timed round-robin, fairer on a busy machine)",
+    )
     parser.add_argument("--dump-hlo", metavar="DIR", help="also write each strategy's compiled HLO text here")
     parser.add_argument("--out", default=os.path.join(ROOT, "experiments", "sharding_strategies", "results"))
     args = parser.parse_args(argv[1:])
@@ -305,23 +365,34 @@ def main(argv: list[str]) -> int:
             time_steps(args, [row], [run_step])
             run_step = None
         runners.append(run_step)
-        print(f"{s:8s} compiled in {row['compile_s']:.1f}s: params {_mib(row['param_bytes'])} MiB, "
-              f"opt {_mib(row['opt_bytes'])} MiB, temp {_mib(row['temp_bytes'])} MiB per device", file=sys.stderr)
+        print(
+            f"{s:8s} compiled in {row['compile_s']:.1f}s: params {_mib(row['param_bytes'])} MiB, "
+            f"opt {_mib(row['opt_bytes'])} MiB, temp {_mib(row['temp_bytes'])} MiB per device",
+            file=sys.stderr,
+        )
     if not args.no_time:
         if not args.sequential:
             time_steps(args, rows, runners)
         for r in rows:
-            print(f"{r['strategy']:8s} step {r['step_ms']:.1f} ms (median), {r['step_ms_min']:.1f} ms (min)",
-                  file=sys.stderr)
+            print(
+                f"{r['strategy']:8s} step {r['step_ms']:.1f} ms (median), {r['step_ms_min']:.1f} ms (min)",
+                file=sys.stderr,
+            )
 
     mesh_name = "_".join(f"{k}{v}" for k, v in mesh_cfg.items())
     stem = os.path.join(args.out, f"{dev.platform}_{args.model}_{mesh_name}")
     os.makedirs(args.out, exist_ok=True)
-    header = (f"**{args.model}**, mesh {args.mesh} ({n} x {dev.device_kind}), global batch {args.batch}, "
-              f"compute dtype {make_config(args.model, 'dp', mesh_cfg, args.batch, args.dtype).dtype}, "
-              f"jax {jax.__version__}, " + ("timing skipped (--no-time)" if args.no_time else
-                                        f"step time = median of {args.steps} steps after one warm-up"
-                                        + ("" if args.sequential else ", strategies interleaved")))
+    header = (
+        f"**{args.model}**, mesh {args.mesh} ({n} x {dev.device_kind}), global batch {args.batch}, "
+        f"compute dtype {make_config(args.model, 'dp', mesh_cfg, args.batch, args.dtype).dtype}, "
+        f"jax {jax.__version__}, "
+        + (
+            "timing skipped (--no-time)"
+            if args.no_time
+            else f"step time = median of {args.steps} steps after one warm-up"
+            + ("" if args.sequential else ", strategies interleaved")
+        )
+    )
     with open(stem + ".md", "w") as f:
         f.write(markdown(rows, header))
     with open(stem + ".csv", "w", newline="") as f:
@@ -329,8 +400,17 @@ def main(argv: list[str]) -> int:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for r in rows:
-            writer.writerow({"platform": dev.platform, "device_kind": dev.device_kind, "jax": jax.__version__,
-                             "model": args.model, "mesh": args.mesh, "batch": args.batch, **r})
+            writer.writerow(
+                {
+                    "platform": dev.platform,
+                    "device_kind": dev.device_kind,
+                    "jax": jax.__version__,
+                    "model": args.model,
+                    "mesh": args.mesh,
+                    "batch": args.batch,
+                    **r,
+                }
+            )
     chart(rows, f"{args.model}, mesh {args.mesh}, {n} x {dev.device_kind}, batch {args.batch}", stem + ".png")
     print(f"wrote {stem}.md, .csv, .png", file=sys.stderr)
     return 0

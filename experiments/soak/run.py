@@ -34,15 +34,27 @@ TIMING = ("examples_per_sec",)  # metrics that measure the machine, not the run
 
 
 def command(workdir: str, args) -> list[str]:
-    return [sys.executable, "-m", "mmjax.train", "--config=configs/clip_shapes.py:tiny", f"--workdir={workdir}",
-            f"--config.total_steps={args.steps}", f"--config.checkpoint_every={args.checkpoint_every}",
-            f"--config.log_every={args.log_every}"]
+    return [
+        sys.executable,
+        "-m",
+        "mmjax.train",
+        "--config=configs/clip_shapes.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.total_steps={args.steps}",
+        f"--config.checkpoint_every={args.checkpoint_every}",
+        f"--config.log_every={args.log_every}",
+    ]
 
 
 def start(workdir: str, args, log_path: str) -> subprocess.Popen:
     log = open(log_path, "w")
-    return subprocess.Popen(command(workdir, args), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    return subprocess.Popen(
+        command(workdir, args),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
 
 
 def committed_steps(workdir: str) -> list[int]:
@@ -83,13 +95,20 @@ def interrupted_run(workdir: str, args, rng: np.random.Generator) -> tuple[list[
         if not finished:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        kills.append({"attempt": k + 1, "started_from": resumed_from(log_path), "target_step": int(target),
-                      "delay_s": round(delay, 3), "last_logged_step": last_logged_step(workdir),
-                      "latest_checkpoint": (committed_steps(workdir) or [None])[-1],
-                      "save_in_flight": any("tmp" in n
-                                            for n in os.listdir(os.path.join(workdir, "checkpoints")))
-                      if os.path.isdir(os.path.join(workdir, "checkpoints")) else False,
-                      "killed": not finished})
+        kills.append(
+            {
+                "attempt": k + 1,
+                "started_from": resumed_from(log_path),
+                "target_step": int(target),
+                "delay_s": round(delay, 3),
+                "last_logged_step": last_logged_step(workdir),
+                "latest_checkpoint": (committed_steps(workdir) or [None])[-1],
+                "save_in_flight": any("tmp" in n for n in os.listdir(os.path.join(workdir, "checkpoints")))
+                if os.path.isdir(os.path.join(workdir, "checkpoints"))
+                else False,
+                "killed": not finished,
+            }
+        )
         print(f"kill {k + 1}: {kills[-1]}", flush=True)
     log_path = os.path.join(workdir, "final.log")
     proc = start(workdir, args, log_path)
@@ -126,44 +145,67 @@ def compare(reference: str, resumed: str, step: int) -> dict:
     if a.keys() != b.keys():
         raise SystemExit("error: the two final states have different structures")
     differing = [str(path) for path in a if not np.array_equal(a[path], b[path])]
-    max_diff = max(float(np.max(np.abs(np.asarray(a[p], np.float64) - np.asarray(b[p], np.float64))))
-                   if np.size(a[p]) else 0.0 for p in a)
+    max_diff = max(
+        float(np.max(np.abs(np.asarray(a[p], np.float64) - np.asarray(b[p], np.float64))))
+        if np.size(a[p])
+        else 0.0
+        for p in a
+    )
     ma, mb = metrics(reference), metrics(resumed)
-    return {"arrays": len(a), "values": int(sum(np.size(v) for v in a.values())),
-            "arrays_differing": len(differing), "first_differing": differing[:3], "max_abs_diff": max_diff,
-            "logged_records": len(ma), "metrics_identical": ma == mb, "results_identical":
-            results(reference) == results(resumed)}
+    return {
+        "arrays": len(a),
+        "values": int(sum(np.size(v) for v in a.values())),
+        "arrays_differing": len(differing),
+        "first_differing": differing[:3],
+        "max_abs_diff": max_diff,
+        "logged_records": len(ma),
+        "metrics_identical": ma == mb,
+        "results_identical": results(reference) == results(resumed),
+    }
 
 
 def write_report(summary: dict, path_md: str) -> str:
     c, kills = summary["comparison"], summary["kills"]
-    rows = ["| attempt | started from checkpoint | killed after logged step | + delay (s) | latest committed "
-            "checkpoint after the kill | a save was in flight |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| attempt | started from checkpoint | killed after logged step | + delay (s) | latest committed "
+        "checkpoint after the kill | a save was in flight |",
+        "|---|---|---|---|---|---|",
+    ]
     for k in kills[:-1]:
-        rows.append(f"| {k['attempt']} | {k['started_from']} | {k['last_logged_step']} | {k['delay_s']} | "
-                    f"{k['latest_checkpoint']} | {'yes' if k['save_in_flight'] else 'no'} |")
+        rows.append(
+            f"| {k['attempt']} | {k['started_from']} | {k['last_logged_step']} | {k['delay_s']} | "
+            f"{k['latest_checkpoint']} | {'yes' if k['save_in_flight'] else 'no'} |"
+        )
     rows.append(f"| {kills[-1]['attempt']} | {kills[-1]['started_from']} | (ran to the end) | | | |")
-    verdict = ("identical" if c["arrays_differing"] == 0 and c["metrics_identical"] and c["results_identical"]
-               else "DIFFERENT")
-    text = "\n".join([
-        "# Soak test: killed and resumed vs uninterrupted",
-        "",
-        f"Command: `{summary['command']}`; {summary['steps']} steps of `configs/clip_shapes.py:tiny`, checkpoint "
-        f"every {summary['checkpoint_every']}, killed with SIGKILL {summary['kills_requested']} times at random "
-        f"moments (seed {summary['seed']}). Machine: {summary['machine']}; jax {summary['jax']}; {summary['date']}.",
-        "",
-        *rows,
-        "",
-        f"**Final train state: {verdict}.** {c['arrays']} arrays ({c['values']:,} values) compared with "
-        f"`np.array_equal`: {c['arrays_differing']} differ (largest absolute difference {c['max_abs_diff']:g}). "
-        f"The {c['logged_records']} logged metric records (all but the throughput) are "
-        f"{'identical' if c['metrics_identical'] else 'DIFFERENT'}; the final evaluation is "
-        f"{'identical' if c['results_identical'] else 'DIFFERENT'}.",
-        "",
-        f"Wall time: uninterrupted {summary['reference_s']:.0f} s; killed and resumed {summary['resumed_s']:.0f} s "
-        "(each restart pays start-up and compilation again, and the steps after the last checkpoint are redone).",
-        "",
-    ])
+    verdict = (
+        "identical"
+        if c["arrays_differing"] == 0 and c["metrics_identical"] and c["results_identical"]
+        else "DIFFERENT"
+    )
+    text = "\n".join(
+        [
+            "# Soak test: killed and resumed vs uninterrupted",
+            "",
+            f"Command: `{summary['command']}`; {summary['steps']} steps of `configs/clip_shapes.py:tiny`, "
+            f"checkpoint every {summary['checkpoint_every']}, killed with SIGKILL "
+            f"{summary['kills_requested']} times at random moments (seed {summary['seed']}). "
+            f"Machine: {summary['machine']}; jax {summary['jax']}; {summary['date']}.",
+            "",
+            *rows,
+            "",
+            f"**Final train state: {verdict}.** {c['arrays']} arrays ({c['values']:,} values) compared "
+            f"with `np.array_equal`: {c['arrays_differing']} differ (largest absolute difference "
+            f"{c['max_abs_diff']:g}). "
+            f"The {c['logged_records']} logged metric records (all but the throughput) are "
+            f"{'identical' if c['metrics_identical'] else 'DIFFERENT'}; the final evaluation is "
+            f"{'identical' if c['results_identical'] else 'DIFFERENT'}.",
+            "",
+            f"Wall time: uninterrupted {summary['reference_s']:.0f} s; killed and resumed "
+            f"{summary['resumed_s']:.0f} s (each restart pays start-up and compilation again, and the steps "
+            "after the last checkpoint are redone).",
+            "",
+        ]
+    )
     with open(path_md, "w") as f:
         f.write(text)
     return text
@@ -196,11 +238,20 @@ def main() -> int:
 
     import jax
 
-    summary = {"steps": args.steps, "checkpoint_every": args.checkpoint_every, "kills_requested": args.kills,
-               "seed": args.seed, "command": " ".join(["python", *command("DIR", args)[1:]]),
-               "machine": f"{platform.machine()}, {os.cpu_count()} cores", "jax": jax.__version__,
-               "date": time.strftime("%Y-%m-%d"), "reference_s": reference_s, "resumed_s": resumed_s,
-               "kills": kills, "comparison": compare(reference, resumed, args.steps)}
+    summary = {
+        "steps": args.steps,
+        "checkpoint_every": args.checkpoint_every,
+        "kills_requested": args.kills,
+        "seed": args.seed,
+        "command": " ".join(["python", *command("DIR", args)[1:]]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "jax": jax.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "reference_s": reference_s,
+        "resumed_s": resumed_s,
+        "kills": kills,
+        "comparison": compare(reference, resumed, args.steps),
+    }
     os.makedirs(args.results, exist_ok=True)
     with open(os.path.join(args.results, "soak.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -23,8 +23,15 @@ from mmjax.config import ConfigError
 from mmjax.interop import preprocess
 
 
-def answer(model_dir: str, prompt: str, images: list[str], *, max_new_tokens: int = 32,
-           temperature: float = 0.0, seed: int = 0):
+def answer(
+    model_dir: str,
+    prompt: str,
+    images: list[str],
+    *,
+    max_new_tokens: int = 32,
+    temperature: float = 0.0,
+    seed: int = 0,
+):
     """Yields one ``{"image", "prompt", "text", "tokens"}`` per image of ``images``."""
     cfg, params, model, tok, pre = load_hf_model(model_dir, "early_fusion", "generation needs LLaVA")
     image_tokens = [cfg.image_id] * model.num_image_tokens(cfg.image_size)
@@ -35,8 +42,9 @@ def answer(model_dir: str, prompt: str, images: list[str], *, max_new_tokens: in
     eos = cfg.hf.get("eos_token_id")
     eos = tok.eot_id if eos is None else (eos[0] if isinstance(eos, (list, tuple)) else eos)
     pad = cfg.pad_id if cfg.pad_id >= 0 else tok.pad_id
-    fn = generate.make_generate(model, max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad,
-                                temperature=temperature)
+    fn = generate.make_generate(
+        model, max_new_tokens=max_new_tokens, eos_id=eos, pad_id=pad, temperature=temperature
+    )
     for path in images:
         pixels = preprocess.load_image(path, pre, cfg.image_size)[None]
         out = fn(params, pixels, np.asarray([ids], np.int32), jax.random.key(seed))
@@ -56,8 +64,14 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="+")
     args = parser.parse_args(argv)
     try:
-        for row in answer(args.model, args.prompt, args.images, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, seed=args.seed):
+        for row in answer(
+            args.model,
+            args.prompt,
+            args.images,
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            seed=args.seed,
+        ):
             print(json.dumps(row), flush=True)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

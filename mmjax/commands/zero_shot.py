@@ -35,14 +35,19 @@ def classify(model_dir: str, labels: list[str], images: list[str], template: str
     else:
         probs = np.exp(logits - logits.max(axis=1, keepdims=True))
         probs /= probs.sum(axis=1, keepdims=True)
-    return [{"image": path, "probs": {label: float(p) for label, p in zip(labels, row)}}
-            for path, row in zip(images, probs)]
+    return [
+        {"image": path, "probs": {label: float(p) for label, p in zip(labels, row)}}
+        for path, row in zip(images, probs)
+    ]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmjax.zero_shot", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="directory with config.json, model.safetensors, "
-                                                       "tokenizer.json, preprocessor_config.json")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="directory with config.json, model.safetensors, tokenizer.json, preprocessor_config.json",
+    )
     parser.add_argument("--labels", required=True, help="comma-separated class names")
     parser.add_argument("--template", default="{}", help='text for each label, e.g. "a photo of a {}"')
     parser.add_argument("images", nargs="+")

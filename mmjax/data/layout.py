@@ -22,8 +22,14 @@ def images_per_example(data_cfg) -> int:
     return n
 
 
-def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer: str | None,
-               max_len: int, more_turns: Sequence[tuple[str, str]] = ()) -> tuple[np.ndarray, bool]:
+def encode_vlm(
+    tokenizer: Tokenizer,
+    num_image_tokens: int,
+    prompt: str,
+    answer: str | None,
+    max_len: int,
+    more_turns: Sequence[tuple[str, str]] = (),
+) -> tuple[np.ndarray, bool]:
     """(ids, truncated) of a VLM example: with an answer, int32 [max_len] ``[BOS] [IMG]*num_image_tokens
     prompt [SEP] answer [EOT] PAD...`` (answer ids cut to fit, the EOT always last, truncated=True);
     with ``answer=None``, the generation prompt ``[BOS] [IMG]*n prompt [SEP]``, unpadded.
@@ -33,9 +39,11 @@ def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer:
     ids = [tokenizer.bos_id, *[tokenizer.image_id] * num_image_tokens, *prompt_ids, tokenizer.sep_id]
     need = len(ids) + (answer is not None)  # + EOT
     if need > max_len:
-        raise ValueError(f"VLM prompt does not fit in max_len={max_len}: {num_image_tokens} image tokens + "
-                         f"{len(prompt_ids)} prompt tokens + {need - num_image_tokens - len(prompt_ids)} "
-                         f"specials = {need}; raise data.max_len")
+        raise ValueError(
+            f"VLM prompt does not fit in max_len={max_len}: {num_image_tokens} image tokens + "
+            f"{len(prompt_ids)} prompt tokens + {need - num_image_tokens - len(prompt_ids)} "
+            f"specials = {need}; raise data.max_len"
+        )
     if answer is None:
         return np.array(ids, np.int32), False
     answer_ids = tokenizer.encode(answer)
@@ -47,5 +55,5 @@ def encode_vlm(tokenizer: Tokenizer, num_image_tokens: int, prompt: str, answer:
         if len(ids) + len(turn) > max_len:
             break
         ids += turn
-    out[:len(ids)] = ids
+    out[: len(ids)] = ids
     return out, len(answer_ids) > room

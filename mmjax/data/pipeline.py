@@ -82,8 +82,14 @@ def denormalize(image: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-GENERIC_PROMPT_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.",
-                            "a photo of the {}.", "a close-up photo of a {}.", "a cropped photo of a {}.")
+GENERIC_PROMPT_TEMPLATES = (
+    "a photo of a {}.",
+    "a picture of a {}.",
+    "an image of a {}.",
+    "a photo of the {}.",
+    "a close-up photo of a {}.",
+    "a cropped photo of a {}.",
+)
 
 
 def _generic_prompt_templates(data_cfg) -> list[str]:
@@ -122,10 +128,14 @@ def register_dataset(name: str, dataset: Dataset | str) -> None:
     (lazy: the module is imported when the name is first used, so a config naming it needs no import)."""
     if isinstance(dataset, str):
         if not re.fullmatch(r"[\w.]+:[\w.]+", dataset):
-            raise ValueError(f"dataset {name!r}: import path {dataset!r} is not of the form 'package.module:ATTRIBUTE'")
+            raise ValueError(
+                f"dataset {name!r}: import path {dataset!r} is not of the form 'package.module:ATTRIBUTE'"
+            )
     elif not isinstance(dataset, Dataset):
-        raise TypeError(f"dataset {name!r} must be a pipeline.Dataset or a 'module:attr' path, "
-                        f"got {type(dataset).__name__}")
+        raise TypeError(
+            f"dataset {name!r} must be a pipeline.Dataset or a 'module:attr' path, "
+            f"got {type(dataset).__name__}"
+        )
     DATASETS[name] = dataset
 
 
@@ -141,10 +151,13 @@ def get_dataset(data_cfg_or_name) -> Dataset:
         try:
             found = functools.reduce(getattr, attr.split("."), importlib.import_module(module))
         except (ImportError, AttributeError) as e:
-            raise ValueError(f"dataset {name!r} is registered as {entry!r}, which does not import: "
-                             f"{type(e).__name__}: {e}") from e
+            raise ValueError(
+                f"dataset {name!r} is registered as {entry!r}, which does not import: {type(e).__name__}: {e}"
+            ) from e
         if not isinstance(found, Dataset):
-            raise TypeError(f"dataset {name!r}: {entry!r} is a {type(found).__name__}, not a pipeline.Dataset")
+            raise TypeError(
+                f"dataset {name!r}: {entry!r} is a {type(found).__name__}, not a pipeline.Dataset"
+            )
         entry = DATASETS[name] = found
     return entry
 
@@ -172,16 +185,27 @@ def _data_source(data_cfg, split: str):
 
 def _shapes_source(data_cfg, split: str):
     builder = shapes_builder.ensure_built(
-        data_cfg.get("data_dir", None), seed=data_cfg.get("seed", 0),
-        image_size=data_cfg.get("image_size", 64), num_train=data_cfg.get("num_train", 20_000),
-        num_validation=data_cfg.get("num_validation", 1_000), num_test=data_cfg.get("num_test", 1_000))
+        data_cfg.get("data_dir", None),
+        seed=data_cfg.get("seed", 0),
+        image_size=data_cfg.get("image_size", 64),
+        num_train=data_cfg.get("num_train", 20_000),
+        num_validation=data_cfg.get("num_validation", 1_000),
+        num_test=data_cfg.get("num_test", 1_000),
+    )
     return builder.as_data_source(split)
 
 
-register_dataset("shapes", Dataset(source=_shapes_source, class_names=lambda data_cfg: list(shapes.CLASS_NAMES),
-                                   prompt_templates=lambda data_cfg: list(shapes.PROMPT_TEMPLATES),
-                                   splits=shapes.SPLITS, short_caption=shapes.SHORT_CAPTION,
-                                   attribute_words=(shapes.COLOURS, shapes.SHAPES)))
+register_dataset(
+    "shapes",
+    Dataset(
+        source=_shapes_source,
+        class_names=lambda data_cfg: list(shapes.CLASS_NAMES),
+        prompt_templates=lambda data_cfg: list(shapes.PROMPT_TEMPLATES),
+        splits=shapes.SPLITS,
+        short_caption=shapes.SHORT_CAPTION,
+        attribute_words=(shapes.COLOURS, shapes.SHAPES),
+    ),
+)
 
 
 def pair_partners(n: int) -> np.ndarray:
@@ -215,9 +239,15 @@ def decode_image(png: bytes, where: str = "a record") -> np.ndarray:
     try:
         return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     except Exception as e:  # PIL.UnidentifiedImageError, OSError (truncated data), ...
-        why = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
-        raise DataError(f"{where}: its image bytes do not decode ({why}); the dataset is damaged: regenerate it "
-                        "(delete its directory under data.data_dir) or drop the record") from None
+        why = (
+            "not an image Pillow can read"
+            if isinstance(e, UnidentifiedImageError)
+            else f"{type(e).__name__}: {e}"
+        )
+        raise DataError(
+            f"{where}: its image bytes do not decode ({why}); the dataset is damaged: regenerate it "
+            "(delete its directory under data.data_dir) or drop the record"
+        ) from None
 
 
 def record_image(record, split: str = "train") -> np.ndarray:
@@ -231,24 +261,36 @@ def texts(record, key: str, split: str = "train") -> list[str]:
     values = [_text(v) for v in record[key]]
     for i, value in enumerate(values):
         if not value.strip():
-            raise DataError(f"{split} record {record.get('id')}: {key}[{i}] is empty; repair the dataset or "
-                            "drop the record")
+            raise DataError(
+                f"{split} record {record.get('id')}: {key}[{i}] is empty; repair the dataset or "
+                "drop the record"
+            )
     return values
 
 
 class TrainPreprocess(grain.transforms.RandomMap):
     """Record -> {image uint8, text, label, id, truncated}: caption sampling and a consistent flip."""
 
-    def __init__(self, tokenizer: Tokenizer, max_len: int, flip_prob: float, caption_sampling: str,
-                 hard_negatives: bool = False, short_caption_prob: float = 0.0, short_caption: int | None = None,
-                 extra_short_caption: bool = False):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        max_len: int,
+        flip_prob: float,
+        caption_sampling: str,
+        hard_negatives: bool = False,
+        short_caption_prob: float = 0.0,
+        short_caption: int | None = None,
+        extra_short_caption: bool = False,
+    ):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
         if not 0 <= short_caption_prob <= 1:
             raise ValueError(f"data.short_caption_prob={short_caption_prob} is not a probability in [0, 1]")
         if (short_caption_prob or extra_short_caption) and short_caption is None:
-            raise ValueError("data.short_caption_prob > 0 or data.extra_short_caption, but the dataset names no "
-                             "short caption (Dataset.short_caption); set them to 0 and False")
+            raise ValueError(
+                "data.short_caption_prob > 0 or data.extra_short_caption, but the dataset names no "
+                "short caption (Dataset.short_caption); set them to 0 and False"
+            )
         self.tokenizer, self.max_len = tokenizer, max_len
         self.flip_prob, self.caption_sampling = flip_prob, caption_sampling
         self.hard_negatives = hard_negatives
@@ -266,8 +308,13 @@ class TrainPreprocess(grain.transforms.RandomMap):
             image, caption = np.ascontiguousarray(image[:, ::-1]), shapes.flip_text(caption)
             short = None if short is None else shapes.flip_text(short)
         text, truncated = self.tokenizer.tokenize([caption], self.max_len, return_truncated=True)
-        out = {"image": image, "text": text[0], "label": np.int32(record["label"]),
-               "id": np.int32(record["id"]), "truncated": truncated[0]}
+        out = {
+            "image": image,
+            "text": text[0],
+            "label": np.int32(record["label"]),
+            "id": np.int32(record["id"]),
+            "truncated": truncated[0],
+        }
         if short is not None:
             out["text_short"] = self.tokenizer.tokenize([short], self.max_len)[0]
         if self.hard_negatives:
@@ -287,9 +334,18 @@ class VlmPreprocess(grain.transforms.RandomMap):
 
     CAPTION, VQA = 0, 1
 
-    def __init__(self, tokenizer: Tokenizer, num_image_tokens: int, max_len: int, flip_prob: float,
-                 caption_prompt: str, caption_prob: float, caption_sampling: str, vqa_turns: int = 1,
-                 images: int = 1):
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        num_image_tokens: int,
+        max_len: int,
+        flip_prob: float,
+        caption_prompt: str,
+        caption_prob: float,
+        caption_sampling: str,
+        vqa_turns: int = 1,
+        images: int = 1,
+    ):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
         if caption_prob > 0:  # fail here, not in a Grain worker
@@ -309,14 +365,23 @@ class VlmPreprocess(grain.transforms.RandomMap):
         if kind_u < self.caption_prob:
             kind, prompt = self.CAPTION, about(self.caption_prompt, which)
             captions = texts(asked, "captions")
-            answer = captions[int(pick_u * len(captions))] if self.caption_sampling == "random" else captions[0]
+            answer = (
+                captions[int(pick_u * len(captions))] if self.caption_sampling == "random" else captions[0]
+            )
         else:
-            questions, answers = [texts(r, "questions") for r in records], [texts(r, "answers") for r in records]
+            questions, answers = (
+                [texts(r, "questions") for r in records],
+                [texts(r, "answers") for r in records],
+            )
             kind, i = self.VQA, int(pick_u * len(questions[which]))
             prompt, answer = about(questions[which][i], which), answers[which][i]
-            if self.vqa_turns > 1:  # more questions (about any of the images), in random order, as later turns
+            if (
+                self.vqa_turns > 1
+            ):  # more questions (about any of the images), in random order, as later turns
                 pool = [(k, j) for k, q in enumerate(questions) for j in range(len(q))]
-                others = [pool[p] for p in rng.permutation(len(pool)) if pool[p] != (which, i)][:self.vqa_turns - 1]
+                others = [pool[p] for p in rng.permutation(len(pool)) if pool[p] != (which, i)][
+                    : self.vqa_turns - 1
+                ]
                 turns = [(about(questions[k][j], k), answers[k][j]) for k, j in others]
         images = [record_image(r) for r in records]
         image = np.stack(images) if len(images) > 1 else images[0]
@@ -324,18 +389,32 @@ class VlmPreprocess(grain.transforms.RandomMap):
             image = np.ascontiguousarray(np.flip(image, axis=-2))
             prompt, answer = shapes.flip_text(prompt), shapes.flip_text(answer)
             turns = [(shapes.flip_text(q), shapes.flip_text(a)) for q, a in turns]
-        tokens, truncated = encode_vlm(self.tokenizer, self.num_image_tokens, prompt, answer, self.max_len, turns)
-        return {"image": image, "tokens": tokens, "kind": np.int32(kind), "id": np.int32(asked["id"]),
-                "truncated": np.bool_(truncated)}
+        tokens, truncated = encode_vlm(
+            self.tokenizer, self.num_image_tokens, prompt, answer, self.max_len, turns
+        )
+        return {
+            "image": image,
+            "tokens": tokens,
+            "kind": np.int32(kind),
+            "id": np.int32(asked["id"]),
+            "truncated": np.bool_(truncated),
+        }
 
 
 def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> VlmPreprocess:
     """``VlmPreprocess`` from ``data_cfg`` (max_len, flip_prob, caption_prompt, caption_prob,
     caption_sampling, vqa_turns, images_per_example); pass it to ``train_loader(preprocess=...)``."""
-    return VlmPreprocess(tokenizer, num_image_tokens, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
-                         data_cfg.get("caption_prompt", "what is in the image"), data_cfg.get("caption_prob", 0.3),
-                         data_cfg.get("caption_sampling", "canonical"), data_cfg.get("vqa_turns", 1),
-                         images_per_example(data_cfg))
+    return VlmPreprocess(
+        tokenizer,
+        num_image_tokens,
+        data_cfg.get("max_len", 32),
+        data_cfg.get("flip_prob", 0.5),
+        data_cfg.get("caption_prompt", "what is in the image"),
+        data_cfg.get("caption_prob", 0.3),
+        data_cfg.get("caption_sampling", "canonical"),
+        data_cfg.get("vqa_turns", 1),
+        images_per_example(data_cfg),
+    )
 
 
 def _normalize_batch(batch: dict) -> dict:
@@ -349,10 +428,17 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def train_loader(data_cfg, *, tokenizer: Tokenizer | None = None, global_batch_size: int, seed: int,
-                 shard_index: int | None = None, shard_count: int | None = None,
-                 num_epochs: int | None = None,
-                 preprocess: grain.transforms.RandomMap | None = None) -> grain.IterDataset:
+def train_loader(
+    data_cfg,
+    *,
+    tokenizer: Tokenizer | None = None,
+    global_batch_size: int,
+    seed: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_epochs: int | None = None,
+    preprocess: grain.transforms.RandomMap | None = None,
+) -> grain.IterDataset:
     """This process's share of the shuffled, augmented training batches; ``iter()`` it (see the module
     docstring). ``shard_index``/``shard_count`` default to ``jax.process_index()``/``jax.process_count()``.
     ``preprocess`` is the per-example transform of a record; default: the contrastive ``TrainPreprocess``
@@ -360,20 +446,26 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer | None = None, global_batch_s
     if preprocess is None:
         if tokenizer is None:
             raise ValueError("train_loader needs a tokenizer or a preprocess transform")
-        preprocess = TrainPreprocess(tokenizer, data_cfg.get("max_len", 32), data_cfg.get("flip_prob", 0.5),
-                                     data_cfg.get("caption_sampling", "random"),
-                                     data_cfg.get("hard_negatives", False),
-                                     data_cfg.get("short_caption_prob", 0.0),
-                                     get_dataset(data_cfg).short_caption,
-                                     data_cfg.get("extra_short_caption", False))
+        preprocess = TrainPreprocess(
+            tokenizer,
+            data_cfg.get("max_len", 32),
+            data_cfg.get("flip_prob", 0.5),
+            data_cfg.get("caption_sampling", "random"),
+            data_cfg.get("hard_negatives", False),
+            data_cfg.get("short_caption_prob", 0.0),
+            get_dataset(data_cfg).short_caption,
+            data_cfg.get("extra_short_caption", False),
+        )
     if shard_index is None or shard_count is None:
         import jax
 
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count
     if global_batch_size % shard_count:
-        raise ValueError(f"global batch size {global_batch_size} is not divisible by the number of "
-                         f"data shards (processes) {shard_count}")
+        raise ValueError(
+            f"global batch size {global_batch_size} is not divisible by the number of "
+            f"data shards (processes) {shard_count}"
+        )
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} is outside [0, shard_count={shard_count})")
     source = _data_source(data_cfg, "train")
@@ -381,20 +473,29 @@ def train_loader(data_cfg, *, tokenizer: Tokenizer | None = None, global_batch_s
         source = PairSource(source)
     local_batch = global_batch_size // shard_count
     # The global order, the same on every process; lazy, so nothing is read until an index is asked for.
-    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(num_epochs).random_map(preprocess, seed=seed)
+    ds = (
+        grain.MapDataset.source(source)
+        .shuffle(seed=seed)
+        .repeat(num_epochs)
+        .random_map(preprocess, seed=seed)
+    )
     ds = ds.batch(local_batch, drop_remainder=True)  # block k = rows [k * local_batch, (k + 1) * local_batch)
-    ds = ds[:len(ds) // shard_count * shard_count]  # every process gets the same number of blocks
+    ds = ds[: len(ds) // shard_count * shard_count]  # every process gets the same number of blocks
     ds = ds[shard_index::shard_count]  # this process's blocks: global batch t = blocks t*n .. t*n + n - 1
     # Each element is a batch: one reading thread per core (decoding is Python-heavy; more threads only
     # contend for the GIL), and a buffer of about 512 examples, as Grain's default of 500 elements was.
     threads = min(16, os.cpu_count() or 1)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
-                                              prefetch_buffer_size=max(threads, -(-512 // local_batch))))
+    ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, -(-512 // local_batch)))
+    )
     worker_count = data_cfg.get("worker_count", 0) or 0
     if worker_count > 0:  # workers prepare whole batches; which rows form a batch does not depend on them
         _ensure_absl_flags_parsed()
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count, per_worker_buffer_size=data_cfg.get("worker_buffer_size", None) or 2))
+        ds = ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=worker_count, per_worker_buffer_size=data_cfg.get("worker_buffer_size", None) or 2
+            )
+        )
     return ds.map(_normalize_batch)
 
 
@@ -406,8 +507,11 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
     captions = [texts(r, "captions", split) for r in records]
     canonical = [c[0] for c in captions]
     size = data_cfg.get("image_size", 64)
-    images = np.stack([normalize(record_image(r, split)) for r in records]) if records \
+    images = (
+        np.stack([normalize(record_image(r, split)) for r in records])
+        if records
         else np.zeros((0, size, size, 3), np.float32)
+    )
     return {
         "image": images,
         "text": tokenizer.tokenize(canonical, data_cfg.get("max_len", 32)),

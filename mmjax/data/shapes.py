@@ -32,8 +32,16 @@ import re
 import numpy as np
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
-COLOUR_RGB = ((220, 30, 30), (30, 170, 40), (30, 60, 220), (240, 210, 20),
-              (140, 40, 180), (245, 130, 20), (250, 250, 250), (15, 15, 15))
+COLOUR_RGB = (
+    (220, 30, 30),
+    (30, 170, 40),
+    (30, 60, 220),
+    (240, 210, 20),
+    (140, 40, 180),
+    (245, 130, 20),
+    (250, 250, 250),
+    (15, 15, 15),
+)
 # Six shapes that stay distinct at 13 px (a hexagon or a heart that small is hard to tell from a circle).
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 SIZES = ("small", "medium", "large")
@@ -52,8 +60,9 @@ SHORT_CAPTION = 5  # captions(...)[5] names the main object alone: "a photo of a
 CLASS_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 # Shape s is held out with the colours (3 * s + k) % 8 for k in {0, 5}: two colours per shape and at most
 # two shapes per colour (12 of 48 combinations), so every shape keeps 6 and every colour >= 4 seen partners.
-HELD_OUT_COMBOS = tuple(sorted(
-    (COLOURS[(3 * s + k) % len(COLOURS)], SHAPES[s]) for s in range(len(SHAPES)) for k in (0, 5)))
+HELD_OUT_COMBOS = tuple(
+    sorted((COLOURS[(3 * s + k) % len(COLOURS)], SHAPES[s]) for s in range(len(SHAPES)) for k in (0, 5))
+)
 _HELD_OUT_IDS = frozenset((COLOURS.index(c), SHAPES.index(s)) for c, s in HELD_OUT_COMBOS)
 _ALL_IDS = [(c, s) for c in range(len(COLOURS)) for s in range(len(SHAPES))]
 _SEEN_IDS = [cs for cs in _ALL_IDS if cs not in _HELD_OUT_IDS]
@@ -63,8 +72,14 @@ _SEEN_IDS = [cs for cs in _ALL_IDS if cs not in _HELD_OUT_IDS]
 ORDINALS = ("first", "second")
 LATE_WORDS = ORDINALS
 
-PROMPT_TEMPLATES = ("a {}", "a picture of a {}", "a photo of a {}", "an image of a {}",
-                    "there is a {} in the image", "a {} on a background")
+PROMPT_TEMPLATES = (
+    "a {}",
+    "a picture of a {}",
+    "a photo of a {}",
+    "an image of a {}",
+    "there is a {} in the image",
+    "a {} on a background",
+)
 
 
 def is_held_out(colour: str, shape: str) -> bool:
@@ -78,11 +93,11 @@ def label_of(colour: str, shape: str) -> int:
 @dataclasses.dataclass(frozen=True)
 class Obj:
     colour: int  # index into COLOURS
-    shape: int   # index into SHAPES
-    size: int    # index into SIZES
+    shape: int  # index into SHAPES
+    size: int  # index into SIZES
     row: int
     col: int
-    x: int       # top-left corner of the object's px x px box
+    x: int  # top-left corner of the object's px x px box
     y: int
     px: int
 
@@ -94,11 +109,11 @@ class Obj:
 @dataclasses.dataclass(frozen=True)
 class Scene:
     objects: tuple[Obj, ...]  # objects[0] is the main object
-    background: int           # index into BACKGROUNDS
-    bg_kind: int              # 0 solid, 1 gradient, 2 noise
+    background: int  # index into BACKGROUNDS
+    bg_kind: int  # 0 solid, 1 gradient, 2 noise
     bg_seed: int
     image_size: int
-    mirrored: bool = False    # background pattern flipped left-right
+    mirrored: bool = False  # background pattern flipped left-right
 
     @property
     def label(self) -> int:
@@ -132,8 +147,13 @@ def sample_scene(rng: np.random.Generator, split: str, image_size: int = 64) -> 
         x = x0 + round(rng.random() * max(0, x1 - x0 - px))
         y = y0 + round(rng.random() * max(0, y1 - y0 - px))
         objects.append(Obj(colour, shape, size, row, col, x, y, px))
-    return Scene(tuple(objects), int(rng.integers(len(BACKGROUNDS))), int(rng.integers(3)),
-                 int(rng.integers(2**31)), image_size)
+    return Scene(
+        tuple(objects),
+        int(rng.integers(len(BACKGROUNDS))),
+        int(rng.integers(3)),
+        int(rng.integers(2**31)),
+        image_size,
+    )
 
 
 def flip_scene(scene: Scene) -> Scene:
@@ -150,8 +170,11 @@ def twin_scene(scene: Scene, rng: np.random.Generator) -> Scene:
     valid training scene whose text differs from the original's only in that shape word."""
     main, others = scene.objects[0], scene.objects[1:]
     taken = {(o.colour, o.shape) for o in others}
-    pool = [s for s in range(len(SHAPES)) if s != main.shape and (main.colour, s) not in _HELD_OUT_IDS
-            and (main.colour, s) not in taken]
+    pool = [
+        s
+        for s in range(len(SHAPES))
+        if s != main.shape and (main.colour, s) not in _HELD_OUT_IDS and (main.colour, s) not in taken
+    ]
     new = dataclasses.replace(main, shape=pool[rng.integers(len(pool))])
     return dataclasses.replace(scene, objects=(new, *others))
 
@@ -170,7 +193,20 @@ def _outline(shape: str, s: float) -> list[tuple[float, float]] | None:
         return [(c, 0), (s, c), (c, s), (0, c)]
     if shape == "cross":
         a, b = s / 3, 2 * s / 3
-        return [(a, 0), (b, 0), (b, a), (s, a), (s, b), (b, b), (b, s), (a, s), (a, b), (0, b), (0, a), (a, a)]
+        return [
+            (a, 0),
+            (b, 0),
+            (b, a),
+            (s, a),
+            (s, b),
+            (b, b),
+            (b, s),
+            (a, s),
+            (a, b),
+            (0, b),
+            (0, a),
+            (a, a),
+        ]
     if shape == "star":
         angles = -np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, 0.45 * r)
@@ -213,7 +249,7 @@ def render(scene: Scene) -> np.ndarray:
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     image = np.ascontiguousarray(image[:, ::-1] if scene.mirrored else image)
     for o in scene.objects:
-        patch = image[o.y:o.y + o.px, o.x:o.x + o.px]
+        patch = image[o.y : o.y + o.px, o.x : o.x + o.px]
         patch[shape_mask(SHAPES[o.shape], o.px)] = COLOUR_RGB[o.colour]
     return image
 
@@ -274,14 +310,16 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     if len(objs) == 1:
         relational = f"there is a single {main.name} {_where(main)}"
     else:
-        relational = f"{_noun(main)} " + " and ".join(f"{_relation(main, o)} {_noun(o, False)}" for o in objs[1:])
+        relational = f"{_noun(main)} " + " and ".join(
+            f"{_relation(main, o)} {_noun(o, False)}" for o in objs[1:]
+        )
     return [
         canonical_caption(scene),
         "there is " + " and ".join(_noun(o) for o in objs),  # what, without where
         f"{lead} " + " and ".join(_noun(o, False) for o in shuffled) + f" on a {bg} background",
         relational,
-        f"a {bg} background with " + " and ".join(f"{_noun(o, bool(rng.integers(2)))} {_where(o)}"
-                                                 for o in shuffled),
+        f"a {bg} background with "
+        + " and ".join(f"{_noun(o, bool(rng.integers(2)))} {_where(o)}" for o in shuffled),
         f"{lead} {_noun(main, bool(rng.integers(2)))}",  # short, alt-text style: the main object only
     ]
 
@@ -296,8 +334,10 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
         qs.append(q), ans.append(a), types.append(t)
 
     # Ask for one attribute of an object named by the other, when that names it uniquely.
-    for asked, names, by, describe in (("colour", COLOURS, "shape", lambda o: f"the {SHAPES[o.shape]}"),
-                                       ("shape", SHAPES, "colour", lambda o: f"the {COLOURS[o.colour]} object")):
+    for asked, names, by, describe in (
+        ("colour", COLOURS, "shape", lambda o: f"the {SHAPES[o.shape]}"),
+        ("shape", SHAPES, "colour", lambda o: f"the {COLOURS[o.colour]} object"),
+    ):
         unique = [o for o in objs if sum(getattr(p, by) == getattr(o, by) for p in objs) == 1]
         if unique and rng.random() < 0.8:
             o = unique[rng.integers(len(unique))]
@@ -323,8 +363,12 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
             add(f"is the {a.name} {rel} the {b.name}?", "yes" if yes else "no", "position")
     else:
         o = objs[0]
-        sides = {"on the left": o.col == 0, "on the right": o.col == 2, "at the top": o.row == 0,
-                 "at the bottom": o.row == 2}
+        sides = {
+            "on the left": o.col == 0,
+            "on the right": o.col == 2,
+            "at the top": o.row == 0,
+            "at the bottom": o.row == 2,
+        }
         true = [s for s, v in sides.items() if v]
         pool = true if true and rng.random() < 0.5 else [s for s, v in sides.items() if not v]
         side = pool[rng.integers(len(pool))]
@@ -370,7 +414,9 @@ def generate_example(seed: int, split: str, index: int, image_size: int = 64) ->
         "answers": ans,
         "question_types": types,
         "background": scene.background,
-        "objects": {k: np.array([getattr(o, k) for o in scene.objects], np.int64)
-                    for k in ("colour", "shape", "size", "row", "col")},
+        "objects": {
+            k: np.array([getattr(o, k) for o in scene.objects], np.int64)
+            for k in ("colour", "shape", "size", "row", "col")
+        },
         "scene": scene,
     }

@@ -38,8 +38,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
     num_test: int = 1_000
 
 
-def config_name(*, seed: int = 0, image_size: int = 64, num_train: int = 20_000,
-                num_validation: int = 1_000, num_test: int = 1_000) -> str:
+def config_name(
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    num_train: int = 20_000,
+    num_validation: int = 1_000,
+    num_test: int = 1_000,
+) -> str:
     return f"s{seed}_px{image_size}_n{num_train}_{num_validation}_{num_test}"
 
 
@@ -49,8 +55,14 @@ def _config_from_name(name: str) -> ShapesConfig | None:
     if not match:
         return None
     seed, image_size, num_train, num_validation, num_test = map(int, match.groups())
-    return ShapesConfig(name=name, seed=seed, image_size=image_size, num_train=num_train,
-                        num_validation=num_validation, num_test=num_test)
+    return ShapesConfig(
+        name=name,
+        seed=seed,
+        image_size=image_size,
+        num_train=num_train,
+        num_validation=num_validation,
+        num_test=num_test,
+    )
 
 
 DEFAULT_CONFIG = _config_from_name(config_name())
@@ -65,10 +77,17 @@ def encode_example(seed: int, split: str, index: int, image_size: int) -> dict:
     ex = shapes.generate_example(seed, split, index, image_size)
     buffer = io.BytesIO()
     Image.fromarray(ex["image"]).save(buffer, format="PNG", compress_level=1)
-    return {"id": index, "image_png": buffer.getvalue(), "label": ex["label"],
-            "captions": ex["captions"], "questions": ex["questions"], "answers": ex["answers"],
-            "question_types": ex["question_types"], "background": ex["background"],
-            "objects": ex["objects"]}
+    return {
+        "id": index,
+        "image_png": buffer.getvalue(),
+        "label": ex["label"],
+        "captions": ex["captions"],
+        "questions": ex["questions"],
+        "answers": ex["answers"],
+        "question_types": ex["question_types"],
+        "background": ex["background"],
+        "objects": ex["objects"],
+    }
 
 
 class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
@@ -76,9 +95,11 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
 
     # Bump the version whenever generated content changes, so stale data is never reused.
     VERSION = tfds.core.Version("1.2.0")
-    RELEASE_NOTES = {"1.0.0": "First version.",
-                     "1.1.0": "A short main-object caption among the paraphrases.",
-                     "1.2.0": "Six shapes (no hexagon, heart), larger objects, a caption without positions."}
+    RELEASE_NOTES = {
+        "1.0.0": "First version.",
+        "1.1.0": "A short main-object caption among the paraphrases.",
+        "1.2.0": "Six shapes (no hexagon, heart), larger objects, a caption without positions.",
+    }
     BUILDER_CONFIGS = [DEFAULT_CONFIG]
 
     @classmethod
@@ -113,17 +134,19 @@ class MmjaxShapes(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=shapes.__doc__,
-            features=tfds.features.FeaturesDict({
-                "id": np.int64,
-                "image_png": tfds.features.Tensor(shape=(), dtype=np.object_),
-                "label": tfds.features.ClassLabel(names=shapes.CLASS_NAMES),
-                "captions": texts,
-                "questions": texts,
-                "answers": texts,
-                "question_types": texts,
-                "background": tfds.features.ClassLabel(names=shapes.BACKGROUNDS),
-                "objects": {k: _ints() for k in ("colour", "shape", "size", "row", "col")},
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": np.int64,
+                    "image_png": tfds.features.Tensor(shape=(), dtype=np.object_),
+                    "label": tfds.features.ClassLabel(names=shapes.CLASS_NAMES),
+                    "captions": texts,
+                    "questions": texts,
+                    "answers": texts,
+                    "question_types": texts,
+                    "background": tfds.features.ClassLabel(names=shapes.BACKGROUNDS),
+                    "objects": {k: _ints() for k in ("colour", "shape", "size", "row", "col")},
+                }
+            ),
             disable_shuffling=True,  # record i is example i
         )
 
@@ -146,21 +169,38 @@ def default_data_dir() -> str:
 
 def get_builder(data_dir: str | None = None, **config_kwargs) -> MmjaxShapes:
     """The builder (prepared or not) for ``config_name(**config_kwargs)``."""
-    return MmjaxShapes(data_dir=data_dir or default_data_dir(), config=config_name(**config_kwargs),
-                       file_format="array_record")
+    return MmjaxShapes(
+        data_dir=data_dir or default_data_dir(),
+        config=config_name(**config_kwargs),
+        file_format="array_record",
+    )
 
 
-def ensure_built(data_dir: str | None = None, *, seed: int = 0, image_size: int = 64,
-                 num_train: int = 20_000, num_validation: int = 1_000, num_test: int = 1_000) -> MmjaxShapes:
+def ensure_built(
+    data_dir: str | None = None,
+    *,
+    seed: int = 0,
+    image_size: int = 64,
+    num_train: int = 20_000,
+    num_validation: int = 1_000,
+    num_test: int = 1_000,
+) -> MmjaxShapes:
     """The prepared builder, generating the dataset first if ``data_dir`` does not hold it yet."""
-    builder = get_builder(data_dir, seed=seed, image_size=image_size, num_train=num_train,
-                          num_validation=num_validation, num_test=num_test)
+    builder = get_builder(
+        data_dir,
+        seed=seed,
+        image_size=image_size,
+        num_train=num_train,
+        num_validation=num_validation,
+        num_test=num_test,
+    )
     if builder.is_prepared():
         return builder
     print(f"mmjax: generating the shapes dataset into {builder.data_dir}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    config = tfds.download.DownloadConfig(try_download_gcs=False,
-                                          compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    config = tfds.download.DownloadConfig(
+        try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
+    )
     tfds.disable_progress_bar()  # one line here instead of TFDS's per-split bars
     builder.download_and_prepare(file_format="array_record", download_config=config)
     print(f"mmjax: shapes dataset ready in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)

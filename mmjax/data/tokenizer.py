@@ -65,9 +65,9 @@ class Tokenizer(abc.ABC):
         for row, text in enumerate(texts):
             ids = self.encode(text)
             if len(ids) > max_len - 2:
-                ids, truncated[row] = ids[:max_len - 2], True
+                ids, truncated[row] = ids[: max_len - 2], True
             out[row, 0] = self.bos_id
-            out[row, 1:len(ids) + 1] = ids
+            out[row, 1 : len(ids) + 1] = ids
             out[row, len(ids) + 1] = self.eot_id
         return (out, truncated) if return_truncated else out
 

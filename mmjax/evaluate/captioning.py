@@ -15,7 +15,7 @@ from mmjax.data.shapes import COLOURS, SHAPES
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+    return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
 def bleu(hypotheses: list[str], references: list[list[str]], max_n: int = 4) -> float:
@@ -66,16 +66,21 @@ def caption_correct(generated: str, objects: Iterable[tuple[str, str]]) -> bool:
     return mentioned_objects(generated) == set(objects)
 
 
-def caption_metrics(generated: list[str], references: list[list[str]],
-                    objects: list[set[tuple[str, str]]]) -> dict:
+def caption_metrics(
+    generated: list[str], references: list[list[str]], objects: list[set[tuple[str, str]]]
+) -> dict:
     """``{"caption_bleu4", "caption_objects_correct", "caption_examples"}`` for paired generated captions,
     reference captions and scene objects (sets of (colour, shape) names)."""
     if not len(generated) == len(references) == len(objects):
-        raise ValueError(f"lengths differ: {len(generated)} generated, {len(references)} reference lists, "
-                         f"{len(objects)} object sets")
+        raise ValueError(
+            f"lengths differ: {len(generated)} generated, {len(references)} reference lists, "
+            f"{len(objects)} object sets"
+        )
     if not generated:
         raise ValueError("no captions to evaluate")
     correct = sum(caption_correct(g, o) for g, o in zip(generated, objects))
-    return {"caption_bleu4": bleu(generated, references, max_n=4),
-            "caption_objects_correct": correct / len(generated),
-            "caption_examples": len(generated)}
+    return {
+        "caption_bleu4": bleu(generated, references, max_n=4),
+        "caption_objects_correct": correct / len(generated),
+        "caption_examples": len(generated),
+    }

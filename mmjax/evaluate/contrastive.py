@@ -22,11 +22,11 @@ def batched(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
     """Apply a jitted ``fn`` over ``array`` in fixed-size batches (the last one padded: one compile)."""
     out = []
     for i in range(0, len(array), batch_size):
-        chunk = array[i:i + batch_size]
+        chunk = array[i : i + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(to_host(fn(chunk))[:batch_size - pad])
+        out.append(to_host(fn(chunk))[: batch_size - pad])
     return np.concatenate(out)
 
 
@@ -42,7 +42,9 @@ def zero_shot_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[
     if len(labels) and all(len(w) == 2 for w in words):
         pred = logits.argmax(axis=1)
         for i, attr in enumerate(("colour", "shape")):
-            out[f"{attr}_accuracy"] = float(np.mean([words[p][i] == words[y][i] for p, y in zip(pred, labels)]))
+            out[f"{attr}_accuracy"] = float(
+                np.mean([words[p][i] == words[y][i] for p, y in zip(pred, labels)])
+            )
     return out
 
 
@@ -50,22 +52,28 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     from mmjax.data import pipeline
 
     cfg = task.config
-    data = pipeline.load_split(cfg.data, cfg.eval.split, tokenizer=task.tokenizer,
-                               max_examples=cfg.eval.num_examples)
+    data = pipeline.load_split(
+        cfg.data, cfg.eval.split, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples
+    )
     bs = cfg.eval.batch_size
     apply = lambda method: jax.jit(  # noqa: E731
-        lambda x: task.model.apply({"params": params}, x, method=method)[0])
+        lambda x: task.model.apply({"params": params}, x, method=method)[0]
+    )
     encode_image, encode_text = apply("encode_image"), apply("encode_text")
     encode_object = apply("encode_image_object")  # zero-shot prompts name one object (models' object head)
     image_emb = batched(encode_image, data["image"], bs)
-    object_emb = batched(encode_object, data["image"], bs) if task.config.model.get("object_head") else image_emb
+    object_emb = (
+        batched(encode_object, data["image"], bs) if task.config.model.get("object_head") else image_emb
+    )
     text_emb = batched(encode_text, data["text"], bs)
 
     class_names = list(data["class_names"])
     class_emb = zero_shot.class_embeddings(
         lambda t: batched(encode_text, t, bs),
         lambda texts: task.tokenizer.tokenize(texts, cfg.data.max_len),
-        class_names, pipeline.prompt_templates(cfg.data))
+        class_names,
+        pipeline.prompt_templates(cfg.data),
+    )
     logits = object_emb @ class_emb.T
     labels = np.asarray(data["label"])
     zs = zero_shot_metrics(logits, labels, class_names)
@@ -84,7 +92,9 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     if also is None and cfg.eval.split == "test" and "validation" in pipeline.get_dataset(cfg.data).splits:
         also = "validation"
     if also:
-        other = pipeline.load_split(cfg.data, also, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples)
+        other = pipeline.load_split(
+            cfg.data, also, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples
+        )
         other_logits = batched(encode_object, other["image"], bs) @ class_emb.T
         for k, v in zero_shot_metrics(other_logits, np.asarray(other["label"]), class_names).items():
             results[f"{also}_zero_shot_{k}"] = v
@@ -92,7 +102,13 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     results.update(run_info)
     if jax.process_index() == 0:
         n = min(8, len(labels))
-        report.write(workdir, results, history, images=data["image"][:n], captions=data["caption"][:n],
-                     similarity=image_emb[:n] @ text_emb[:n].T,
-                     predictions=[class_names[i] for i in logits[:n].argmax(axis=1)])
+        report.write(
+            workdir,
+            results,
+            history,
+            images=data["image"][:n],
+            captions=data["caption"][:n],
+            similarity=image_emb[:n] @ text_emb[:n].T,
+            predictions=[class_names[i] for i in logits[:n].argmax(axis=1)],
+        )
     return results

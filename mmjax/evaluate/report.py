@@ -28,8 +28,9 @@ def loss_curve(path: str, history: list[dict]) -> None:
     fig.savefig(path, dpi=110)
 
 
-def similarity_matrix(path: str, images: np.ndarray, captions: list[str], similarity: np.ndarray,
-                      predictions: list[str]) -> None:
+def similarity_matrix(
+    path: str, images: np.ndarray, captions: list[str], similarity: np.ndarray, predictions: list[str]
+) -> None:
     """Rows: captions; columns: images (with the zero-shot prediction under each)."""
     n = len(images)
     fig = figure(figsize=(2 + 1.2 * n, 1.6 + 0.9 * n))
@@ -63,8 +64,17 @@ def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str)
     height = rows * (side + text_h) + 0.4
     fig = figure(figsize=(side * cols + 0.2, height))
     # Image and text rows alternate, so long text never runs into the next row's images.
-    grid = fig.add_gridspec(2 * rows, cols, height_ratios=[side, text_h] * rows, left=0.02, right=0.98,
-                            bottom=0.01, top=1 - 0.4 / height, wspace=0.08, hspace=0.03)
+    grid = fig.add_gridspec(
+        2 * rows,
+        cols,
+        height_ratios=[side, text_h] * rows,
+        left=0.02,
+        right=0.98,
+        bottom=0.01,
+        top=1 - 0.4 / height,
+        wspace=0.08,
+        hspace=0.03,
+    )
     for i in range(n):
         row, col = divmod(i, cols)
         ax = fig.add_subplot(grid[2 * row, col])
@@ -73,19 +83,24 @@ def vlm_grid(path: str, images: np.ndarray, panels: list[list[str]], title: str)
         ax.set_axis_off()
         ax = fig.add_subplot(grid[2 * row + 1, col])
         ax.set_axis_off()
-        ax.text(0.0, 1.0, texts[i], transform=ax.transAxes, ha="left", va="top", fontsize=6.5,
-                family="monospace")
+        ax.text(
+            0.0, 1.0, texts[i], transform=ax.transAxes, ha="left", va="top", fontsize=6.5, family="monospace"
+        )
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
 def metrics_table(results: dict) -> str:
     """A markdown table of a results dict (floats to 4 decimals)."""
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items())
+    rows = "\n".join(
+        f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in results.items()
+    )
     return f"| metric | value |\n|---|---|\n{rows}"
 
 
-def write(workdir: str, results: dict, history: list[dict], *, images, captions, similarity, predictions) -> str:
+def write(
+    workdir: str, results: dict, history: list[dict], *, images, captions, similarity, predictions
+) -> str:
     loss_curve(os.path.join(workdir, "loss.png"), history)
     similarity_matrix(os.path.join(workdir, "similarity.png"), images, captions, similarity, predictions)
     text = f"""# mmjax run report

@@ -19,12 +19,20 @@ def _greedy(model, max_new_tokens: int, eos_id: int, pad_id: int, banned_ids: tu
     """One jitted generator per model and settings, so evaluating many checkpoints compiles once."""
     from mmjax import generate
 
-    return generate.make_generate(model, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-                                  banned_ids=banned_ids)
+    return generate.make_generate(
+        model, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id, banned_ids=banned_ids
+    )
 
 
-def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts: list[np.ndarray],
-                 max_new_tokens: int, batch_size: int) -> list[str]:
+def generate_all(
+    task,
+    params,
+    images: np.ndarray,
+    image_of: np.ndarray,
+    prompts: list[np.ndarray],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
     """Greedy answers to ``prompts[i]`` about ``images[image_of[i]]``, decoded to text; one compiled
     program (every batch is left-padded to the longest prompt, the last one filled up by repetition).
     Images are gathered per batch, so several prompts about one image never copy the whole split."""
@@ -33,8 +41,14 @@ def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts
     from mmjax import generate
 
     tok = task.tokenizer
-    fn = _greedy(task.model, max_new_tokens, tok.eot_id, tok.pad_id,  # bans the specials and unknown ids
-                 tuple(sorted(tok.special_ids - {tok.eot_id})) + tuple(range(tok.vocab_size, task.model.lm.vocab_size)))
+    fn = _greedy(
+        task.model,
+        max_new_tokens,
+        tok.eot_id,
+        tok.pad_id,  # bans the specials and unknown ids
+        tuple(sorted(tok.special_ids - {tok.eot_id}))
+        + tuple(range(tok.vocab_size, task.model.lm.vocab_size)),
+    )
     width = max(len(p) for p in prompts)
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -42,7 +56,7 @@ def generate_all(task, params, images: np.ndarray, image_of: np.ndarray, prompts
         idx = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])
         padded = generate.left_pad([prompts[i] for i in idx], tok.pad_id, width)
         tokens = to_host(fn(params, images[image_of[idx]], padded, jax.random.key(0)))
-        out.extend(tok.decode(row) for row in tokens[:min(batch_size, len(prompts) - start)])
+        out.extend(tok.decode(row) for row in tokens[: min(batch_size, len(prompts) - start)])
     return out
 
 
@@ -58,11 +72,21 @@ def answer_questions(task, params, data: dict, batch_size: int) -> tuple[list[tu
     """Greedy answers to every question of ``data`` (``pipeline.load_split``): ``(rows, predicted,
     metrics)``, ``rows`` being ``(image index, question, answer, type)`` and ``metrics`` the VQA exact
     match overall and per type."""
-    rows = [(i, q, a, t) for i, qs in enumerate(data["questions"])
-            for q, a, t in zip(qs, data["answers"][i], data["question_types"][i])]
+    rows = [
+        (i, q, a, t)
+        for i, qs in enumerate(data["questions"])
+        for q, a, t in zip(qs, data["answers"][i], data["question_types"][i])
+    ]
     encode = encoder(task)
-    predicted = generate_all(task, params, data["image"], np.array([r[0] for r in rows]),
-                             [encode(r[1]) for r in rows], task.config.eval.answer_tokens, batch_size)
+    predicted = generate_all(
+        task,
+        params,
+        data["image"],
+        np.array([r[0] for r in rows]),
+        [encode(r[1]) for r in rows],
+        task.config.eval.answer_tokens,
+        batch_size,
+    )
     return rows, predicted, vqa.vqa_metrics(predicted, [r[2] for r in rows], [r[3] for r in rows])
 
 
@@ -84,9 +108,12 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
 
     encode, n = encoder(task), len(data["caption"])
     prompts = [encode(p) for p in data.get("caption_prompt", [cfg.data.caption_prompt] * n)]
-    captions = generate_all(task, params, data["image"], np.arange(n), prompts,
-                            cfg.data.max_len - max(map(len, prompts)), bs)
-    objects = [captioning.mentioned_objects(c[0]) for c in data["captions"]]  # the canonical caption names all
+    captions = generate_all(
+        task, params, data["image"], np.arange(n), prompts, cfg.data.max_len - max(map(len, prompts)), bs
+    )
+    objects = [
+        captioning.mentioned_objects(c[0]) for c in data["captions"]
+    ]  # the canonical caption names all
     results.update(captioning.caption_metrics(captions, data["captions"], objects), **run_info)
 
     if jax.process_index() == 0:
@@ -108,10 +135,16 @@ def write_report(workdir, results, history, data, rows, predicted, captions, n: 
         gap = np.ones((*images.shape[:1], images.shape[2], 4, 3), images.dtype)
         images = np.concatenate([x for t in range(images.shape[1]) for x in (images[:, t], gap)][:-1], axis=2)
     report.loss_curve(os.path.join(workdir, "loss.png"), history)
-    report.vlm_grid(os.path.join(workdir, "examples.png"), images, panels,
-                    "Test images: questions, generated answers (✓ correct, ✗ (expected)) and captions")
+    report.vlm_grid(
+        os.path.join(workdir, "examples.png"),
+        images,
+        panels,
+        "Test images: questions, generated answers (✓ correct, ✗ (expected)) and captions",
+    )
     path = os.path.join(workdir, "report.md")
     with open(path, "w") as f:
-        f.write(f"# mmjax run report\n\n{report.metrics_table(results)}\n\n## Training loss\n"
-                f"![loss curve](loss.png)\n\n## Test examples (greedy decoding)\n![examples](examples.png)\n")
+        f.write(
+            f"# mmjax run report\n\n{report.metrics_table(results)}\n\n## Training loss\n"
+            f"![loss curve](loss.png)\n\n## Test examples (greedy decoding)\n![examples](examples.png)\n"
+        )
     return path

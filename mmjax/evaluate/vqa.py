@@ -20,8 +20,10 @@ def normalize_answer(text: str) -> str:
 def vqa_metrics(predictions: list[str], answers: list[str], types: list[str]) -> dict:
     """``{"vqa_accuracy", "vqa_questions", "vqa_accuracy_<type>" for each type present}``."""
     if not len(predictions) == len(answers) == len(types):
-        raise ValueError(f"lengths differ: {len(predictions)} predictions, {len(answers)} answers, "
-                         f"{len(types)} question types")
+        raise ValueError(
+            f"lengths differ: {len(predictions)} predictions, {len(answers)} answers, "
+            f"{len(types)} question types"
+        )
     if not predictions:
         raise ValueError("vqa_metrics needs at least one question; got none")
     by_type = defaultdict(list)

@@ -7,8 +7,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 
-def class_embeddings(encode_text: Callable[[np.ndarray], np.ndarray], tokenize: Callable, class_names: Sequence[str],
-                     templates: Sequence[str]) -> np.ndarray:
+def class_embeddings(
+    encode_text: Callable[[np.ndarray], np.ndarray],
+    tokenize: Callable,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+) -> np.ndarray:
     """``[num_classes, dim]``: per class, the L2-normalised mean of its prompts' text embeddings.
 
     ``tokenize(list_of_str) -> int array``; ``encode_text(tokens) -> L2-normalised embeddings``.

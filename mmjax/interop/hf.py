@@ -35,8 +35,19 @@ from mmjax.interop import InteropError, hf_configs, hf_rules
 from mmjax.interop.hf_layouts import Rule, array_from_hf, array_to_hf, fuse, hf_shape, split_fused
 from mmjax.interop.hf_tokenizer import HfTokenizer, load_tokenizer
 
-__all__ = ["SUPPORTED", "HfTokenizer", "InteropError", "architecture", "from_hf", "load", "load_tokenizer",
-           "param_shapes", "read_dir", "save", "to_hf"]
+__all__ = [
+    "SUPPORTED",
+    "HfTokenizer",
+    "InteropError",
+    "architecture",
+    "from_hf",
+    "load",
+    "load_tokenizer",
+    "param_shapes",
+    "read_dir",
+    "save",
+    "to_hf",
+]
 
 SUPPORTED = ("CLIPModel", "SiglipModel", "LlavaForConditionalGeneration")
 _MODEL_TYPES = {"clip": "CLIPModel", "siglip": "SiglipModel", "llava": "LlavaForConditionalGeneration"}
@@ -53,8 +64,9 @@ class _Arch:
 _ARCHS = {
     "CLIPModel": _Arch(hf_configs.clip_from_hf, hf_configs.clip_to_hf, hf_rules.clip_rules),
     "SiglipModel": _Arch(hf_configs.siglip_from_hf, hf_configs.siglip_to_hf, hf_rules.siglip_rules),
-    "LlavaForConditionalGeneration": _Arch(hf_configs.llava_from_hf, hf_configs.llava_to_hf,
-                                           hf_rules.llava_rules),
+    "LlavaForConditionalGeneration": _Arch(
+        hf_configs.llava_from_hf, hf_configs.llava_to_hf, hf_rules.llava_rules
+    ),
 }
 
 
@@ -78,8 +90,10 @@ def _mm_architecture(cfg: Mapping) -> str:
         return "LlavaForConditionalGeneration"
     if cfg.get("type", "two_tower") == "two_tower":
         return "SiglipModel" if cfg["image"].get("pool") == "map" else "CLIPModel"
-    raise InteropError(f"cannot export model type {cfg.get('type')!r}; supported: two_tower (CLIP, SigLIP), "
-                       "early_fusion (LLaVA)")
+    raise InteropError(
+        f"cannot export model type {cfg.get('type')!r}; supported: two_tower (CLIP, SigLIP), "
+        "early_fusion (LLaVA)"
+    )
 
 
 # ----------------------------------------------------------------------------- params trees
@@ -120,8 +134,10 @@ def _check_coverage(rules: list[Rule], shapes: Mapping, arch: str) -> None:
     names = [r.mm for r in rules]
     if sorted(names) != sorted(shapes):
         extra, lacking = sorted(set(names) - set(shapes)), sorted(set(shapes) - set(names))
-        raise InteropError(f"{arch}: the conversion rules do not match the mmjax model (rules without a "
-                           f"parameter: {extra[:3]}, parameters without a rule: {lacking[:3]})")
+        raise InteropError(
+            f"{arch}: the conversion rules do not match the mmjax model (rules without a "
+            f"parameter: {extra[:3]}, parameters without a rule: {lacking[:3]})"
+        )
 
 
 def _to_plain(cfg) -> dict:
@@ -151,14 +167,17 @@ def from_hf(hf_config: Mapping, state: Mapping[str, Any]):
     unexpected = sorted(set(state) - known)
     if unexpected:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise InteropError(f"{arch}: unexpected weight {unexpected[0]!r}{more}; "
-                           "the config does not describe it")
+        raise InteropError(
+            f"{arch}: unexpected weight {unexpected[0]!r}{more}; the config does not describe it"
+        )
     flat = {}
     for r in rules:
         want, x = hf_shape(r.kind, shapes[r.mm]), state[r.hf]
         if tuple(x.shape) != want:
-            raise InteropError(f"{arch}: weight {r.hf.replace(':', ' part ')!r} has shape {tuple(x.shape)}, "
-                               f"expected {want} (mmjax {r.mm!r} {shapes[r.mm]})")
+            raise InteropError(
+                f"{arch}: weight {r.hf.replace(':', ' part ')!r} has shape {tuple(x.shape)}, "
+                f"expected {want} (mmjax {r.mm!r} {shapes[r.mm]})"
+            )
         flat[r.mm] = array_from_hf(r.kind, np.asarray(x, np.float32), shapes[r.mm])
     return ml_collections.ConfigDict(cfg), _unflatten(flat)
 
@@ -179,14 +198,17 @@ def to_hf(cfg, params) -> tuple[dict, dict[str, np.ndarray]]:
     _check_coverage(rules, shapes, arch)
     missing, unexpected = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
     if missing or unexpected:
-        what = (f"parameter {missing[0]!r} is missing" if missing
-                else f"unexpected parameter {unexpected[0]!r}")
+        what = (
+            f"parameter {missing[0]!r} is missing" if missing else f"unexpected parameter {unexpected[0]!r}"
+        )
         raise InteropError(f"cannot export to {arch}: {what} for this config")
     state = {}
     for r in rules:
         if flat[r.mm].shape != shapes[r.mm]:
-            raise InteropError(f"cannot export to {arch}: parameter {r.mm!r} has shape {flat[r.mm].shape}, "
-                               f"expected {shapes[r.mm]} from the config")
+            raise InteropError(
+                f"cannot export to {arch}: parameter {r.mm!r} has shape {flat[r.mm].shape}, "
+                f"expected {shapes[r.mm]} from the config"
+            )
         state[r.hf] = array_to_hf(r.kind, flat[r.mm])
     return hf_config, fuse(state)
 
@@ -210,8 +232,10 @@ def read_dir(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
         with open(index) as f:
             files = [os.path.join(directory, n) for n in sorted(set(json.load(f)["weight_map"].values()))]
     else:
-        raise InteropError(f"{directory!r} has no model.safetensors (nor model.safetensors.index.json); "
-                           "save the model with safe_serialization")
+        raise InteropError(
+            f"{directory!r} has no model.safetensors (nor model.safetensors.index.json); "
+            "save the model with safe_serialization"
+        )
     state = {}
     for path in files:
         try:

@@ -17,8 +17,13 @@ import numpy as np
 
 from mmjax.interop import InteropError
 
-_ACT_FROM_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-                "gelu_new": "gelu_tanh", "relu": "relu"}
+_ACT_FROM_HF = {
+    "quick_gelu": "quick_gelu",
+    "gelu": "gelu",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_new": "gelu_tanh",
+    "relu": "relu",
+}
 _ACT_TO_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
 
 
@@ -32,16 +37,18 @@ def _single(value, what: str) -> int:
     """An int from a value that transformers allows to be an int or a pair (image and patch sizes)."""
     if isinstance(value, (list, tuple)):
         if len(set(value)) != 1:
-            raise InteropError(f"{what} {list(value)} is not square; "
-                               "mmjax's import supports square sizes only")
+            raise InteropError(
+                f"{what} {list(value)} is not square; mmjax's import supports square sizes only"
+            )
         value = value[0]
     return int(value)
 
 
 def _act(name: str, where: str) -> str:
     if name not in _ACT_FROM_HF:
-        raise InteropError(f"{where}: activation {name!r} is not supported; "
-                           f"supported: {', '.join(_ACT_FROM_HF)}")
+        raise InteropError(
+            f"{where}: activation {name!r} is not supported; supported: {', '.join(_ACT_FROM_HF)}"
+        )
     return _ACT_FROM_HF[name]
 
 
@@ -51,31 +58,50 @@ def _require(cfg: Mapping, path: str, allowed, arch: str) -> None:
         node = node.get(part) if isinstance(node, Mapping) else None
     node = tuple(node) if isinstance(node, list) else node
     if node not in allowed:
-        raise InteropError(f"cannot export to {arch}: model.{path}={node!r}, "
-                           f"{arch} needs one of {list(allowed)}")
+        raise InteropError(
+            f"cannot export to {arch}: model.{path}={node!r}, {arch} needs one of {list(allowed)}"
+        )
 
 
 def _vit_from_hf(v: Mapping, **fields) -> dict:
     heads, width = v["num_attention_heads"], v["hidden_size"]
-    return dict(width=width, depth=v["num_hidden_layers"], num_heads=heads, mlp_dim=v["intermediate_size"],
-                patch_size=_single(v["patch_size"], "vision patch_size"),
-                activation=_act(v["hidden_act"], "vision"), norm_eps=float(v["layer_norm_eps"]), **fields)
+    return dict(
+        width=width,
+        depth=v["num_hidden_layers"],
+        num_heads=heads,
+        mlp_dim=v["intermediate_size"],
+        patch_size=_single(v["patch_size"], "vision patch_size"),
+        activation=_act(v["hidden_act"], "vision"),
+        norm_eps=float(v["layer_norm_eps"]),
+        **fields,
+    )
 
 
 def _vit_to_hf(image: Mapping, image_size: int) -> dict:
-    return dict(hidden_size=image["width"], intermediate_size=image["mlp_dim"],
-                num_hidden_layers=image["depth"], num_attention_heads=image["num_heads"], num_channels=3,
-                image_size=image_size, patch_size=image["patch_size"],
-                hidden_act=_ACT_TO_HF[image.get("activation", "gelu")],
-                layer_norm_eps=image.get("norm_eps", 1e-5))
+    return dict(
+        hidden_size=image["width"],
+        intermediate_size=image["mlp_dim"],
+        num_hidden_layers=image["depth"],
+        num_attention_heads=image["num_heads"],
+        num_channels=3,
+        image_size=image_size,
+        patch_size=image["patch_size"],
+        hidden_act=_ACT_TO_HF[image.get("activation", "gelu")],
+        layer_norm_eps=image.get("norm_eps", 1e-5),
+    )
 
 
 def _text_to_hf(text: Mapping) -> dict:
-    return dict(vocab_size=text["vocab_size"], hidden_size=text["width"], intermediate_size=text["mlp_dim"],
-                num_hidden_layers=text["depth"], num_attention_heads=text["num_heads"],
-                max_position_embeddings=text["max_len"],
-                hidden_act=_ACT_TO_HF[text.get("activation", "gelu")],
-                layer_norm_eps=text.get("norm_eps", 1e-5))
+    return dict(
+        vocab_size=text["vocab_size"],
+        hidden_size=text["width"],
+        intermediate_size=text["mlp_dim"],
+        num_hidden_layers=text["depth"],
+        num_attention_heads=text["num_heads"],
+        max_position_embeddings=text["max_len"],
+        hidden_act=_ACT_TO_HF[text.get("activation", "gelu")],
+        layer_norm_eps=text.get("norm_eps", 1e-5),
+    )
 
 
 def _first(state: Mapping[str, np.ndarray], key: str) -> float:
@@ -98,39 +124,68 @@ def clip_from_hf(h: Mapping, state: Mapping) -> dict:
     # transformers pools at the largest id when eos_token_id == 2 (configs written before its PR #24773)
     pool = "argmax" if eos == 2 or eos is None else "eot"
     return dict(
-        type="two_tower", image_size=_single(v["image_size"], "vision image_size"),
+        type="two_tower",
+        image_size=_single(v["image_size"], "vision image_size"),
         embed_dim=h["projection_dim"],
         image=_vit_from_hf(v, pool="cls", patch_bias=False, pre_norm=True),
-        text=dict(vocab_size=t["vocab_size"], max_len=t["max_position_embeddings"], width=t["hidden_size"],
-                  depth=t["num_hidden_layers"], num_heads=t["num_attention_heads"],
-                  mlp_dim=t["intermediate_size"], eot_id=int(eos if eos is not None else 2), pool=pool,
-                  activation=_act(t["hidden_act"], "text"), norm_eps=float(t["layer_norm_eps"]), causal=True),
+        text=dict(
+            vocab_size=t["vocab_size"],
+            max_len=t["max_position_embeddings"],
+            width=t["hidden_size"],
+            depth=t["num_hidden_layers"],
+            num_heads=t["num_attention_heads"],
+            mlp_dim=t["intermediate_size"],
+            eot_id=int(eos if eos is not None else 2),
+            pool=pool,
+            activation=_act(t["hidden_act"], "text"),
+            norm_eps=float(t["layer_norm_eps"]),
+            causal=True,
+        ),
         **_scale_fields(state),
-        hf=dict(architecture="CLIPModel", bos_token_id=t.get("bos_token_id"),
-                pad_token_id=t.get("pad_token_id"), eos_token_id=eos),
+        hf=dict(
+            architecture="CLIPModel",
+            bos_token_id=t.get("bos_token_id"),
+            pad_token_id=t.get("pad_token_id"),
+            eos_token_id=eos,
+        ),
     )
 
 
 def clip_to_hf(cfg: Mapping, state: Mapping) -> dict:
     image, text, hf = cfg["image"], cfg["text"], dict(cfg.get("hf", {}))
-    for path, allowed in (("image.pool", ("cls",)), ("image.patch_bias", (False,)),
-                          ("image.pre_norm", (True,)), ("image.stem_channels", (None, ())),
-                          ("image.num_classes", (None, 0)),
-                          ("text.causal", (None, True)), ("text.pool", ("argmax", "eot")),
-                          ("image_projection", (None, True)), ("text_proj_bias", (None, False))):
+    for path, allowed in (
+        ("image.pool", ("cls",)),
+        ("image.patch_bias", (False,)),
+        ("image.pre_norm", (True,)),
+        ("image.stem_channels", (None, ())),
+        ("image.num_classes", (None, 0)),
+        ("text.causal", (None, True)),
+        ("text.pool", ("argmax", "eot")),
+        ("image_projection", (None, True)),
+        ("text_proj_bias", (None, False)),
+    ):
         _require(cfg, path, allowed, "CLIPModel")
     if text.get("pool") == "eot" and text.get("eot_id", 2) == 2:
-        raise InteropError("cannot export to CLIPModel: model.text.pool='eot' with eot_id=2; "
-                           "transformers pools at the largest id when eos_token_id == 2 "
-                           "(use pool='argmax' or another EOT id)")
+        raise InteropError(
+            "cannot export to CLIPModel: model.text.pool='eot' with eot_id=2; "
+            "transformers pools at the largest id when eos_token_id == 2 "
+            "(use pool='argmax' or another EOT id)"
+        )
     eos = 2 if text.get("pool") == "argmax" else text["eot_id"]
     return dict(
-        architectures=["CLIPModel"], model_type="clip", projection_dim=cfg["embed_dim"],
-        logit_scale_init_value=math.log(cfg.get("temperature_init", 1 / 0.07)), dtype="float32",
+        architectures=["CLIPModel"],
+        model_type="clip",
+        projection_dim=cfg["embed_dim"],
+        logit_scale_init_value=math.log(cfg.get("temperature_init", 1 / 0.07)),
+        dtype="float32",
         vision_config=dict(_vit_to_hf(image, cfg["image_size"]), projection_dim=cfg["embed_dim"]),
-        text_config=dict(_text_to_hf(text), projection_dim=cfg["embed_dim"],
-                         bos_token_id=hf.get("bos_token_id"), pad_token_id=hf.get("pad_token_id"),
-                         eos_token_id=eos),
+        text_config=dict(
+            _text_to_hf(text),
+            projection_dim=cfg["embed_dim"],
+            bos_token_id=hf.get("bos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
+            eos_token_id=eos,
+        ),
     )
 
 
@@ -138,42 +193,74 @@ def clip_to_hf(cfg: Mapping, state: Mapping) -> dict:
 def siglip_from_hf(h: Mapping, state: Mapping) -> dict:
     v, t = h["vision_config"], h["text_config"]
     if not v.get("vision_use_head", True):
-        raise InteropError("SiglipModel with vision_use_head=False has no pooled image embedding; "
-                           "not supported")
+        raise InteropError(
+            "SiglipModel with vision_use_head=False has no pooled image embedding; not supported"
+        )
     embed_dim = _get(t, "projection_size", t["hidden_size"])
     if embed_dim != v["hidden_size"]:
-        raise InteropError(f"SiglipModel: text projection_size {embed_dim} differs from the vision "
-                           f"hidden_size {v['hidden_size']}; the embeddings could not be compared")
+        raise InteropError(
+            f"SiglipModel: text projection_size {embed_dim} differs from the vision "
+            f"hidden_size {v['hidden_size']}; the embeddings could not be compared"
+        )
     eos = t.get("eos_token_id")
     bias = _first(state, "logit_bias")
     return dict(
-        type="two_tower", image_size=_single(v["image_size"], "vision image_size"), embed_dim=embed_dim,
+        type="two_tower",
+        image_size=_single(v["image_size"], "vision image_size"),
+        embed_dim=embed_dim,
         image=_vit_from_hf(v, pool="map", patch_bias=True, pre_norm=False),
-        text=dict(vocab_size=t["vocab_size"], max_len=t["max_position_embeddings"], width=t["hidden_size"],
-                  depth=t["num_hidden_layers"], num_heads=t["num_attention_heads"],
-                  mlp_dim=t["intermediate_size"], eot_id=int(eos if isinstance(eos, int) else 2), pool="last",
-                  activation=_act(t["hidden_act"], "text"), norm_eps=float(t["layer_norm_eps"]),
-                  causal=False),
-        **_scale_fields(state), bias_init=bias, image_projection=False, text_proj_bias=True,
-        hf=dict(architecture="SiglipModel", bos_token_id=t.get("bos_token_id"),
-                pad_token_id=t.get("pad_token_id"), eos_token_id=eos),
+        text=dict(
+            vocab_size=t["vocab_size"],
+            max_len=t["max_position_embeddings"],
+            width=t["hidden_size"],
+            depth=t["num_hidden_layers"],
+            num_heads=t["num_attention_heads"],
+            mlp_dim=t["intermediate_size"],
+            eot_id=int(eos if isinstance(eos, int) else 2),
+            pool="last",
+            activation=_act(t["hidden_act"], "text"),
+            norm_eps=float(t["layer_norm_eps"]),
+            causal=False,
+        ),
+        **_scale_fields(state),
+        bias_init=bias,
+        image_projection=False,
+        text_proj_bias=True,
+        hf=dict(
+            architecture="SiglipModel",
+            bos_token_id=t.get("bos_token_id"),
+            pad_token_id=t.get("pad_token_id"),
+            eos_token_id=eos,
+        ),
     )
 
 
 def siglip_to_hf(cfg: Mapping, state: Mapping) -> dict:
     image, text, hf = cfg["image"], cfg["text"], dict(cfg.get("hf", {}))
-    for path, allowed in (("image.pool", ("map",)), ("image.patch_bias", (True,)),
-                          ("image.pre_norm", (False,)), ("image.stem_channels", (None, ())),
-                          ("image.num_classes", (None, 0)),
-                          ("text.causal", (False,)), ("text.pool", ("last",)), ("image_projection", (False,)),
-                          ("text_proj_bias", (True,))):
+    for path, allowed in (
+        ("image.pool", ("map",)),
+        ("image.patch_bias", (True,)),
+        ("image.pre_norm", (False,)),
+        ("image.stem_channels", (None, ())),
+        ("image.num_classes", (None, 0)),
+        ("text.causal", (False,)),
+        ("text.pool", ("last",)),
+        ("image_projection", (False,)),
+        ("text_proj_bias", (True,)),
+    ):
         _require(cfg, path, allowed, "SiglipModel")
     return dict(
-        architectures=["SiglipModel"], model_type="siglip", dtype="float32",
+        architectures=["SiglipModel"],
+        model_type="siglip",
+        dtype="float32",
         vision_config=dict(_vit_to_hf(image, cfg["image_size"]), vision_use_head=True),
-        text_config=dict(_text_to_hf(text), projection_size=cfg["embed_dim"],
-                         bos_token_id=hf.get("bos_token_id"), pad_token_id=hf.get("pad_token_id"),
-                         eos_token_id=hf.get("eos_token_id", text.get("eot_id"))),
+        text_config=dict(
+            _text_to_hf(text),
+            projection_size=cfg["embed_dim"],
+            bos_token_id=hf.get("bos_token_id"),
+            pad_token_id=hf.get("pad_token_id"),
+            eos_token_id=hf.get("eos_token_id", text.get("eot_id")),
+        ),
     )
 
 
@@ -181,82 +268,127 @@ def siglip_to_hf(cfg: Mapping, state: Mapping) -> dict:
 def llava_from_hf(h: Mapping, state: Mapping) -> dict:
     v, t = h["vision_config"], h["text_config"]
     if v.get("model_type", "clip_vision_model") != "clip_vision_model":
-        raise InteropError(f"LLaVA: vision tower {v.get('model_type')!r} is not supported; "
-                           "supported: clip_vision_model")
+        raise InteropError(
+            f"LLaVA: vision tower {v.get('model_type')!r} is not supported; supported: clip_vision_model"
+        )
     if t.get("model_type", "llama") != "llama":
-        raise InteropError(f"LLaVA: language model {t.get('model_type')!r} is not supported; "
-                           "supported: llama")
+        raise InteropError(
+            f"LLaVA: language model {t.get('model_type')!r} is not supported; supported: llama"
+        )
     layer = h.get("vision_feature_layer", -2)
     if not isinstance(layer, int):
-        raise InteropError(f"LLaVA: vision_feature_layer {layer!r} (several layers) is not supported; "
-                           "use one layer")
+        raise InteropError(
+            f"LLaVA: vision_feature_layer {layer!r} (several layers) is not supported; use one layer"
+        )
     strategy = h.get("vision_feature_select_strategy", "default")
     if strategy not in ("default", "full"):
-        raise InteropError(f"LLaVA: vision_feature_select_strategy {strategy!r} is not supported; "
-                           "use default or full")
+        raise InteropError(
+            f"LLaVA: vision_feature_select_strategy {strategy!r} is not supported; use default or full"
+        )
     if h.get("projector_hidden_act", "gelu") != "gelu" or not h.get("multimodal_projector_bias", True):
-        raise InteropError("LLaVA: only the projector linear-gelu-linear with biases (mlp2x_gelu) is "
-                           f"supported, got activation {h.get('projector_hidden_act')!r}, "
-                           f"bias {h.get('multimodal_projector_bias')}")
+        raise InteropError(
+            "LLaVA: only the projector linear-gelu-linear with biases (mlp2x_gelu) is "
+            f"supported, got activation {h.get('projector_hidden_act')!r}, "
+            f"bias {h.get('multimodal_projector_bias')}"
+        )
     for key, want in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
         if t.get(key, want) != want:
-            raise InteropError(f"LLaVA: text_config.{key}={t.get(key)!r} is not supported; "
-                               f"mmjax's LM needs {want!r}")
+            raise InteropError(
+                f"LLaVA: text_config.{key}={t.get(key)!r} is not supported; mmjax's LM needs {want!r}"
+            )
     heads = t["num_attention_heads"]
     if _get(t, "head_dim", t["hidden_size"] // heads) * heads != t["hidden_size"]:
-        raise InteropError(f"LLaVA: text_config.head_dim {t['head_dim']} x {heads} heads != hidden_size "
-                           f"{t['hidden_size']}; not supported")
+        raise InteropError(
+            f"LLaVA: text_config.head_dim {t['head_dim']} x {heads} heads != hidden_size "
+            f"{t['hidden_size']}; not supported"
+        )
     rope = dict(_get(t, "rope_parameters", {}) or {})
     if rope.get("rope_type", "default") != "default" or _get(t, "rope_scaling", None):
-        raise InteropError(f"LLaVA: rope scaling {rope or t.get('rope_scaling')!r} is not supported; "
-                           "only default rope")
+        raise InteropError(
+            f"LLaVA: rope scaling {rope or t.get('rope_scaling')!r} is not supported; only default rope"
+        )
     theta = float(rope.get("rope_theta", _get(t, "rope_theta", 10000.0)))
     image_id = h.get("image_token_id", h.get("image_token_index"))
     pad = _get(h, "pad_token_id", t.get("pad_token_id"))
     tied = bool(_get(t, "tie_word_embeddings", h.get("tie_word_embeddings", False)))
     return dict(
-        type="early_fusion", image_size=_single(v["image_size"], "vision image_size"),
+        type="early_fusion",
+        image_size=_single(v["image_size"], "vision image_size"),
         image=_vit_from_hf(v, pool="cls", patch_bias=False, pre_norm=True, feature_layer=layer),
-        lm=dict(vocab_size=t["vocab_size"], width=t["hidden_size"], depth=t["num_hidden_layers"],
-                num_heads=heads, num_kv_heads=_get(t, "num_key_value_heads", heads),
-                mlp_dim=t["intermediate_size"], rope_theta=theta, norm_eps=float(t["rms_norm_eps"]),
-                tie_embeddings=tied),
-        projector="mlp2x_gelu", vision_tokens="patches" if strategy == "default" else "all", image_pool=1,
-        attn_mask="causal", image_id=int(image_id), sep_id=-1, pad_id=int(pad) if pad is not None else -1,
-        hf=dict(architecture="LlavaForConditionalGeneration", bos_token_id=t.get("bos_token_id"),
-                pad_token_id=pad, eos_token_id=t.get("eos_token_id"),
-                max_position_embeddings=t.get("max_position_embeddings")),
+        lm=dict(
+            vocab_size=t["vocab_size"],
+            width=t["hidden_size"],
+            depth=t["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=_get(t, "num_key_value_heads", heads),
+            mlp_dim=t["intermediate_size"],
+            rope_theta=theta,
+            norm_eps=float(t["rms_norm_eps"]),
+            tie_embeddings=tied,
+        ),
+        projector="mlp2x_gelu",
+        vision_tokens="patches" if strategy == "default" else "all",
+        image_pool=1,
+        attn_mask="causal",
+        image_id=int(image_id),
+        sep_id=-1,
+        pad_id=int(pad) if pad is not None else -1,
+        hf=dict(
+            architecture="LlavaForConditionalGeneration",
+            bos_token_id=t.get("bos_token_id"),
+            pad_token_id=pad,
+            eos_token_id=t.get("eos_token_id"),
+            max_position_embeddings=t.get("max_position_embeddings"),
+        ),
     )
 
 
 def llava_to_hf(cfg: Mapping, state: Mapping) -> dict:
     image, lm, hf = cfg["image"], cfg["lm"], dict(cfg.get("hf", {}))
-    for path, allowed in (("image.pool", ("cls",)), ("image.patch_bias", (False,)),
-                          ("image.pre_norm", (True,)), ("image.stem_channels", (None, ())),
-                          ("projector", ("mlp2x_gelu",)),
-                          ("image_pool", (None, 1)), ("attn_mask", ("causal",)),
-                          ("vision_tokens", ("patches", "all"))):
+    for path, allowed in (
+        ("image.pool", ("cls",)),
+        ("image.patch_bias", (False,)),
+        ("image.pre_norm", (True,)),
+        ("image.stem_channels", (None, ())),
+        ("projector", ("mlp2x_gelu",)),
+        ("image_pool", (None, 1)),
+        ("attn_mask", ("causal",)),
+        ("vision_tokens", ("patches", "all")),
+    ):
         _require(cfg, path, allowed, "LlavaForConditionalGeneration")
     layer, depth = image.get("feature_layer"), image["depth"]
     if layer is None or not -depth - 1 <= layer <= depth:
-        raise InteropError("cannot export to LlavaForConditionalGeneration: "
-                           f"model.image.feature_layer={layer!r}; LLaVA feeds the hidden states of one "
-                           "encoder layer (e.g. -2), not the final-norm output")
+        raise InteropError(
+            "cannot export to LlavaForConditionalGeneration: "
+            f"model.image.feature_layer={layer!r}; LLaVA feeds the hidden states of one "
+            "encoder layer (e.g. -2), not the final-norm output"
+        )
     pad = cfg.get("pad_id")
     return dict(
-        architectures=["LlavaForConditionalGeneration"], model_type="llava", dtype="float32",
+        architectures=["LlavaForConditionalGeneration"],
+        model_type="llava",
+        dtype="float32",
         vision_config=dict(_vit_to_hf(image, cfg["image_size"]), model_type="clip_vision_model"),
-        text_config=dict(model_type="llama", vocab_size=lm["vocab_size"], hidden_size=lm["width"],
-                         intermediate_size=lm["mlp_dim"], num_hidden_layers=lm["depth"],
-                         num_attention_heads=lm["num_heads"],
-                         num_key_value_heads=lm.get("num_kv_heads") or lm["num_heads"], hidden_act="silu",
-                         rms_norm_eps=lm.get("norm_eps", 1e-6),
-                         rope_parameters=dict(rope_type="default", rope_theta=lm.get("rope_theta", 10000.0)),
-                         max_position_embeddings=hf.get("max_position_embeddings") or 4096,
-                         tie_word_embeddings=bool(lm.get("tie_embeddings", False)),
-                         bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
-                         pad_token_id=pad if pad is not None and pad >= 0 else None),
-        image_token_id=cfg["image_id"], projector_hidden_act="gelu", multimodal_projector_bias=True,
+        text_config=dict(
+            model_type="llama",
+            vocab_size=lm["vocab_size"],
+            hidden_size=lm["width"],
+            intermediate_size=lm["mlp_dim"],
+            num_hidden_layers=lm["depth"],
+            num_attention_heads=lm["num_heads"],
+            num_key_value_heads=lm.get("num_kv_heads") or lm["num_heads"],
+            hidden_act="silu",
+            rms_norm_eps=lm.get("norm_eps", 1e-6),
+            rope_parameters=dict(rope_type="default", rope_theta=lm.get("rope_theta", 10000.0)),
+            max_position_embeddings=hf.get("max_position_embeddings") or 4096,
+            tie_word_embeddings=bool(lm.get("tie_embeddings", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=hf.get("eos_token_id"),
+            pad_token_id=pad if pad is not None and pad >= 0 else None,
+        ),
+        image_token_id=cfg["image_id"],
+        projector_hidden_act="gelu",
+        multimodal_projector_bias=True,
         vision_feature_layer=layer,
         vision_feature_select_strategy="default" if cfg["vision_tokens"] == "patches" else "full",
         tie_word_embeddings=bool(lm.get("tie_embeddings", False)),

@@ -37,7 +37,7 @@ def hf_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(shape[1:])
     if kind == "conv":
         return (shape[3], shape[2], shape[0], shape[1])
-    k = int(kind[len("dense"):])
+    k = int(kind[len("dense") :])
     return (math.prod(shape[k:]), math.prod(shape[:k]))
 
 
@@ -46,7 +46,7 @@ def array_to_hf(kind: str, x: np.ndarray) -> np.ndarray:
     if kind == "conv":
         return np.ascontiguousarray(x.transpose(3, 2, 0, 1))
     if kind.startswith("dense"):
-        k = int(kind[len("dense"):])
+        k = int(kind[len("dense") :])
         return np.ascontiguousarray(x.reshape(math.prod(x.shape[:k]), -1).T)
     return x.reshape(hf_shape(kind, x.shape))
 
@@ -66,8 +66,10 @@ def split_fused(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     for key, x in state.items():
         if key.endswith(_FUSED):
             if x.shape[0] % 3:
-                raise InteropError(f"weight {key!r} has shape {tuple(x.shape)}: its first axis should hold "
-                                   "query, key and value, a multiple of 3")
+                raise InteropError(
+                    f"weight {key!r} has shape {tuple(x.shape)}: its first axis should hold "
+                    "query, key and value, a multiple of 3"
+                )
             for part, name in zip(np.split(x, 3), "qkv"):
                 out[f"{key}:{name}"] = part
         else:

@@ -25,8 +25,9 @@ class HfTokenizer(Tokenizer):
     (what ``transformers`` gives with ``truncation=True, padding="max_length"`` for CLIP). Specials that
     the vocabulary lacks (e.g. mmjax's ``[SEP]``) are -1: never produced, never matched."""
 
-    def __init__(self, tokenizer, *, bos_id: int, eot_id: int, pad_id: int, image_id: int = -1,
-                 sep_id: int = -1):
+    def __init__(
+        self, tokenizer, *, bos_id: int, eot_id: int, pad_id: int, image_id: int = -1, sep_id: int = -1
+    ):
         self.backend = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.bos_id, self.eot_id, self.pad_id = bos_id, eot_id, pad_id
@@ -55,8 +56,14 @@ def _token_name(value):
     return value.get("content") if isinstance(value, dict) else value
 
 
-def load_tokenizer(path: str, *, bos_token: str | None = None, eos_token: str | None = None,
-                   pad_token: str | None = None, image_token: str | None = None) -> HfTokenizer:
+def load_tokenizer(
+    path: str,
+    *,
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+    pad_token: str | None = None,
+    image_token: str | None = None,
+) -> HfTokenizer:
     """An :class:`HfTokenizer` from ``tokenizer.json`` (a file, or a directory holding it). The special
     tokens come from the arguments, else ``tokenizer_config.json`` beside it, else the file's
     post-processor (BOS = its first special, EOS = its last); PAD defaults to EOS (as CLIP's), the image
@@ -96,5 +103,10 @@ def load_tokenizer(path: str, *, bos_token: str | None = None, eos_token: str | 
     image = backend.token_to_id(image_token or "<image>")
     if image_token is not None and image is None:
         raise InteropError(f"{file}: image token {image_token!r} is not in the vocabulary")
-    return HfTokenizer(backend, bos_id=token_id("bos"), eot_id=token_id("eos"), pad_id=token_id("pad"),
-                       image_id=-1 if image is None else image)
+    return HfTokenizer(
+        backend,
+        bos_id=token_id("bos"),
+        eot_id=token_id("eos"),
+        pad_id=token_id("pad"),
+        image_id=-1 if image is None else image,
+    )

@@ -36,7 +36,9 @@ _CLIP_TEXT = dict(vocab_size=49408, max_len=77, pool="argmax", activation="quick
 
 def _clip(vision: str, image_size: int, embed_dim: int, text_width: int, text_heads: int) -> dict:
     return dict(
-        type="two_tower", image_size=image_size, embed_dim=embed_dim,
+        type="two_tower",
+        image_size=image_size,
+        embed_dim=embed_dim,
         image=dict(**vit_lib.variant(vision), **_CLIP_VISION),
         text=dict(width=text_width, depth=12, num_heads=text_heads, mlp_dim=4 * text_width, **_CLIP_TEXT),
     )
@@ -49,41 +51,78 @@ _MODELS: dict[str, dict] = {
     "clip-vit-l14": _clip("L/14", 224, 768, 768, 12),
     # Small two-tower model for the embedded 64x64 shapes dataset (trains on a laptop CPU).
     "clip-shapes": dict(
-        type="two_tower", image_size=64, embed_dim=64,
-        image=dict(width=64, depth=2, num_heads=2, mlp_dim=256, patch_size=8, stem_channels=(8, 16, 32),
-                   pool="gap", patch_bias=True, pre_norm=False, activation="gelu"),
-        text=dict(vocab_size=128, max_len=32, width=64, depth=2, num_heads=2, mlp_dim=256,
-                  eot_id=2, pool="eot", activation="gelu"),
+        type="two_tower",
+        image_size=64,
+        embed_dim=64,
+        image=dict(
+            width=64,
+            depth=2,
+            num_heads=2,
+            mlp_dim=256,
+            patch_size=8,
+            stem_channels=(8, 16, 32),
+            pool="gap",
+            patch_bias=True,
+            pre_norm=False,
+            activation="gelu",
+        ),
+        text=dict(
+            vocab_size=128,
+            max_len=32,
+            width=64,
+            depth=2,
+            num_heads=2,
+            mlp_dim=256,
+            eot_id=2,
+            pool="eot",
+            activation="gelu",
+        ),
     ),
 }
 
 # The vision tower of "clip-shapes" (so its CLIP checkpoint loads into it) and a small decoder LM.
 _MODELS["llava-shapes"] = dict(
-    type="early_fusion", image_size=64, image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
-    lm=lm_lib.variant("lm-shapes", vocab_size=128), projector="mlp2x_gelu", vision_tokens="patches",
-    image_pool=2, attn_mask="prefix",
+    type="early_fusion",
+    image_size=64,
+    image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
+    lm=lm_lib.variant("lm-shapes", vocab_size=128),
+    projector="mlp2x_gelu",
+    vision_tokens="patches",
+    image_pool=2,
+    attn_mask="prefix",
 )
 
 # The same vision tower and LM with Flamingo-style gated cross-attention (a resampler to 8 tokens).
 _MODELS["flamingo-shapes"] = dict(
-    type="deep_fusion", image_size=64, image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
-    lm=lm_lib.variant("lm-shapes", vocab_size=128), num_latents=8, resampler_depth=2, resampler_heads=2,
-    cross_attn_every_n_layers=1, only_attend_immediate_media=True, max_images=0, attn_mask="causal",
+    type="deep_fusion",
+    image_size=64,
+    image=copy.deepcopy(_MODELS["clip-shapes"]["image"]),
+    lm=lm_lib.variant("lm-shapes", vocab_size=128),
+    num_latents=8,
+    resampler_depth=2,
+    resampler_heads=2,
+    cross_attn_every_n_layers=1,
+    only_attend_immediate_media=True,
+    max_images=0,
+    attn_mask="causal",
 )
 
 # The LM of both fusion models on its own (text-only pretraining, and the blind VQA baseline).
 _MODELS["lm-shapes"] = dict(type="lm", image_size=64, lm=lm_lib.variant("lm-shapes", vocab_size=128))
 
 
-def list_models(type: str | None = None) -> list[str]:  # noqa: A002 (the config key's name)
+def list_models(type: str | None = None) -> list[str]:  # shadows the builtin: named like the config key
     """Names of the models (of one ``type``: "two_tower", "early_fusion", "deep_fusion", "lm"), sorted."""
     return sorted(name for name, cfg in _MODELS.items() if type in (None, cfg["type"]))
 
 
 # Speed/memory levers of the towers, listed in every named config so that the command line can set them
 # (``--config.model.image.remat=dots``); the defaults are the plain stack. See docs/performance.md.
-_LEVERS = {"image": {"remat": "none", "scan": False}, "text": {"remat": "none", "scan": False},
-           "lm": {"remat": "none", "scan": False}}
+_LEVERS = {
+    "image": {"remat": "none", "scan": False},
+    "text": {"remat": "none", "scan": False},
+    "lm": {"remat": "none", "scan": False},
+}
 
 
 def model_config(name: str) -> dict:
@@ -118,8 +157,12 @@ def stack_layers(params: Mapping) -> dict:
     out = {k: stack_layers(v) if isinstance(v, Mapping) else v for k, v in params.items() if k not in names}
     if names:
         if sorted(names) != sorted(f"block_{i}" for i in range(len(names))):
-            raise ValueError(f"stack_layers: blocks {sorted(names)} are not block_0 ... block_{len(names) - 1}")
-        out["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"block_{i}"] for i in range(len(names))])
+            raise ValueError(
+                f"stack_layers: blocks {sorted(names)} are not block_0 ... block_{len(names) - 1}"
+            )
+        out["blocks"] = jax.tree.map(
+            lambda *xs: jnp.stack(xs), *[params[f"block_{i}"] for i in range(len(names))]
+        )
     return out
 
 

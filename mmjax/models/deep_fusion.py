@@ -48,8 +48,9 @@ def media_mask(media: jnp.ndarray, num_images: int, tokens_per_image: int, only_
 
 def _cross_attention(num_heads: int, dtype, name: str) -> layers.Attention:
     """Queries from the text (or latents), keys and values from ``context``; no biases, Llama's names."""
-    return layers.Attention(num_heads=num_heads, use_bias=False, names=layers.LLAMA_NAMES, dtype=dtype,
-                            name=name)
+    return layers.Attention(
+        num_heads=num_heads, use_bias=False, names=layers.LLAMA_NAMES, dtype=dtype, name=name
+    )
 
 
 class PerceiverResampler(nn.Module, kw_only=True):
@@ -64,16 +65,26 @@ class PerceiverResampler(nn.Module, kw_only=True):
     @nn.compact
     def __call__(self, x):
         d = x.shape[-1]
-        latents = self.param("latents", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-                             (self.num_latents, d))
+        latents = self.param(
+            "latents",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (self.num_latents, d),
+        )
         z = jnp.broadcast_to(latents.astype(self.dtype), (x.shape[0], self.num_latents, d))
         for i in range(self.depth):  # the latents attend to the patch tokens and to themselves
-            ctx = jnp.concatenate([layers.layer_norm(f"ln_media_{i}", dtype=self.dtype)(x),
-                                   layers.layer_norm(f"ln_latents_{i}", dtype=self.dtype)(z)], axis=1)
+            ctx = jnp.concatenate(
+                [
+                    layers.layer_norm(f"ln_media_{i}", dtype=self.dtype)(x),
+                    layers.layer_norm(f"ln_latents_{i}", dtype=self.dtype)(z),
+                ],
+                axis=1,
+            )
             z = z + _cross_attention(self.num_heads, self.dtype, f"attn_{i}")(
-                layers.layer_norm(f"ln_query_{i}", dtype=self.dtype)(z), context=ctx)
+                layers.layer_norm(f"ln_query_{i}", dtype=self.dtype)(z), context=ctx
+            )
             z = z + layers.Mlp(mlp_dim=self.mlp_dim, activation="gelu", dtype=self.dtype, name=f"mlp_{i}")(
-                layers.layer_norm(f"ln_mlp_{i}", dtype=self.dtype)(z))
+                layers.layer_norm(f"ln_mlp_{i}", dtype=self.dtype)(z)
+            )
         return layers.layer_norm("ln_out", dtype=self.dtype)(z)
 
 
@@ -84,14 +95,18 @@ class GatedCrossAttentionBlock(nn.Module, kw_only=True):
 
     @nn.compact
     def __call__(self, x, visual, mask, has_media):
-        gate = lambda name: jnp.tanh(self.param(  # noqa: E731
-            name, nn.with_logical_partitioning(nn.initializers.zeros, ()), ())).astype(self.dtype)
+        def gate(name):
+            init = nn.with_logical_partitioning(nn.initializers.zeros, ())
+            return jnp.tanh(self.param(name, init, ())).astype(self.dtype)
+
         on = has_media[..., None].astype(self.dtype)  # text before the first image: no update at all
         h = _cross_attention(self.num_heads, self.dtype, "xattn")(
-            layers.layer_norm("ln_xattn", dtype=self.dtype)(x), context=visual, mask=mask)
+            layers.layer_norm("ln_xattn", dtype=self.dtype)(x), context=visual, mask=mask
+        )
         x = x + gate("attn_gate") * h * on
         h = layers.Mlp(mlp_dim=self.mlp_dim, activation="gelu", dtype=self.dtype, name="ffw")(
-            layers.layer_norm("ln_ffw", dtype=self.dtype)(x))
+            layers.layer_norm("ln_ffw", dtype=self.dtype)(x)
+        )
         return nn.with_logical_constraint(x + gate("ffw_gate") * h * on, layers.ACT_AXES)
 
 
@@ -120,35 +135,52 @@ class DeepFusion(nn.Module, kw_only=True):
         self.lm.check()
         layers.check_heads(self.image.width, self.resampler_heads, "DeepFusion resampler")
         if self.cross_attn_every_n_layers < 1:
-            raise ValueError(f"DeepFusion: cross_attn_every_n_layers must be >= 1, got {self.cross_attn_every_n_layers}")
+            raise ValueError(
+                f"DeepFusion: cross_attn_every_n_layers must be >= 1, got {self.cross_attn_every_n_layers}"
+            )
         if self.attn_mask not in ("causal", "prefix"):
             raise ValueError(f"DeepFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
         if self.max_images < 0:
             raise ValueError(f"DeepFusion: max_images must be >= 0, got {self.max_images}")
         if self.lm.scan:
-            raise ValueError("DeepFusion: model.lm.scan=True is not supported (the gated cross-attention sits "
-                             "between decoder blocks, which scan runs as one loop); set model.lm.scan=False")
+            raise ValueError(
+                "DeepFusion: model.lm.scan=True is not supported (the gated cross-attention sits "
+                "between decoder blocks, which scan runs as one loop); set model.lm.scan=False"
+            )
 
     def setup(self):
         w = self.image.width
         if self.num_latents:
-            self.resampler = PerceiverResampler(num_latents=self.num_latents, depth=self.resampler_depth,
-                                                num_heads=self.resampler_heads, mlp_dim=4 * w,
-                                                dtype=self.dtype)
+            self.resampler = PerceiverResampler(
+                num_latents=self.num_latents,
+                depth=self.resampler_depth,
+                num_heads=self.resampler_heads,
+                mlp_dim=4 * w,
+                dtype=self.dtype,
+            )
         else:
-            self.adapter = nn.Dense(w, dtype=self.dtype, kernel_init=layers.dense_init((None, "embed")),
-                                    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+            self.adapter = nn.Dense(
+                w,
+                dtype=self.dtype,
+                kernel_init=layers.dense_init((None, "embed")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            )
         n = self.cross_attn_every_n_layers
-        self.xattn = [GatedCrossAttentionBlock(num_heads=self.lm.num_heads, mlp_dim=self.lm.mlp_dim,
-                                               dtype=self.dtype)
-                      for _ in range(0, self.lm.depth, n)]
+        self.xattn = [
+            GatedCrossAttentionBlock(num_heads=self.lm.num_heads, mlp_dim=self.lm.mlp_dim, dtype=self.dtype)
+            for _ in range(0, self.lm.depth, n)
+        ]
         self.new_token_embed = self.param(
-            "new_token_embed", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-            (2, self.lm.width))
+            "new_token_embed",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+            (2, self.lm.width),
+        )
         if self.max_images:  # as Flamingo's learned time embeddings (random normal, as open_flamingo's)
             self.image_pos_embed = self.param(
-                "image_pos_embed", nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
-                (self.max_images, self.image.width))
+                "image_pos_embed",
+                nn.with_logical_partitioning(nn.initializers.normal(1.0), (None, "embed")),
+                (self.max_images, self.image.width),
+            )
 
     def visual_tokens(self, images):
         """``[B, T, L, D]``: ``L`` visual tokens for each of a row's ``T`` images."""
@@ -161,8 +193,9 @@ class DeepFusion(nn.Module, kw_only=True):
         x = x.reshape(b, t, *x.shape[1:])
         if self.max_images:
             if t > self.max_images:
-                raise ValueError(f"DeepFusion: {t} images per row but max_images={self.max_images}; raise "
-                                 "model.max_images")
+                raise ValueError(
+                    f"DeepFusion: {t} images per row but max_images={self.max_images}; raise model.max_images"
+                )
             x = x + self.image_pos_embed[:t, None].astype(x.dtype)
         return x
 
@@ -190,20 +223,27 @@ class DeepFusion(nn.Module, kw_only=True):
     def inputs(self, images, tokens):
         """``(embeddings, valid, prefix, visual [B, T, L, D], media [B, S])``."""
         valid = tokens != self.pad_id
-        prefix = lm_lib.prefix_through_first(tokens == self.sep_id, valid) if self.attn_mask == "prefix" else None
+        prefix = (
+            lm_lib.prefix_through_first(tokens == self.sep_id, valid) if self.attn_mask == "prefix" else None
+        )
         media = jnp.cumsum(tokens == self.image_id, axis=1)
         return self.embed(tokens), valid, prefix, self.visual_tokens(images), media
 
     def __call__(self, images, tokens):
         x, valid, prefix, visual, media = self.inputs(images, tokens)
-        logits, extras = self.lm(embeddings=x, positions=positions_of(valid), mask=attention_mask(valid, prefix),
-                                 before_layer=self.fuse(visual, media))
+        logits, extras = self.lm(
+            embeddings=x,
+            positions=positions_of(valid),
+            mask=attention_mask(valid, prefix),
+            before_layer=self.fuse(visual, media),
+        )
         return logits, {"hidden": extras["hidden"], "valid": valid, "prefix": prefix, "media": media}
 
     def prefill(self, images, prompts, max_new_tokens: int):
         x, valid, prefix, visual, media = self.inputs(images, prompts)
-        logits, state = lm_lib.prefill(self.lm, x, valid, prefix, max_new_tokens,
-                                       before_layer=self.fuse(visual, media))
+        logits, state = lm_lib.prefill(
+            self.lm, x, valid, prefix, max_new_tokens, before_layer=self.fuse(visual, media)
+        )
         return logits, dict(state, visual=visual, media=media[:, -1])
 
     def decode(self, token, state):

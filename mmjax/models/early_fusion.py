@@ -4,10 +4,11 @@ embedding space, replace the image placeholder tokens of the prompt; the decoder
 A sequence is laid out as ``[BOS] [IMG] x N prompt... [SEP] answer... [EOT] PAD...`` (see
 ``mmjax.data.pipeline.encode_vlm``): the ``N`` placeholders take the ``N`` projected image tokens, in
 order. With ``images [B, T, H, W, 3]`` there are ``T x N`` placeholders, taking the images' tokens one
-image after the other (their positions tell the images apart). ``attn_mask="prefix"`` makes image + prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM,
-as in PaliGemma); ``"causal"`` keeps every token causal (LLaVA). Only answer tokens carry a loss (the
-task's job, with ``losses.answer_weights``). A row may hold more turns after the first answer
-(``question [SEP] answer [EOT]``): they are causal, and each answer carries a loss.
+image after the other (their positions tell the images apart). ``attn_mask="prefix"`` makes image +
+prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM, as in PaliGemma); ``"causal"`` keeps
+every token causal (LLaVA). Only answer tokens carry a loss (the task's job, with
+``losses.answer_weights``). A row may hold more turns after the first answer (``question [SEP] answer
+[EOT]``): they are causal, and each answer carries a loss.
 
 ``EarlyFusion(...)(images, tokens) -> (logits [B, S, vocab], extras)`` for training and scoring;
 ``prefill(images, prompts, max_new_tokens)`` and ``decode(token, state)`` generate with a KV cache
@@ -48,7 +49,9 @@ class EarlyFusion(nn.Module, kw_only=True):
     def projector_depth(self) -> int:
         m = re.fullmatch(r"linear|mlp(\d+)x_gelu", self.projector)
         if not m or (m.group(1) and int(m.group(1)) < 1):
-            raise ValueError(f"EarlyFusion: unknown projector {self.projector!r}; use 'linear' or 'mlp<N>x_gelu'")
+            raise ValueError(
+                f"EarlyFusion: unknown projector {self.projector!r}; use 'linear' or 'mlp<N>x_gelu'"
+            )
         return int(m.group(1) or 1)
 
     def num_image_tokens(self, image_size: int) -> int:
@@ -62,18 +65,28 @@ class EarlyFusion(nn.Module, kw_only=True):
         self.lm.check()
         self.projector_depth()
         if self.vision_tokens not in ("patches", "all"):
-            raise ValueError(f"EarlyFusion: vision_tokens must be 'patches' or 'all', got {self.vision_tokens!r}")
+            raise ValueError(
+                f"EarlyFusion: vision_tokens must be 'patches' or 'all', got {self.vision_tokens!r}"
+            )
         if self.attn_mask not in ("causal", "prefix"):
             raise ValueError(f"EarlyFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
         grid = image_size // self.image.patch_size
         if self.image_pool < 1 or grid % self.image_pool:
-            raise ValueError(f"EarlyFusion: image_pool {self.image_pool} does not divide the {grid}x{grid} patch "
-                             "grid; choose a divisor")
+            raise ValueError(
+                f"EarlyFusion: image_pool {self.image_pool} does not divide the {grid}x{grid} patch "
+                "grid; choose a divisor"
+            )
 
     def setup(self):
-        self.proj = [nn.Dense(self.lm.width, dtype=self.dtype, kernel_init=layers.dense_init((None, "embed")),
-                              bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
-                     for _ in range(self.projector_depth())]
+        self.proj = [
+            nn.Dense(
+                self.lm.width,
+                dtype=self.dtype,
+                kernel_init=layers.dense_init((None, "embed")),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            )
+            for _ in range(self.projector_depth())
+        ]
 
     def image_tokens(self, images):
         """``[B, T * N, lm.width]``: the projected image tokens that fill the placeholders, image after
@@ -87,7 +100,7 @@ class EarlyFusion(nn.Module, kw_only=True):
         cls, x = (x[:, :1], x[:, 1:]) if self.image.pool == "cls" else (None, x)
         if self.image_pool > 1:
             b, n, w = x.shape
-            g, k = int(round(n ** 0.5)), self.image_pool
+            g, k = int(round(n**0.5)), self.image_pool
             x = x.reshape(b, g // k, k, g // k, k, w).mean(axis=(2, 4)).reshape(b, -1, w)
         if cls is not None and self.vision_tokens == "all":
             x = jnp.concatenate([cls, x], axis=1)
@@ -104,12 +117,16 @@ class EarlyFusion(nn.Module, kw_only=True):
         slot = jnp.clip(jnp.cumsum(is_image, axis=1) - 1, 0, img.shape[1] - 1)  # k-th placeholder <- token k
         spliced = jnp.take_along_axis(img, slot[..., None], axis=1)
         x = jnp.where(is_image[..., None], spliced.astype(self.dtype), self.lm.embed(tokens))
-        prefix = lm_lib.prefix_through_first(tokens == self.sep_id, valid) if self.attn_mask == "prefix" else None
+        prefix = (
+            lm_lib.prefix_through_first(tokens == self.sep_id, valid) if self.attn_mask == "prefix" else None
+        )
         return x, valid, prefix
 
     def __call__(self, images, tokens):
         x, valid, prefix = self.inputs(images, tokens)
-        logits, extras = self.lm(embeddings=x, positions=positions_of(valid), mask=attention_mask(valid, prefix))
+        logits, extras = self.lm(
+            embeddings=x, positions=positions_of(valid), mask=attention_mask(valid, prefix)
+        )
         return logits, {"hidden": extras["hidden"], "valid": valid, "prefix": prefix}
 
     def prefill(self, images, prompts, max_new_tokens: int):

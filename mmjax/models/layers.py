@@ -75,7 +75,9 @@ def attention_implementation(name: str | None):
 def _fallback(why: str) -> None:
     if why not in _warned:
         _warned.add(why)
-        warnings.warn(f"attention: cuDNN unavailable ({why}); using JAX's default implementation", stacklevel=3)
+        warnings.warn(
+            f"attention: cuDNN unavailable ({why}); using JAX's default implementation", stacklevel=3
+        )
 
 
 def attention(q, k, v, *, causal: bool = False, mask: jax.Array | None = None):
@@ -95,7 +97,9 @@ def attention(q, k, v, *, causal: bool = False, mask: jax.Array | None = None):
             impl = None
         else:
             try:
-                return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal, implementation="cudnn")
+                return jax.nn.dot_product_attention(
+                    q, k, v, mask=mask, is_causal=causal, implementation="cudnn"
+                )
             except (ValueError, NotImplementedError, TypeError, RuntimeError) as e:
                 _fallback(f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
                 impl = None
@@ -135,7 +139,9 @@ class HeadsDense(nn.Module, kw_only=True):
         if self.use_bias:
             out_shape = tuple(self.shape[i] for i in fan_out_axes)
             out_names = tuple(self.axes[i] for i in fan_out_axes)
-            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, out_names), out_shape)
+            bias = self.param(
+                "bias", nn.with_logical_partitioning(nn.initializers.zeros, out_names), out_shape
+            )
             y = y + bias.astype(self.dtype)
         return y
 
@@ -148,7 +154,7 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     cos = jnp.concatenate([jnp.cos(angles)] * 2, axis=-1)[:, :, None]
     sin = jnp.concatenate([jnp.sin(angles)] * 2, axis=-1)[:, :, None]
     xf = x.astype(jnp.float32)
-    rotated = jnp.concatenate([-xf[..., d // 2:], xf[..., : d // 2]], axis=-1)
+    rotated = jnp.concatenate([-xf[..., d // 2 :], xf[..., : d // 2]], axis=-1)
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
@@ -187,8 +193,9 @@ class Attention(nn.Module, kw_only=True):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, context=None, *, causal: bool = False, mask=None, positions=None, cache=None,
-                 index=0):
+    def __call__(
+        self, x, context=None, *, causal: bool = False, mask=None, positions=None, cache=None, index=0
+    ):
         width = x.shape[-1]
         head_dim = width // self.num_heads
         kv_heads = self.num_kv_heads or self.num_heads
@@ -196,13 +203,21 @@ class Attention(nn.Module, kw_only=True):
         q_name, k_name, v_name, o_name = self.names
 
         def proj(y, heads, name):
-            return HeadsDense(eqn="bse,ehd->bshd", shape=(y.shape[-1], heads, head_dim),
-                              axes=("embed", "heads", "kv"), fan_in_axes=(0,), use_bias=self.use_bias,
-                              dtype=self.dtype, name=name)(y)
+            return HeadsDense(
+                eqn="bse,ehd->bshd",
+                shape=(y.shape[-1], heads, head_dim),
+                axes=("embed", "heads", "kv"),
+                fan_in_axes=(0,),
+                use_bias=self.use_bias,
+                dtype=self.dtype,
+                name=name,
+            )(y)
 
         if context is not None and (self.rope_theta is not None or cache is not None):
-            raise ValueError("Attention: rotary positions and the KV cache are for self-attention; "
-                             "a cross-attention context takes neither")
+            raise ValueError(
+                "Attention: rotary positions and the KV cache are for self-attention; "
+                "a cross-attention context takes neither"
+            )
         if self.rope_theta is not None and positions is None:
             raise ValueError("Attention: rope_theta is set, so the call needs positions [batch, seq]")
         q = proj(x, self.num_heads, q_name)
@@ -211,6 +226,7 @@ class Attention(nn.Module, kw_only=True):
             q, k = rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
         new_cache = None
         if cache is not None:  # write the new keys/values at slots index.., attend over all slots
+
             def write(buf, new):
                 return jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, index, 0, 0))
 
@@ -218,9 +234,15 @@ class Attention(nn.Module, kw_only=True):
             k, v = new_cache["k"].astype(self.dtype), new_cache["v"].astype(self.dtype)
         out = attention(q, k, v, causal=causal, mask=mask)
         out = nn.with_logical_constraint(out, ("batch", "seq", "heads", "kv"))
-        out = HeadsDense(eqn="bshd,hde->bse", shape=(self.num_heads, head_dim, width),
-                         axes=("heads", "kv", "embed"), fan_in_axes=(0, 1), use_bias=self.use_bias,
-                         dtype=self.dtype, name=o_name)(out)
+        out = HeadsDense(
+            eqn="bshd,hde->bse",
+            shape=(self.num_heads, head_dim, width),
+            axes=("heads", "kv", "embed"),
+            fan_in_axes=(0, 1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name=o_name,
+        )(out)
         return out if cache is None else (out, new_cache)
 
 
@@ -235,12 +257,22 @@ class Mlp(nn.Module, kw_only=True):
     def __call__(self, x):
         width = x.shape[-1]
         bias = lambda axes: nn.with_logical_partitioning(nn.initializers.zeros, axes)  # noqa: E731
-        h = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=dense_init(("embed", "mlp")),
-                     bias_init=bias(("mlp",)), name="fc1")(x)
+        h = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            kernel_init=dense_init(("embed", "mlp")),
+            bias_init=bias(("mlp",)),
+            name="fc1",
+        )(x)
         h = ACTIVATIONS[self.activation](h)
         h = nn.with_logical_constraint(h, ("batch", "seq", "mlp"))
-        return nn.Dense(width, dtype=self.dtype, kernel_init=dense_init(("mlp", "embed")),
-                        bias_init=bias(("embed",)), name="fc2")(h)
+        return nn.Dense(
+            width,
+            dtype=self.dtype,
+            kernel_init=dense_init(("mlp", "embed")),
+            bias_init=bias(("embed",)),
+            name="fc2",
+        )(h)
 
 
 class EncoderBlock(nn.Module, kw_only=True):
@@ -266,7 +298,11 @@ class EncoderBlock(nn.Module, kw_only=True):
 # Rematerialisation policies for the encoder blocks (``Encoder.remat``): "none" keeps every activation
 # for the backward pass; "dots" keeps only the outputs of matmuls without batch dimensions (the
 # projections and MLP) and recomputes the rest; "full" keeps only each block's input.
-REMAT_POLICIES = {"none": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable, "full": None}
+REMAT_POLICIES = {
+    "none": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": None,
+}
 
 
 class Encoder(nn.Module, kw_only=True):
@@ -291,8 +327,15 @@ class Encoder(nn.Module, kw_only=True):
 
     def _block(self, name: str, parent=None) -> EncoderBlock:
         where = {} if parent is None else {"parent": parent}
-        return EncoderBlock(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                            dtype=self.dtype, norm_eps=self.norm_eps, name=name, **where)
+        return EncoderBlock(
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            activation=self.activation,
+            dtype=self.dtype,
+            norm_eps=self.norm_eps,
+            name=name,
+            **where,
+        )
 
     @nn.compact
     def __call__(self, x, *, causal: bool = False, mask=None, return_all: bool = False):
@@ -302,20 +345,28 @@ class Encoder(nn.Module, kw_only=True):
             raise ValueError(f"Encoder: remat must be one of {', '.join(REMAT_POLICIES)}, got {self.remat!r}")
         hidden = [x]
         if self.scan:
+
             def body(module, carry, mask):
                 y = self._block("blocks", module)(carry, causal=causal, mask=mask)
                 return y, y
 
             if self.remat != "none":
                 body = nn.remat(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-            x, ys = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
-                            length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})(self, x, mask)
+            x, ys = nn.scan(
+                body,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=nn.broadcast,
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(self, x, mask)
             hidden += [ys[i] for i in range(self.depth)]
             return (x, hidden) if return_all else x
         for i in range(self.depth):
             if self.remat == "none":  # the default: exactly the plain stack
                 x = self._block(f"block_{i}")(x, causal=causal, mask=mask)
             else:  # same parameter names; causal is closed over (static), mask passed in
+
                 def run(module, x, mask, name=f"block_{i}"):
                     return self._block(name, module)(x, causal=causal, mask=mask)
 

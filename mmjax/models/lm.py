@@ -81,10 +81,15 @@ def prefill(lm: "DecoderLM", embeddings, valid, prefix, max_new_tokens: int, **l
     mask = jnp.pad(attention_mask(valid, prefix), ((0, 0), (0, 0), (0, 0), (0, max_new_tokens)))
     positions = positions_of(valid)
     cache = init_cache(lm, b, s + max_new_tokens, lm.dtype)
-    logits, extras = lm(embeddings=embeddings, positions=positions, mask=mask, cache=cache, index=0, **lm_kwargs)
-    state = {"cache": extras["cache"], "index": jnp.asarray(s, jnp.int32),
-             "slots": jnp.pad(valid, ((0, 0), (0, max_new_tokens)), constant_values=True),
-             "position": positions[:, -1] + 1}
+    logits, extras = lm(
+        embeddings=embeddings, positions=positions, mask=mask, cache=cache, index=0, **lm_kwargs
+    )
+    state = {
+        "cache": extras["cache"],
+        "index": jnp.asarray(s, jnp.int32),
+        "slots": jnp.pad(valid, ((0, 0), (0, max_new_tokens)), constant_values=True),
+        "position": positions[:, -1] + 1,
+    }
     return logits[:, -1], state
 
 
@@ -93,8 +98,14 @@ def decode(lm: "DecoderLM", embeddings, state, **lm_kwargs):
     slot; returns ``(logits [B, vocab], state)``."""
     t = state["index"]
     seen = state["slots"] & (jnp.arange(state["slots"].shape[1]) <= t)
-    logits, extras = lm(embeddings=embeddings, positions=state["position"][:, None], mask=seen[:, None, None, :],
-                        cache=state["cache"], index=t, **lm_kwargs)
+    logits, extras = lm(
+        embeddings=embeddings,
+        positions=state["position"][:, None],
+        mask=seen[:, None, None, :],
+        cache=state["cache"],
+        index=t,
+        **lm_kwargs,
+    )
     return logits[:, 0], dict(state, cache=extras["cache"], index=t + 1, position=state["position"] + 1)
 
 
@@ -114,7 +125,9 @@ class RMSNorm(nn.Module, kw_only=True):
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],))
+        scale = self.param(
+            "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)), (x.shape[-1],)
+        )
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return (xf.astype(self.dtype) * scale.astype(self.dtype)).astype(self.dtype)
@@ -128,9 +141,13 @@ class SwiGLU(nn.Module, kw_only=True):
 
     @nn.compact
     def __call__(self, x):
-        dense = lambda n, axes, name: nn.Dense(n, use_bias=False, dtype=self.dtype,  # noqa: E731
-                                               kernel_init=layers.dense_init(axes), name=name)
-        h = nn.silu(dense(self.mlp_dim, ("embed", "mlp"), "gate")(x)) * dense(self.mlp_dim, ("embed", "mlp"), "up")(x)
+        def dense(n, axes, name):
+            return nn.Dense(
+                n, use_bias=False, dtype=self.dtype, kernel_init=layers.dense_init(axes), name=name
+            )
+
+        to_mlp = ("embed", "mlp")
+        h = nn.silu(dense(self.mlp_dim, to_mlp, "gate")(x)) * dense(self.mlp_dim, to_mlp, "up")(x)
         h = nn.with_logical_constraint(h, ("batch", "seq", "mlp"))
         return dense(x.shape[-1], ("mlp", "embed"), "down")(h)
 
@@ -147,9 +164,15 @@ class DecoderBlock(nn.Module, kw_only=True):
     def __call__(self, x, positions, mask, cache=None, index=0):
         """``(x, cache)``: the block's output and the updated KV cache (None without one)."""
         h = RMSNorm(eps=self.norm_eps, dtype=self.dtype, name="ln_attn")(x)
-        attn = layers.Attention(num_heads=self.num_heads, num_kv_heads=self.num_kv_heads, use_bias=False,
-                                rope_theta=self.rope_theta, names=layers.LLAMA_NAMES, dtype=self.dtype,
-                                name="attn")
+        attn = layers.Attention(
+            num_heads=self.num_heads,
+            num_kv_heads=self.num_kv_heads,
+            use_bias=False,
+            rope_theta=self.rope_theta,
+            names=layers.LLAMA_NAMES,
+            dtype=self.dtype,
+            name="attn",
+        )
         if cache is None:
             h = attn(h, mask=mask, positions=positions)
         else:
@@ -171,7 +194,9 @@ class DecoderLM(nn.Module, kw_only=True):
     norm_eps: float = 1e-6
     tie_embeddings: bool = False
     dtype: layers.Dtype = jnp.float32
-    remat: str = "none"  # decoder blocks: "none" | "dots" | "full" (layers.REMAT_POLICIES; same params/results)
+    remat: str = (
+        "none"  # decoder blocks: "none" | "dots" | "full" (layers.REMAT_POLICIES; same params/results)
+    )
     # nn.scan over the blocks: one traced block, faster compiles for deep LMs. CHANGES THE PARAMETER LAYOUT
     # (one ``blocks`` entry with a leading ``layers`` axis instead of ``block_0 ...``); no ``before_layer``.
     scan: bool = False
@@ -183,39 +208,77 @@ class DecoderLM(nn.Module, kw_only=True):
     def check(self) -> None:
         layers.check_heads(self.width, self.num_heads, "DecoderLM")
         if self.num_heads % self.kv_heads:
-            raise ValueError(f"DecoderLM: num_heads {self.num_heads} is not a multiple of num_kv_heads "
-                             f"{self.kv_heads}; choose num_kv_heads dividing num_heads")
+            raise ValueError(
+                f"DecoderLM: num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                f"{self.kv_heads}; choose num_kv_heads dividing num_heads"
+            )
         if (self.width // self.num_heads) % 2:
-            raise ValueError(f"DecoderLM: head size {self.width // self.num_heads} is odd; rotary embeddings "
-                             "need an even head size")
+            raise ValueError(
+                f"DecoderLM: head size {self.width // self.num_heads} is odd; rotary embeddings "
+                "need an even head size"
+            )
 
     def setup(self):
         self.check()
         self.token_embed = nn.Embed(
-            self.vocab_size, self.width, dtype=self.dtype,
-            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")))
+            self.vocab_size,
+            self.width,
+            dtype=self.dtype,
+            embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+        )
         if self.remat not in layers.REMAT_POLICIES:
-            raise ValueError(f"DecoderLM: remat must be one of {', '.join(layers.REMAT_POLICIES)}, got {self.remat!r}")
-        block = DecoderBlock if self.remat == "none" else nn.remat(
-            DecoderBlock, policy=layers.REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
-        kw = dict(num_heads=self.num_heads, num_kv_heads=self.kv_heads, mlp_dim=self.mlp_dim,
-                  rope_theta=self.rope_theta, norm_eps=self.norm_eps, dtype=self.dtype)
-        if self.scan:  # carry x; positions, mask and index are shared; the cache is scanned over its layer axis
-            self.blocks = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                                  in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast), length=self.depth,
-                                  metadata_params={nn.PARTITION_NAME: "layers"})(**kw)
+            raise ValueError(
+                f"DecoderLM: remat must be one of {', '.join(layers.REMAT_POLICIES)}, got {self.remat!r}"
+            )
+        block = (
+            DecoderBlock
+            if self.remat == "none"
+            else nn.remat(DecoderBlock, policy=layers.REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+        )
+        kw = dict(
+            num_heads=self.num_heads,
+            num_kv_heads=self.kv_heads,
+            mlp_dim=self.mlp_dim,
+            rope_theta=self.rope_theta,
+            norm_eps=self.norm_eps,
+            dtype=self.dtype,
+        )
+        if (
+            self.scan
+        ):  # carry x; positions, mask and index are shared; the cache is scanned over its layer axis
+            self.blocks = nn.scan(
+                block,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast),
+                length=self.depth,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(**kw)
         else:
             self.block = [block(**kw) for _ in range(self.depth)]
         self.ln_final = RMSNorm(eps=self.norm_eps, dtype=self.dtype)
         if not self.tie_embeddings:
-            self.lm_head = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                                    kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.normal(0.02)))
+            self.lm_head = nn.Dense(
+                self.vocab_size,
+                use_bias=False,
+                dtype=self.dtype,
+                kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.normal(0.02)),
+            )
 
     def embed(self, tokens):
         return self.token_embed(tokens)
 
-    def __call__(self, tokens=None, *, embeddings=None, positions=None, mask=None, cache=None, index=0,
-                 before_layer=None):
+    def __call__(
+        self,
+        tokens=None,
+        *,
+        embeddings=None,
+        positions=None,
+        mask=None,
+        cache=None,
+        index=0,
+        before_layer=None,
+    ):
         x = self.embed(tokens) if embeddings is None else embeddings.astype(self.dtype)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
         if positions is None or mask is None:  # plain causal LM over unpadded tokens
@@ -224,8 +287,10 @@ class DecoderLM(nn.Module, kw_only=True):
             mask = attention_mask(valid) if mask is None else mask
         if self.scan:
             if before_layer is not None:
-                raise ValueError("DecoderLM: scan=True runs the blocks as one loop, so nothing can be inserted "
-                                 "between them (deep fusion's cross-attention); set scan=False")
+                raise ValueError(
+                    "DecoderLM: scan=True runs the blocks as one loop, so nothing can be inserted "
+                    "between them (deep fusion's cross-attention); set scan=False"
+                )
             x, new_cache = self.blocks(x, positions, mask, cache, index)
         else:
             new_cache = []

@@ -45,10 +45,14 @@ class TextTransformer(nn.Module, kw_only=True):
     def check(self, seq_len: int) -> None:
         layers.check_heads(self.width, self.num_heads, "TextTransformer")
         if seq_len > self.max_len:
-            raise ValueError(f"TextTransformer: {seq_len} tokens exceed max_len {self.max_len}; "
-                             "tokenize with max_len <= the model's max_len")
+            raise ValueError(
+                f"TextTransformer: {seq_len} tokens exceed max_len {self.max_len}; "
+                "tokenize with max_len <= the model's max_len"
+            )
         if self.pool not in ("eot", "argmax", "last", "mean"):
-            raise ValueError(f"TextTransformer: pool must be 'eot', 'argmax', 'last' or 'mean', got {self.pool!r}")
+            raise ValueError(
+                f"TextTransformer: pool must be 'eot', 'argmax', 'last' or 'mean', got {self.pool!r}"
+            )
 
     def pool_index(self, tokens):
         if self.pool == "eot":
@@ -61,18 +65,30 @@ class TextTransformer(nn.Module, kw_only=True):
     def __call__(self, tokens):
         self.check(tokens.shape[1])
         embed = nn.Embed(
-            self.vocab_size, self.width, dtype=self.dtype,
+            self.vocab_size,
+            self.width,
+            dtype=self.dtype,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
             name="token_embed",
         )
-        pos = self.param("pos_embedding",
-                         nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "embed")),
-                         (self.max_len, self.width))
+        pos = self.param(
+            "pos_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.01), (None, "embed")),
+            (self.max_len, self.width),
+        )
         x = embed(tokens) + pos[None, : tokens.shape[1]].astype(self.dtype)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
-        x = layers.Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                           activation=self.activation, dtype=self.dtype, norm_eps=self.norm_eps,
-                           remat=self.remat, scan=self.scan, name="encoder")(x, causal=self.causal)
+        x = layers.Encoder(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            activation=self.activation,
+            dtype=self.dtype,
+            norm_eps=self.norm_eps,
+            remat=self.remat,
+            scan=self.scan,
+            name="encoder",
+        )(x, causal=self.causal)
         x = layers.layer_norm("ln_final", dtype=self.dtype, eps=self.norm_eps)(x)
         if self.pool == "mean":
             keep = (tokens != self.pad_id)[..., None].astype(x.dtype)

@@ -49,26 +49,35 @@ class TwoTower(nn.Module, kw_only=True):
 
     def setup(self):
         proj = lambda name, bias=False: nn.Dense(  # noqa: E731
-            self.embed_dim, use_bias=bias, dtype=self.dtype, name=name,
+            self.embed_dim,
+            use_bias=bias,
+            dtype=self.dtype,
+            name=name,
             kernel_init=layers.dense_init(("embed", "proj"), nn.initializers.normal(0.02)),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("proj",)))
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("proj",)),
+        )
         if self.image_projection:
             self.image_proj = proj("image_proj")
         if self.object_head:
             self.image_proj_object = proj("image_proj_object")
         self.text_proj = proj("text_proj", self.text_proj_bias)
         self.logit_scale = self.param(
-            "logit_scale", nn.with_logical_partitioning(nn.initializers.constant(math.log(self.temperature_init)), ()),
-            ())
+            "logit_scale",
+            nn.with_logical_partitioning(nn.initializers.constant(math.log(self.temperature_init)), ()),
+            (),
+        )
         if self.bias_init is not None:
             self.logit_bias = self.param(
-                "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(self.bias_init), ()), ())
+                "logit_bias", nn.with_logical_partitioning(nn.initializers.constant(self.bias_init), ()), ()
+            )
 
     def _project_image(self, pooled):
         return _l2_normalize(self.image_proj(pooled) if self.image_projection else pooled)
 
     def _project_object(self, pooled):
-        return _l2_normalize(self.image_proj_object(pooled)) if self.object_head else self._project_image(pooled)
+        return (
+            _l2_normalize(self.image_proj_object(pooled)) if self.object_head else self._project_image(pooled)
+        )
 
     def encode_image(self, images):
         pooled, extras = self.image(images)

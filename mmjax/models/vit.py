@@ -73,7 +73,9 @@ class ViT(nn.Module, kw_only=True):
     num_classes: int | None = None  # optional linear head on the pooled features
     dtype: layers.Dtype = jnp.float32
     norm_eps: float = 1e-5  # epsilon of every layer norm
-    feature_layer: int | None = None  # None: patch_tokens after the final norm; i: hidden states before block i
+    feature_layer: int | None = (
+        None  # None: patch_tokens after the final norm; i: hidden states before block i
+    )
     remat: str = "none"  # encoder blocks: "none" | "dots" | "full" (layers.Encoder; same params and results)
     scan: bool = False  # nn.scan over the encoder blocks; True changes the parameter layout (layers.Encoder)
 
@@ -83,8 +85,10 @@ class ViT(nn.Module, kw_only=True):
         if self.pool not in ("cls", "gap", "map"):
             raise ValueError(f"ViT: pool must be 'cls', 'gap' or 'map', got {self.pool!r}")
         if self.feature_layer is not None and not -self.depth - 1 <= self.feature_layer <= self.depth:
-            raise ValueError(f"ViT: feature_layer {self.feature_layer} is out of range for depth {self.depth}; "
-                             f"use -{self.depth + 1} .. {self.depth}")
+            raise ValueError(
+                f"ViT: feature_layer {self.feature_layer} is out of range for depth {self.depth}; "
+                f"use -{self.depth + 1} .. {self.depth}"
+            )
         h, w = image_size
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(
@@ -92,14 +96,22 @@ class ViT(nn.Module, kw_only=True):
                 "choose a patch size that divides the image size"
             )
         if self.patch_size % 2 ** len(self.stem_channels):
-            raise ValueError(f"ViT: patch size {self.patch_size} is not divisible by the stem's downsampling "
-                             f"{2 ** len(self.stem_channels)}; use fewer stem_channels or a larger patch")
+            raise ValueError(
+                f"ViT: patch size {self.patch_size} is not divisible by the stem's downsampling "
+                f"{2 ** len(self.stem_channels)}; use fewer stem_channels or a larger patch"
+            )
 
     def stem(self, x):
         for i, channels in enumerate(self.stem_channels):
-            x = nn.Conv(channels, (3, 3), padding="SAME", dtype=self.dtype, name=f"stem_{i}",
-                        kernel_init=layers.dense_init((None, None, None, "embed"), nn.initializers.he_normal()),
-                        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(x)
+            x = nn.Conv(
+                channels,
+                (3, 3),
+                padding="SAME",
+                dtype=self.dtype,
+                name=f"stem_{i}",
+                kernel_init=layers.dense_init((None, None, None, "embed"), nn.initializers.he_normal()),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            )(x)
             x = _max_pool_2x2(nn.relu(x))
         return x
 
@@ -110,43 +122,69 @@ class ViT(nn.Module, kw_only=True):
         p = self.patch_size // 2 ** len(self.stem_channels)
         # Patch embedding: a stride-p convolution, computed as patchify + one matmul (the same maths;
         # much faster than a strided convolution's gradient on CPU). Kernel layout (p, p, channels, width).
-        kernel = self.param("patch_kernel", layers.dense_init((None, None, None, "embed"), nn.initializers.lecun_normal()),
-                            (p, p, images.shape[-1], self.width))
+        kernel = self.param(
+            "patch_kernel",
+            layers.dense_init((None, None, None, "embed"), nn.initializers.lecun_normal()),
+            (p, p, images.shape[-1], self.width),
+        )
         b, h, w, c = images.shape
         patches = images.reshape(b, h // p, p, w // p, p, c)
         x = jnp.einsum("bhpwqc,pqcd->bhwd", patches, kernel.astype(self.dtype)).reshape(b, -1, self.width)
         if self.patch_bias:
-            bias = self.param("patch_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
-                              (self.width,))
+            bias = self.param(
+                "patch_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.width,)
+            )
             x = x + bias.astype(self.dtype)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
 
         if self.pool == "cls":
-            cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
-                             (1, 1, self.width))
+            cls = self.param(
+                "cls",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                (1, 1, self.width),
+            )
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], axis=1)
-        pos = self.param("pos_embedding",
-                         nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
-                         (1, x.shape[1], self.width))
+        pos = self.param(
+            "pos_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            (1, x.shape[1], self.width),
+        )
         x = nn.with_logical_constraint(x + pos.astype(x.dtype), layers.ACT_AXES)
         if self.pre_norm:
             x = layers.layer_norm("ln_pre", dtype=self.dtype, eps=self.norm_eps)(x)
 
-        x, hidden = layers.Encoder(depth=self.depth, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-                                   activation=self.activation, dtype=self.dtype, norm_eps=self.norm_eps,
-                                   remat=self.remat, scan=self.scan, name="encoder")(x, return_all=True)
+        x, hidden = layers.Encoder(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            activation=self.activation,
+            dtype=self.dtype,
+            norm_eps=self.norm_eps,
+            remat=self.remat,
+            scan=self.scan,
+            name="encoder",
+        )(x, return_all=True)
         x = layers.layer_norm("ln_post", dtype=self.dtype, eps=self.norm_eps)(x)
         if self.pool == "map":
-            pooled = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, activation=self.activation,
-                             norm_eps=self.norm_eps, dtype=self.dtype, name="map_head")(x)
+            pooled = MAPHead(
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                activation=self.activation,
+                norm_eps=self.norm_eps,
+                dtype=self.dtype,
+                name="map_head",
+            )(x)
         else:
             pooled = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
         tokens = x if self.feature_layer is None else hidden[self.feature_layer]
         extras = {"patch_tokens": tokens, "pre_logits": pooled}
         if self.num_classes:
-            pooled = nn.Dense(self.num_classes, dtype=self.dtype,
-                              kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.zeros),
-                              name="head")(pooled)
+            pooled = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                kernel_init=layers.dense_init(("embed", "vocab"), nn.initializers.zeros),
+                name="head",
+            )(pooled)
         return pooled, extras
 
 
@@ -170,9 +208,13 @@ class MAPHead(nn.Module, kw_only=True):
     @nn.compact
     def __call__(self, x):
         b, _, width = x.shape
-        probe = self.param("probe", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
-                           (1, 1, width))
+        probe = self.param(
+            "probe",
+            nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, None, "embed")),
+            (1, 1, width),
+        )
         y = self.attention(jnp.broadcast_to(probe, (b, 1, width)).astype(self.dtype), context=x)
         y = y + layers.Mlp(mlp_dim=self.mlp_dim, activation=self.activation, dtype=self.dtype, name="mlp")(
-            layers.layer_norm("ln", dtype=self.dtype, eps=self.norm_eps)(y))
+            layers.layer_norm("ln", dtype=self.dtype, eps=self.norm_eps)(y)
+        )
         return y[:, 0]

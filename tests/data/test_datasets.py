@@ -21,15 +21,25 @@ def _records(n: int, size: int = 16) -> list[dict]:
     for i in range(n):
         buffer = io.BytesIO()
         Image.fromarray(np.full((size, size, 3), 10 * i, np.uint8)).save(buffer, format="PNG")
-        out.append({"id": i, "image_png": buffer.getvalue(), "label": i % 2,
-                    "captions": [CAPTIONS[i % 4], CAPTIONS[(i + 1) % 4]]})
+        out.append(
+            {
+                "id": i,
+                "image_png": buffer.getvalue(),
+                "label": i % 2,
+                "captions": [CAPTIONS[i % 4], CAPTIONS[(i + 1) % 4]],
+            }
+        )
     return out
 
 
 def _tiny(**kwargs) -> pipeline.Dataset:
     records = {"train": _records(12), "test": _records(5)}
-    return pipeline.Dataset(source=lambda data_cfg, split: records[split],
-                            class_names=lambda data_cfg: ["dark", "light"], splits=("train", "test"), **kwargs)
+    return pipeline.Dataset(
+        source=lambda data_cfg, split: records[split],
+        class_names=lambda data_cfg: ["dark", "light"],
+        splits=("train", "test"),
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -40,13 +50,27 @@ def registry(monkeypatch):
 
 
 def _cfg(name="tiny", **overrides):
-    return ml_collections.ConfigDict({**dict(name=name, image_size=16, max_len=8, flip_prob=0.0, worker_count=0,
-                                             caption_sampling="canonical"), **overrides})
+    return ml_collections.ConfigDict(
+        {
+            **dict(
+                name=name,
+                image_size=16,
+                max_len=8,
+                flip_prob=0.0,
+                worker_count=0,
+                caption_sampling="canonical",
+            ),
+            **overrides,
+        }
+    )
 
 
 def _batches(cfg, tok, n, batch=4):
-    it = iter(pipeline.train_loader(cfg, tokenizer=tok, global_batch_size=batch, seed=0, shard_index=0,
-                                    shard_count=1))
+    it = iter(
+        pipeline.train_loader(
+            cfg, tokenizer=tok, global_batch_size=batch, seed=0, shard_index=0, shard_count=1
+        )
+    )
     try:
         return [next(it) for _ in range(n)]
     finally:
@@ -88,7 +112,9 @@ def test_prompt_templates_per_dataset(registry, data_dir):
     pipeline.register_dataset("tiny", _tiny())
     pipeline.register_dataset("own", _tiny(prompt_templates=lambda data_cfg: ["{} here"]))
     shapes_cfg = ml_collections.ConfigDict(dict(name="shapes", data_dir=data_dir, **SIZES))
-    assert pipeline.prompt_templates() == pipeline.prompt_templates(shapes_cfg) == list(shapes.PROMPT_TEMPLATES)
+    assert (
+        pipeline.prompt_templates() == pipeline.prompt_templates(shapes_cfg) == list(shapes.PROMPT_TEMPLATES)
+    )
     assert pipeline.prompt_templates(_cfg()) == list(pipeline.GENERIC_PROMPT_TEMPLATES)
     assert pipeline.prompt_templates(_cfg("own")) == ["{} here"]
 
@@ -96,14 +122,16 @@ def test_prompt_templates_per_dataset(registry, data_dir):
 def test_unknown_dataset_and_split(registry, tok):
     pipeline.register_dataset("tiny", _tiny())
     with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; valid names: shapes, tiny$"):
-        pipeline.train_loader(_cfg("mnist"), tokenizer=tok, global_batch_size=4, seed=0, shard_index=0,
-                              shard_count=1)
+        pipeline.train_loader(
+            _cfg("mnist"), tokenizer=tok, global_batch_size=4, seed=0, shard_index=0, shard_count=1
+        )
     with pytest.raises(ValueError, match=r"^unknown split 'validation'; valid splits: train, test$"):
         pipeline.load_split(_cfg(), "validation", tokenizer=tok)
 
 
 def test_register_by_import_path_is_lazy(registry, tok, tmp_path, monkeypatch):
-    (tmp_path / "mmjax_tiny_dataset.py").write_text(textwrap.dedent('''
+    (tmp_path / "mmjax_tiny_dataset.py").write_text(
+        textwrap.dedent("""
         import io
 
         import numpy as np
@@ -119,11 +147,13 @@ def test_register_by_import_path_is_lazy(registry, tok, tmp_path, monkeypatch):
 
 
         RECORDS = [{"id": i, "image_png": png(i), "label": i % 2, "captions": ["a red circle"],
-                    "questions": ["what colour is the circle?"], "answers": ["red"], "question_types": ["colour"]}
+                    "questions": ["what colour is the circle?"], "answers": ["red"],
+                    "question_types": ["colour"]}
                    for i in range(6)]
         DATASET = pipeline.Dataset(source=lambda data_cfg, split: RECORDS,
                                    class_names=lambda data_cfg: ["dark", "light"])
-        '''))
+        """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     pipeline.register_dataset("by_path", "mmjax_tiny_dataset:DATASET")
     assert "mmjax_tiny_dataset" not in sys.modules  # nothing imported until a config names it
@@ -142,8 +172,11 @@ def test_bad_registrations(registry):
     with pytest.raises(TypeError, match="must be a pipeline.Dataset"):
         pipeline.register_dataset("bad", ["not", "a", "dataset"])
     pipeline.register_dataset("missing", "mmjax.data.no_such_module:DATASET")
-    with pytest.raises(ValueError, match=r"'missing' is registered as 'mmjax.data.no_such_module:DATASET', which "
-                                         "does not import: ModuleNotFoundError"):
+    with pytest.raises(
+        ValueError,
+        match=r"'missing' is registered as 'mmjax.data.no_such_module:DATASET', which "
+        "does not import: ModuleNotFoundError",
+    ):
         pipeline.class_names(_cfg("missing"))
     pipeline.register_dataset("wrong", "mmjax.data.shapes:CLASS_NAMES")
     with pytest.raises(TypeError, match="'mmjax.data.shapes:CLASS_NAMES' is a list, not a pipeline.Dataset"):
@@ -164,9 +197,11 @@ RECORDED = {
     "id": [[49, 4, 10, 45, 39, 63, 27, 9], [62, 20, 54, 7, 23, 13, 28, 35], [16, 0, 33, 53, 12, 59, 25, 44]],
     "caption": [[0, 5, 1, 4, 4, 2, 0, 1], [0, 4, 3, 5, 0, 1, 1, 0], [3, 4, 1, 0, 4, 3, 1, 5]],
     "mirrored": [[1, 1, 1, 1, 0, 1, 0, 1], [0, 0, 1, 1, 0, 0, 0, 1], [0, 0, 0, 0, 1, 1, 0, 1]],
-    "negative": [["triangle", "circle", "diamond", "cross", "square", "square", "triangle", "diamond"],
-                 ["cross", "circle", "triangle", "circle", "square", "cross", "diamond", "cross"],
-                 ["cross", "star", "diamond", "square", "star", "cross", "triangle", "star"]],
+    "negative": [
+        ["triangle", "circle", "diamond", "cross", "square", "square", "triangle", "diamond"],
+        ["cross", "circle", "triangle", "circle", "square", "cross", "diamond", "cross"],
+        ["cross", "star", "diamond", "square", "star", "cross", "triangle", "star"],
+    ],
 }
 
 
@@ -176,10 +211,23 @@ def test_shapes_batches_are_unchanged(data_dir, tok):
     recorded run can be reproduced; the draws are compared with ``RECORDED``. What each row must be, whatever
     was drawn, is asserted directly: its record's label, its record's image or its mirror image, one of its
     record's captions (mirrored with the image), and a negative one shape word away from that caption."""
-    cfg = ml_collections.ConfigDict(dict(name="shapes", data_dir=data_dir, seed=0, image_size=64, max_len=32,
-                                         flip_prob=0.5, worker_count=0, caption_sampling="random",
-                                         hard_negatives=True, **SIZES))
-    it = iter(pipeline.train_loader(cfg, tokenizer=tok, global_batch_size=8, seed=0, shard_index=0, shard_count=1))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            name="shapes",
+            data_dir=data_dir,
+            seed=0,
+            image_size=64,
+            max_len=32,
+            flip_prob=0.5,
+            worker_count=0,
+            caption_sampling="random",
+            hard_negatives=True,
+            **SIZES,
+        )
+    )
+    it = iter(
+        pipeline.train_loader(cfg, tokenizer=tok, global_batch_size=8, seed=0, shard_index=0, shard_count=1)
+    )
     batches = [next(it) for _ in range(3)]
     full = pipeline.load_split(cfg, "train", tokenizer=tok)
     drawn = {key: [] for key in RECORDED}
@@ -195,8 +243,12 @@ def test_shapes_batches_are_unchanged(data_dir, tok):
             changed = [(a, n) for a, n in zip(caption.split(), negative.split()) if a != n]
             assert len(negative.split()) == len(caption.split()) and len(changed) == 1, (caption, negative)
             assert changed[0][0] in shapes.SHAPES and changed[0][1] in shapes.SHAPES, changed
-            for key, value in (("id", int(i)), ("caption", captions.index(caption)),
-                               ("mirrored", int(mirrored)), ("negative", changed[0][1])):
+            for key, value in (
+                ("id", int(i)),
+                ("caption", captions.index(caption)),
+                ("mirrored", int(mirrored)),
+                ("negative", changed[0][1]),
+            ):
                 row[key].append(value)
         for key in RECORDED:
             drawn[key].append(row[key])

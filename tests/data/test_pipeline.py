@@ -13,16 +13,34 @@ SIZES = dict(num_train=64, num_validation=16, num_test=16)
 
 
 def _cfg(data_dir, **overrides):
-    cfg = dict(name="shapes", data_dir=data_dir, seed=0, image_size=64, max_len=32, flip_prob=0.5,
-               worker_count=0, worker_buffer_size=None, caption_sampling="random", **SIZES)
+    cfg = dict(
+        name="shapes",
+        data_dir=data_dir,
+        seed=0,
+        image_size=64,
+        max_len=32,
+        flip_prob=0.5,
+        worker_count=0,
+        worker_buffer_size=None,
+        caption_sampling="random",
+        **SIZES,
+    )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
 
 
 def _batches(cfg, tok, n, *, seed=0, batch=16, **kwargs):
-    it = iter(pipeline.train_loader(cfg, tokenizer=tok, global_batch_size=batch, seed=seed,
-                                    shard_index=kwargs.pop("shard_index", 0),
-                                    shard_count=kwargs.pop("shard_count", 1), **kwargs))
+    it = iter(
+        pipeline.train_loader(
+            cfg,
+            tokenizer=tok,
+            global_batch_size=batch,
+            seed=seed,
+            shard_index=kwargs.pop("shard_index", 0),
+            shard_count=kwargs.pop("shard_count", 1),
+            **kwargs,
+        )
+    )
     return [next(it) for _ in range(n)]
 
 
@@ -68,20 +86,33 @@ def test_same_seed_same_batches_and_new_order_each_epoch(data_dir, tok):
     a = _batches(cfg, tok, 8, seed=3)
     _assert_same(a, _batches(cfg, tok, 8, seed=3))
     other = _batches(cfg, tok, 4, seed=4)
-    assert not np.array_equal(np.concatenate([b["id"] for b in a[:4]]), np.concatenate([b["id"] for b in other]))
-    epoch1, epoch2 = (np.concatenate([b["id"] for b in a[k:k + 4]]) for k in (0, 4))
+    assert not np.array_equal(
+        np.concatenate([b["id"] for b in a[:4]]), np.concatenate([b["id"] for b in other])
+    )
+    epoch1, epoch2 = (np.concatenate([b["id"] for b in a[k : k + 4]]) for k in (0, 4))
     assert sorted(epoch1) == sorted(epoch2) == list(range(64)) and not np.array_equal(epoch1, epoch2)
 
 
 def test_num_epochs_ends_iteration(data_dir, tok):
-    it = iter(pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=16, seed=0,
-                                    shard_index=0, shard_count=1, num_epochs=2))
+    it = iter(
+        pipeline.train_loader(
+            _cfg(data_dir),
+            tokenizer=tok,
+            global_batch_size=16,
+            seed=0,
+            shard_index=0,
+            shard_count=1,
+            num_epochs=2,
+        )
+    )
     assert len(list(it)) == 8
 
 
 def test_shards_are_disjoint(data_dir, tok):
     cfg = _cfg(data_dir)
-    ids = [np.concatenate([b["id"] for b in _batches(cfg, tok, 4, shard_index=i, shard_count=2)]) for i in (0, 1)]
+    ids = [
+        np.concatenate([b["id"] for b in _batches(cfg, tok, 4, shard_index=i, shard_count=2)]) for i in (0, 1)
+    ]
     assert ids[0].shape == (32,) and set(ids[0]).isdisjoint(ids[1]) and len(set(ids[0]) | set(ids[1])) == 64
 
 
@@ -92,26 +123,44 @@ def test_process_batches_concatenate_to_the_global_batch(data_dir, tok):
     want = _batches(cfg, tok, 5, seed=2)  # 5 x 16 rows: into the second epoch of 64
     for n in (2, 4):
         shards = [_batches(cfg, tok, 5, seed=2, shard_index=p, shard_count=n) for p in range(n)]
-        _assert_same(want, [{k: np.concatenate([s[t][k] for s in shards]) for k in want[t]} for t in range(5)])
+        _assert_same(
+            want, [{k: np.concatenate([s[t][k] for s in shards]) for k in want[t]} for t in range(5)]
+        )
 
 
 def test_shards_end_together(data_dir, tok):
     """With a finite number of epochs every process gets as many batches as one process would."""
-    counts = [len(list(pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=24, seed=0,
-                                             shard_index=p, shard_count=n, num_epochs=1)))
-              for n in (1, 2) for p in range(n)]
+    counts = [
+        len(
+            list(
+                pipeline.train_loader(
+                    _cfg(data_dir),
+                    tokenizer=tok,
+                    global_batch_size=24,
+                    seed=0,
+                    shard_index=p,
+                    shard_count=n,
+                    num_epochs=1,
+                )
+            )
+        )
+        for n in (1, 2)
+        for p in range(n)
+    ]
     assert counts == [2, 2, 2]
 
 
 def test_batch_not_divisible_by_shards(data_dir, tok):
     with pytest.raises(ValueError, match=r"global batch size 10 .* 4"):
-        pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=10, seed=0,
-                              shard_index=0, shard_count=4)
+        pipeline.train_loader(
+            _cfg(data_dir), tokenizer=tok, global_batch_size=10, seed=0, shard_index=0, shard_count=4
+        )
 
 
 def test_state_restore_resumes_exactly(data_dir, tok):
-    loader = pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=8, seed=1,
-                                   shard_index=0, shard_count=1)
+    loader = pipeline.train_loader(
+        _cfg(data_dir), tokenizer=tok, global_batch_size=8, seed=1, shard_index=0, shard_count=1
+    )
     it = iter(loader)
     for _ in range(3):
         next(it)
@@ -123,8 +172,9 @@ def test_state_restore_resumes_exactly(data_dir, tok):
 
 
 def test_orbax_checkpoint_of_iterator(data_dir, tok, tmp_path):
-    loader = pipeline.train_loader(_cfg(data_dir), tokenizer=tok, global_batch_size=8, seed=1,
-                                   shard_index=0, shard_count=1)
+    loader = pipeline.train_loader(
+        _cfg(data_dir), tokenizer=tok, global_batch_size=8, seed=1, shard_index=0, shard_count=1
+    )
     it = iter(loader)
     next(it)
     with ocp.CheckpointManager(str(tmp_path / "ckpt")) as manager:
@@ -143,8 +193,11 @@ def test_flip_keeps_caption_consistent(data_dir, tok):
         (batch,) = _batches(cfg, tok, 1, batch=32)
         for i, image, text in zip(batch["id"], batch["image"], batch["text"]):
             caption = full["caption"][i]
-            want_image, want_text = (np.fliplr(full["image"][i]), shapes.flip_text(caption)) if flip_prob else \
-                (full["image"][i], caption)
+            want_image, want_text = (
+                (np.fliplr(full["image"][i]), shapes.flip_text(caption))
+                if flip_prob
+                else (full["image"][i], caption)
+            )
             np.testing.assert_array_equal(image, want_image)
             assert tok.decode(text) == want_text
     assert "left" in caption or "right" in caption or "center" in caption or "middle" in caption
@@ -160,8 +213,16 @@ def test_random_caption_sampling_uses_all_captions(data_dir, tok):
 
 def test_workers_give_the_same_batches(data_dir, tok):
     want = _batches(_cfg(data_dir), tok, 3, seed=2)
-    it = iter(pipeline.train_loader(_cfg(data_dir, worker_count=2), tokenizer=tok, global_batch_size=16,
-                                    seed=2, shard_index=0, shard_count=1))
+    it = iter(
+        pipeline.train_loader(
+            _cfg(data_dir, worker_count=2),
+            tokenizer=tok,
+            global_batch_size=16,
+            seed=2,
+            shard_index=0,
+            shard_count=1,
+        )
+    )
     try:
         _assert_same(want, [next(it) for _ in range(3)])
     finally:
@@ -177,7 +238,9 @@ def test_load_split(data_dir, tok):
     assert len(d["questions"]) == len(d["answers"]) == len(d["question_types"]) == 10
     assert d["class_names"] == shapes.CLASS_NAMES == pipeline.class_names(_cfg(data_dir))
     assert all(shapes.is_held_out(*d["class_names"][label].split()) for label in d["label"])
-    np.testing.assert_array_equal(pipeline.denormalize(d["image"][0]), shapes.generate_example(0, "test", 0)["image"])
+    np.testing.assert_array_equal(
+        pipeline.denormalize(d["image"][0]), shapes.generate_example(0, "test", 0)["image"]
+    )
 
 
 def test_bad_names(data_dir, tok):
@@ -211,7 +274,11 @@ def test_short_caption_prob_picks_the_main_object_caption(data_dir, tok):
         assert tok.decode(text) == full["captions"][i][shapes.SHORT_CAPTION]
     # part of the time: both kinds occur; at 0 the batches are the default's, draw for draw
     half = _batches(_cfg(data_dir, flip_prob=0.0, short_caption_prob=0.5), tok, 4)
-    short = [tok.decode(t) == full["captions"][i][shapes.SHORT_CAPTION] for b in half for i, t in zip(b["id"], b["text"])]
+    short = [
+        tok.decode(t) == full["captions"][i][shapes.SHORT_CAPTION]
+        for b in half
+        for i, t in zip(b["id"], b["text"])
+    ]
     assert 0.35 < np.mean(short) < 0.85  # 0.5 + 0.5 / 6 expected
     _assert_same(_batches(_cfg(data_dir, short_caption_prob=0.0), tok, 2), _batches(_cfg(data_dir), tok, 2))
     with pytest.raises(ValueError, match=r"short_caption_prob=1.5 is not a probability"):

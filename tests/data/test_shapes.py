@@ -30,8 +30,10 @@ def test_determinism():
     assert a["image"].tobytes() == b["image"].tobytes()
     assert a["captions"] == b["captions"] and a["questions"] == b["questions"]
     other = [S.generate_example(1, "train", i) for i in range(5)]
-    assert any(o["image"].tobytes() != S.generate_example(0, "train", i)["image"].tobytes()
-               for i, o in enumerate(other))
+    assert any(
+        o["image"].tobytes() != S.generate_example(0, "train", i)["image"].tobytes()
+        for i, o in enumerate(other)
+    )
     assert S.generate_example(0, "train", 7, image_size=32)["image"].shape == (32, 32, 3)
 
 
@@ -90,10 +92,15 @@ def test_questions_answered_correctly_on_hand_checked_scene():
     blue_square = S.Obj(colour=2, shape=1, size=0, row=2, col=2, x=50, y=50, px=10)
     scene = S.Scene((red_circle, blue_square), background=0, bg_kind=0, bg_seed=0, image_size=64)
     expected = {
-        "what colour is the circle?": "red", "what colour is the square?": "blue",
-        "what colour is the biggest object?": "red", "what shape is the red object?": "circle",
-        "what shape is the blue object?": "square", "what shape is the biggest object?": "circle",
-        "how many objects are there?": "two", "is there a red circle?": "yes", "is there a blue square?": "yes",
+        "what colour is the circle?": "red",
+        "what colour is the square?": "blue",
+        "what colour is the biggest object?": "red",
+        "what shape is the red object?": "circle",
+        "what shape is the blue object?": "square",
+        "what shape is the biggest object?": "circle",
+        "how many objects are there?": "two",
+        "is there a red circle?": "yes",
+        "is there a blue square?": "yes",
         "is the red circle to the left of the blue square?": "yes",
         "is the red circle to the right of the blue square?": "no",
         "is the blue square to the left of the red circle?": "no",
@@ -110,8 +117,9 @@ def test_questions_answered_correctly_on_hand_checked_scene():
                 assert expected[q] == a, q
             asked.add(q)
     assert len(asked & set(expected)) >= 10
-    assert S.canonical_caption(scene) == ("a large red circle in the top left and a small blue square in the "
-                                          "bottom right on a grey background")
+    assert S.canonical_caption(scene) == (
+        "a large red circle in the top left and a small blue square in the bottom right on a grey background"
+    )
 
 
 def test_exists_balanced_and_position_not_degenerate(train_examples):
@@ -130,15 +138,23 @@ def test_flip_consistency(index):
     np.testing.assert_array_equal(S.render(flipped), np.fliplr(S.render(scene)))
     assert S.flip_scene(flipped) == scene
     assert S.canonical_caption(flipped) == S.flip_text(S.canonical_caption(scene))
-    caps, caps_flipped = S.captions(scene, np.random.default_rng(index)), S.captions(flipped, np.random.default_rng(index))
+    caps, caps_flipped = (
+        S.captions(scene, np.random.default_rng(index)),
+        S.captions(flipped, np.random.default_rng(index)),
+    )
     assert caps_flipped == [S.flip_text(c) for c in caps]
-    (q, a, _), (qf, af, _) = S.questions(scene, np.random.default_rng(index)), S.questions(flipped, np.random.default_rng(index))
+    (q, a, _), (qf, af, _) = (
+        S.questions(scene, np.random.default_rng(index)),
+        S.questions(flipped, np.random.default_rng(index)),
+    )
     assert qf == [S.flip_text(x) for x in q] and af == a
 
 
 def test_flip_text():
-    assert S.flip_text("a red circle in the top left to the right of a star?") == \
-        "a red circle in the top right to the left of a star?"
+    assert (
+        S.flip_text("a red circle in the top left to the right of a star?")
+        == "a red circle in the top right to the left of a star?"
+    )
 
 
 def test_bad_split():
@@ -179,6 +195,9 @@ def test_twin_changes_only_the_main_objects_shape_to_a_seen_pair():
         changed = np.argwhere((a != b).any(-1))  # pixels change only inside the main object's box
         assert len(changed) and (changed.min(0) >= (main.y, main.x)).all()
         assert (changed.max(0) < (main.y + main.px, main.x + main.px)).all()
-        words = [(x, y) for x, y in zip(S.canonical_caption(scene).split(), S.canonical_caption(twin).split())
-                 if x != y]
+        words = [
+            (x, y)
+            for x, y in zip(S.canonical_caption(scene).split(), S.canonical_caption(twin).split())
+            if x != y
+        ]
         assert words == [(S.SHAPES[main.shape], S.SHAPES[new.shape])]

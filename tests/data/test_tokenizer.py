@@ -31,17 +31,30 @@ def test_word_vocab_is_deterministic_with_specials_first(words):
     assert words.itos[:4] == ["[PAD]", "[BOS]", "[EOT]", "[UNK]"]
     assert (words.pad_id, words.bos_id, words.eot_id, words.unk_id) == (0, 1, 2, 3)
     assert words.itos == WordTokenizer.for_shapes().itos and words.vocab_size == len(words.itos)
-    assert words.itos[4:words.image_id] == sorted(words.itos[4:words.image_id])
+    assert words.itos[4 : words.image_id] == sorted(words.itos[4 : words.image_id])
 
 
 def test_vlm_specials_and_late_words_come_last_and_change_no_existing_id(words):
     # The ids as they were before IMG and SEP existed (a CLIP model trained on them must keep working),
     # then IMG and SEP as they were before the two-image words existed (the fusion runs' ids).
     before = ["[PAD]", "[BOS]", "[EOT]", "[UNK]"] + sorted(shapes.vocabulary())
-    assert words.itos == before + ["[IMG]", "[SEP]", "first", "second"] and words.vocab_size == len(before) + 4
+    assert (
+        words.itos == before + ["[IMG]", "[SEP]", "first", "second"] and words.vocab_size == len(before) + 4
+    )
     assert (words.image_id, words.sep_id) == (len(before), len(before) + 1) == (65, 66)
-    assert words.encode("in the second image") == [words.stoi["in"], words.stoi["the"], 68, words.stoi["image"]]
-    assert WordTokenizer(["b", "a", "first"], late_words=["first"]).itos[4:] == ["a", "b", "[IMG]", "[SEP]", "first"]
+    assert words.encode("in the second image") == [
+        words.stoi["in"],
+        words.stoi["the"],
+        68,
+        words.stoi["image"],
+    ]
+    assert WordTokenizer(["b", "a", "first"], late_words=["first"]).itos[4:] == [
+        "a",
+        "b",
+        "[IMG]",
+        "[SEP]",
+        "first",
+    ]
     tok = ByteTokenizer()
     assert (tok.image_id, tok.sep_id, tok.vocab_size) == (259, 260, 261)
     assert tok.encode("a\u00ff") == [ord("a") + 3, 0xC3 + 3, 0xBF + 3]  # byte ids unchanged
@@ -49,8 +62,16 @@ def test_vlm_specials_and_late_words_come_last_and_change_no_existing_id(words):
 
 @pytest.mark.parametrize("tok", [WordTokenizer.for_shapes(), ByteTokenizer()], ids=["words", "bytes"])
 def test_vlm_specials_are_dropped_by_decode_and_never_encoded(tok):
-    ids = [tok.bos_id, tok.image_id, tok.image_id, *tok.encode("what colour"), tok.sep_id,
-           *tok.encode("red"), tok.eot_id, tok.pad_id]
+    ids = [
+        tok.bos_id,
+        tok.image_id,
+        tok.image_id,
+        *tok.encode("what colour"),
+        tok.sep_id,
+        *tok.encode("red"),
+        tok.eot_id,
+        tok.pad_id,
+    ]
     assert tok.decode(ids) == ("what colour red" if isinstance(tok, WordTokenizer) else "what colourred")
     for text in ["[IMG] [SEP]", "[img]", *_all_texts(5)]:
         assert not {tok.image_id, tok.sep_id} & set(tok.encode(text))
@@ -73,7 +94,7 @@ def test_tokenize_layout_and_truncation(tok):
     assert out[1, -1] == tok.eot_id and (out[1] != tok.pad_id).all()
     for row in out:
         eot = int(np.argmax(row == tok.eot_id))
-        assert (row[eot + 1:] == tok.pad_id).all() and (row[1:eot] != tok.pad_id).all()
+        assert (row[eot + 1 :] == tok.pad_id).all() and (row[1:eot] != tok.pad_id).all()
     assert tok.decode(out[0]) == "a red circle"
     np.testing.assert_array_equal(tok.tokenize(["a red circle"], 16), out[:1])
 
@@ -102,6 +123,11 @@ def test_get_tokenizer():
 
 def test_canonical_captions_fit_default_max_len(words):
     # The longest canonical caption (3 objects, "top left"-style positions) is 30 words + BOS + EOT.
-    texts = [c for split in shapes.SPLITS for i in range(200) for c in shapes.generate_example(0, split, i)["captions"]]
+    texts = [
+        c
+        for split in shapes.SPLITS
+        for i in range(200)
+        for c in shapes.generate_example(0, split, i)["captions"]
+    ]
     _, truncated = words.tokenize(texts, 32, return_truncated=True)
     assert not truncated.any()

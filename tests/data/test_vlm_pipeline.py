@@ -15,23 +15,41 @@ def full(data_dir, tok):
 
 
 def _cfg(data_dir, **overrides):
-    cfg = dict(name="shapes", data_dir=data_dir, seed=0, image_size=64, max_len=48, flip_prob=0.5,
-               worker_count=0, caption_prompt="what is in the image", caption_prob=0.3,
-               caption_sampling="canonical", **SIZES)
+    cfg = dict(
+        name="shapes",
+        data_dir=data_dir,
+        seed=0,
+        image_size=64,
+        max_len=48,
+        flip_prob=0.5,
+        worker_count=0,
+        caption_prompt="what is in the image",
+        caption_prob=0.3,
+        caption_sampling="canonical",
+        **SIZES,
+    )
     cfg.update(overrides)
     return ml_collections.ConfigDict(cfg)
 
 
 def _batches(cfg, tok, n, *, seed=0, batch=16):
-    it = iter(pipeline.train_loader(cfg, global_batch_size=batch, seed=seed, shard_index=0, shard_count=1,
-                                    preprocess=pipeline.vlm_preprocess(cfg, tok, N_IMG)))
+    it = iter(
+        pipeline.train_loader(
+            cfg,
+            global_batch_size=batch,
+            seed=seed,
+            shard_index=0,
+            shard_count=1,
+            preprocess=pipeline.vlm_preprocess(cfg, tok, N_IMG),
+        )
+    )
     return [next(it) for _ in range(n)]
 
 
 def _split(tok, row):
     """(prompt, answer) texts of one encoded row."""
     sep = int(np.flatnonzero(row == tok.sep_id)[0])
-    return tok.decode(row[:sep]), tok.decode(row[sep + 1:])
+    return tok.decode(row[:sep]), tok.decode(row[sep + 1 :])
 
 
 def _rows(batches):
@@ -43,8 +61,20 @@ def _rows(batches):
 def test_encode_vlm_layout(tok):
     ids, truncated = pipeline.encode_vlm(tok, 3, "What colour is the star?", "red", max_len=14)
     s = tok.stoi
-    want = [tok.bos_id, *[tok.image_id] * 3, s["what"], s["colour"], s["is"], s["the"], s["star"], tok.sep_id,
-            s["red"], tok.eot_id, tok.pad_id, tok.pad_id]
+    want = [
+        tok.bos_id,
+        *[tok.image_id] * 3,
+        s["what"],
+        s["colour"],
+        s["is"],
+        s["the"],
+        s["star"],
+        tok.sep_id,
+        s["red"],
+        tok.eot_id,
+        tok.pad_id,
+        tok.pad_id,
+    ]
     assert ids.dtype == np.int32 and ids.tolist() == want and not truncated
     assert _split(tok, ids) == ("what colour is the star", "red")
 
@@ -60,8 +90,11 @@ def test_encode_vlm_truncates_the_answer_but_keeps_eot(tok):
 
 
 def test_encode_vlm_prompt_too_long(tok):
-    with pytest.raises(ValueError, match=r"max_len=9: 2 image tokens \+ 5 prompt tokens \+ 3 specials = 10; "
-                                         r"raise data.max_len"):
+    with pytest.raises(
+        ValueError,
+        match=r"max_len=9: 2 image tokens \+ 5 prompt tokens \+ 3 specials = 10; "
+        r"raise data.max_len",
+    ):
         pipeline.encode_vlm(tok, 2, "what is in the image", "red", max_len=9)
     with pytest.raises(ValueError, match=r"max_len=8: .* = 9; raise data.max_len"):
         pipeline.encode_vlm(tok, 2, "what is in the image", None, max_len=8)
@@ -72,9 +105,14 @@ def test_encode_vlm_prompt_too_long(tok):
 def test_generation_prompt(tok):
     ids, truncated = pipeline.encode_vlm(tok, 3, "how many objects are there?", None, max_len=32)
     assert ids.dtype == np.int32 and not truncated
-    assert ids.tolist() == [tok.bos_id, *[tok.image_id] * 3, *tok.encode("how many objects are there"), tok.sep_id]
+    assert ids.tolist() == [
+        tok.bos_id,
+        *[tok.image_id] * 3,
+        *tok.encode("how many objects are there"),
+        tok.sep_id,
+    ]
     answered, _ = pipeline.encode_vlm(tok, 3, "how many objects are there?", "two", max_len=32)
-    np.testing.assert_array_equal(answered[:len(ids)], ids)  # the training row starts with the prompt
+    np.testing.assert_array_equal(answered[: len(ids)], ids)  # the training row starts with the prompt
 
 
 # ---------------------------------------------------------------------------------------------- loader
@@ -83,9 +121,11 @@ def test_vlm_batch_layout(data_dir, tok):
     assert set(batch) == {"image", "tokens", "kind", "id", "truncated"}
     assert batch["image"].dtype == np.float32 and batch["image"].shape == (16, 64, 64, 3)
     assert batch["tokens"].dtype == np.int32 and batch["tokens"].shape == (16, 48)
-    assert batch["kind"].dtype == np.int32 and batch["id"].dtype == np.int32 and batch["truncated"].dtype == bool
+    assert (
+        batch["kind"].dtype == np.int32 and batch["id"].dtype == np.int32 and batch["truncated"].dtype == bool
+    )
     tokens = batch["tokens"]
-    assert (tokens[:, 0] == tok.bos_id).all() and (tokens[:, 1:N_IMG + 1] == tok.image_id).all()
+    assert (tokens[:, 0] == tok.bos_id).all() and (tokens[:, 1 : N_IMG + 1] == tok.image_id).all()
     assert ((tokens == tok.image_id).sum(1) == N_IMG).all() and ((tokens == tok.sep_id).sum(1) == 1).all()
     assert ((tokens == tok.eot_id).sum(1) == 1).all() and not batch["truncated"].any()
     assert set(batch["kind"].tolist()) <= {0, 1}
@@ -109,19 +149,50 @@ def test_vqa_examples_ask_a_question_of_the_record_consistently_flipped(data_dir
     for i, image, tokens, kind in _rows(_batches(_cfg(data_dir, caption_prob=0.0), tok, 4)):
         assert kind == 1
         pairs = set(zip(map(WordTokenizer.normalize, full["questions"][i]), full["answers"][i]))
-        plain, mirrored = np.array_equal(image, full["image"][i]), np.array_equal(image, np.fliplr(full["image"][i]))
-        allowed = (pairs if plain else set()) | ({(shapes.flip_text(q), a) for q, a in pairs} if mirrored else set())
+        plain, mirrored = (
+            np.array_equal(image, full["image"][i]),
+            np.array_equal(image, np.fliplr(full["image"][i])),
+        )
+        allowed = (pairs if plain else set()) | (
+            {(shapes.flip_text(q), a) for q, a in pairs} if mirrored else set()
+        )
         assert _split(tok, tokens) in allowed
         seen.add((plain, mirrored))
     assert {(True, False), (False, True)} <= seen  # flip_prob 0.5: some rows flipped, some not
 
 
 def test_encode_vlm_more_turns_adds_whole_turns_only(tok):
-    ids, truncated = pipeline.encode_vlm(tok, 2, "what colour is the star", "red", 24,
-                                         [("how many objects are there", "two"), ("is there a red circle", "no")])
+    ids, truncated = pipeline.encode_vlm(
+        tok,
+        2,
+        "what colour is the star",
+        "red",
+        24,
+        [("how many objects are there", "two"), ("is there a red circle", "no")],
+    )
     words = [tok.itos[i] for i in ids]
-    assert words[3:] == ["what", "colour", "is", "the", "star", "[SEP]", "red", "[EOT]", "how", "many", "objects",
-                         "are", "there", "[SEP]", "two", "[EOT]"] + ["[PAD]"] * 5
+    assert (
+        words[3:]
+        == [
+            "what",
+            "colour",
+            "is",
+            "the",
+            "star",
+            "[SEP]",
+            "red",
+            "[EOT]",
+            "how",
+            "many",
+            "objects",
+            "are",
+            "there",
+            "[SEP]",
+            "two",
+            "[EOT]",
+        ]
+        + ["[PAD]"] * 5
+    )
     assert not truncated  # the third turn (8 tokens) does not fit in the 5 left: left out, not cut
 
 
@@ -131,7 +202,9 @@ def test_vqa_turns_are_distinct_questions_of_the_record(data_dir, tok, full):
         seps, eots = np.flatnonzero(tokens == tok.sep_id), np.flatnonzero(tokens == tok.eot_id)
         assert len(seps) == len(eots) == len(full["questions"][i])  # every question fits in 96 tokens
         starts = [1 + N_IMG] + list(eots[:-1] + 1)
-        turns = [(tok.decode(tokens[a:s]), tok.decode(tokens[s + 1:e])) for a, s, e in zip(starts, seps, eots)]
+        turns = [
+            (tok.decode(tokens[a:s]), tok.decode(tokens[s + 1 : e])) for a, s, e in zip(starts, seps, eots)
+        ]
         pairs = list(zip(map(WordTokenizer.normalize, full["questions"][i]), full["answers"][i]))
         assert sorted(turns) == sorted(pairs)
 
@@ -163,7 +236,9 @@ def test_about_image_names_one_of_two_images():
 
 def test_pair_partners_are_fixed_and_never_the_example_itself():
     p = pipeline.pair_partners(64)
-    assert p.shape == (64,) and not np.any(p == np.arange(64)) and np.array_equal(p, pipeline.pair_partners(64))
+    assert (
+        p.shape == (64,) and not np.any(p == np.arange(64)) and np.array_equal(p, pipeline.pair_partners(64))
+    )
     assert len(set(p.tolist())) > 32  # spread over the split, not one fixed offset
     with pytest.raises(ValueError, match="at least 2 examples"):
         pipeline.pair_partners(1)
@@ -181,10 +256,15 @@ def test_pair_rows_ask_about_the_image_they_name(data_dir, tok, full):
         for asked_id, image, tokens, kind in zip(b["id"], b["image"], b["tokens"], b["kind"]):
             assert (tokens == tok.image_id).sum() == N_IMG
             # which pair is it? the one whose images these are, plain or mirrored
-            first = [i for i in range(len(partners)) for f in (False, True)
-                     if np.array_equal(image[0], np.flip(full["image"][i], 1) if f else full["image"][i])
-                     and np.array_equal(image[1], np.flip(full["image"][partners[i]], 1) if f else
-                                        full["image"][partners[i]])]
+            first = [
+                i
+                for i in range(len(partners))
+                for f in (False, True)
+                if np.array_equal(image[0], np.flip(full["image"][i], 1) if f else full["image"][i])
+                and np.array_equal(
+                    image[1], np.flip(full["image"][partners[i]], 1) if f else full["image"][partners[i]]
+                )
+            ]
             assert len(first) == 1
             pair = (first[0], int(partners[first[0]]))
             flipped = not np.array_equal(image[0], full["image"][pair[0]])
@@ -192,19 +272,26 @@ def test_pair_rows_ask_about_the_image_they_name(data_dir, tok, full):
             seps, eots = np.flatnonzero(tokens == tok.sep_id), np.flatnonzero(tokens == tok.eot_id)
             starts = [1 + N_IMG] + list(eots[:-1] + 1)
             for t, (a, s, e) in enumerate(zip(starts, seps, eots)):
-                prompt, answer = tok.decode(tokens[a:s]), tok.decode(tokens[s + 1:e])
+                prompt, answer = tok.decode(tokens[a:s]), tok.decode(tokens[s + 1 : e])
                 k = 0 if "first image" in prompt else 1
-                assert f"{shapes.ORDINALS[k]} image" in prompt and f"{shapes.ORDINALS[1 - k]} image" not in prompt
+                assert (
+                    f"{shapes.ORDINALS[k]} image" in prompt
+                    and f"{shapes.ORDINALS[1 - k]} image" not in prompt
+                )
                 rec = pair[k]
                 if t == 0:
                     assert rec == asked_id
                     seen_which.add(k)
                 if kind == 0 and t == 0:
                     assert prompt == shapes.about_image("what is in the image", k)
-                    assert answer == (shapes.flip_text(full["caption"][rec]) if flipped else full["caption"][rec])
+                    assert answer == (
+                        shapes.flip_text(full["caption"][rec]) if flipped else full["caption"][rec]
+                    )
                 else:
-                    qa = {(shapes.about_image(WordTokenizer.normalize(q), k), a)
-                          for q, a in zip(full["questions"][rec], full["answers"][rec])}
+                    qa = {
+                        (shapes.about_image(WordTokenizer.normalize(q), k), a)
+                        for q, a in zip(full["questions"][rec], full["answers"][rec])
+                    }
                     if flipped:
                         qa = {(shapes.flip_text(q), shapes.flip_text(a)) for q, a in qa}
                     assert (prompt, answer) in qa
@@ -217,7 +304,9 @@ def test_load_pairs(data_dir, tok, full):
     data = pipeline.load_pairs(cfg, "train", tokenizer=tok, max_examples=10)
     single = pipeline.load_split(cfg, "train", tokenizer=tok, max_examples=10)
     p = pipeline.pair_partners(10)
-    assert data["image"].shape == (10, 2, 64, 64, 3) and data["pairs"].tolist() == [[i, p[i]] for i in range(10)]
+    assert data["image"].shape == (10, 2, 64, 64, 3) and data["pairs"].tolist() == [
+        [i, p[i]] for i in range(10)
+    ]
     for i in range(10):
         np.testing.assert_array_equal(data["image"][i, 1], single["image"][p[i]])
         k = i % 2

@@ -19,9 +19,10 @@ def test_topk_ties_count_against_the_label():
 
 def test_class_embeddings_average_templates():
     table = {"a x": [1.0, 0.0], "the x": [0.0, 1.0], "a y": [0.0, 1.0], "the y": [0.0, 1.0]}
-    emb = zero_shot.class_embeddings(lambda t: np.array([table[s] for s in t]), lambda s: list(s), ["x", "y"],
-                                     ["a {}", "the {}"])
-    np.testing.assert_allclose(emb, [[0.5 ** 0.5, 0.5 ** 0.5], [0.0, 1.0]], atol=1e-6)
+    emb = zero_shot.class_embeddings(
+        lambda t: np.array([table[s] for s in t]), lambda s: list(s), ["x", "y"], ["a {}", "the {}"]
+    )
+    np.testing.assert_allclose(emb, [[0.5**0.5, 0.5**0.5], [0.0, 1.0]], atol=1e-6)
 
 
 def test_retrieval_known_answer():
@@ -57,4 +58,6 @@ def test_zero_shot_per_attribute_accuracy():
     logits = np.eye(4)[[0, 0, 3, 1]]
     out = zero_shot_metrics(logits, labels, names)
     assert out["top1"] == 0.25 and out["colour_accuracy"] == 0.75 and out["shape_accuracy"] == 0.5
-    assert "colour_accuracy" not in zero_shot_metrics(logits, labels, ["a", "b", "c", "d"])  # not "colour shape" names
+    assert "colour_accuracy" not in zero_shot_metrics(
+        logits, labels, ["a", "b", "c", "d"]
+    )  # not "colour shape" names

@@ -18,7 +18,10 @@ def _scene_objects(example) -> set[tuple[str, str]]:
 def test_bleu_identical_text_is_one():
     text = "a large red circle in the top left and a small blue square in the center on a grey background"
     assert bleu([text], [[text]]) == 1.0
-    assert bleu([text, "a blue star on a teal background"], [[text], ["a blue star on a teal background"]]) == 1.0
+    assert (
+        bleu([text, "a blue star on a teal background"], [[text], ["a blue star on a teal background"]])
+        == 1.0
+    )
 
 
 def test_bleu_hand_computed_corpus():
@@ -28,17 +31,18 @@ def test_bleu_hand_computed_corpus():
     # Pair 2 (c=3, r=3): 1-grams 2/3; 2-grams 1/2; 3-grams 0/1; 4-grams 0/0.
     # Corpus sums: p1 = 9/10, p2 = 6/8, p3 = 4/6, p4 = 3/4; product = 27/80 = 0.3375.
     # BP = exp(1 - r/c) = exp(1 - 11/10) = exp(-0.1).  BLEU = exp(-0.1) * 0.3375 ** 0.25 = 0.68967...
-    expected = math.exp(-0.1) * 0.3375 ** 0.25
+    expected = math.exp(-0.1) * 0.3375**0.25
     assert bleu(hyps, refs) == pytest.approx(expected, abs=1e-9)
     assert bleu(hyps, refs) == pytest.approx(0.6896663, abs=1e-6)
     # Pair 1 alone: product 1 * 5/6 * 4/5 * 3/4 = 1/2, BP = exp(1 - 8/7).
-    assert bleu(hyps[:1], refs[:1]) == pytest.approx(math.exp(-1 / 7) * 0.5 ** 0.25, abs=1e-9)
+    assert bleu(hyps[:1], refs[:1]) == pytest.approx(math.exp(-1 / 7) * 0.5**0.25, abs=1e-9)
 
 
 def test_bleu_brevity_penalty():
     # Every n-gram matches (precisions 1), but c = 5 < r = 7: BLEU = BP = exp(1 - 7/5).
     assert bleu(["a red circle on a"], [["a red circle on a grey background"]]) == pytest.approx(
-        math.exp(-0.4), abs=1e-12)
+        math.exp(-0.4), abs=1e-12
+    )
 
 
 def test_bleu_clips_repeated_words():
@@ -113,8 +117,15 @@ def test_vqa_metrics_per_type():
     answers = ["red", "square", "two", "yes", "yes", "yes"]
     types = ["colour", "shape", "count", "exists", "exists", "position"]
     m = vqa.vqa_metrics(predictions, answers, types)
-    assert m == {"vqa_accuracy": 4 / 6, "vqa_questions": 6, "vqa_accuracy_colour": 1.0, "vqa_accuracy_count": 1.0,
-                 "vqa_accuracy_exists": 0.5, "vqa_accuracy_position": 1.0, "vqa_accuracy_shape": 0.0}
+    assert m == {
+        "vqa_accuracy": 4 / 6,
+        "vqa_questions": 6,
+        "vqa_accuracy_colour": 1.0,
+        "vqa_accuracy_count": 1.0,
+        "vqa_accuracy_exists": 0.5,
+        "vqa_accuracy_position": 1.0,
+        "vqa_accuracy_shape": 0.0,
+    }
     with pytest.raises(ValueError, match="at least one question"):
         vqa.vqa_metrics([], [], [])
 
@@ -123,8 +134,14 @@ def test_vqa_metrics_per_type():
 def test_vlm_grid_writes_png(tmp_path, n):
     examples = [shapes.generate_example(0, "validation", i) for i in range(n)]
     images = np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1
-    panels = [[f"Q: {e['questions'][0]}", f"A: {e['answers'][0]} (✓ {e['answers'][0]})",
-               f"caption: {e['captions'][0]}"] for e in examples]
+    panels = [
+        [
+            f"Q: {e['questions'][0]}",
+            f"A: {e['answers'][0]} (✓ {e['answers'][0]})",
+            f"caption: {e['captions'][0]}",
+        ]
+        for e in examples
+    ]
     path = tmp_path / "grid.png"
     report.vlm_grid(str(path), images, panels, title="shapes VQA + captions")
     data = path.read_bytes()

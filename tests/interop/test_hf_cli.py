@@ -9,18 +9,18 @@ import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from helpers import require  # noqa: E402  (importorskip, but an error under CI=true)
+import numpy as np
+import pytest
+from helpers import require  # importorskip, but an error under CI=true
 
 torch = require("torch")
 transformers = require("transformers")
 tokenizers = require("tokenizers")
 
+from helpers import perturbed, tiny_llava_config  # noqa: E402
+
 from mmjax.commands import generate, zero_shot  # noqa: E402
 from mmjax.interop import hf, preprocess  # noqa: E402
-from helpers import perturbed, tiny_llava_config  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 63)] + ["<image>"]  # 64 ids; <image> = 63
@@ -33,7 +33,9 @@ def _word_tokenizer(directory):
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.add_special_tokens(["<pad>", "<s>", "</s>", "<image>"])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
     tok.save(os.path.join(directory, "tokenizer.json"))
     with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
         json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)
@@ -51,9 +53,18 @@ def _write_images(directory, sizes):
     return paths
 
 
-PREPROCESS = {"do_resize": True, "size": {"shortest_edge": 30}, "resample": 3, "do_center_crop": True,
-              "crop_size": {"height": 30, "width": 30}, "do_rescale": True, "rescale_factor": 1 / 255,
-              "do_normalize": True, "image_mean": [0.48, 0.46, 0.41], "image_std": [0.27, 0.26, 0.28]}
+PREPROCESS = {
+    "do_resize": True,
+    "size": {"shortest_edge": 30},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 30, "width": 30},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.48, 0.46, 0.41],
+    "image_std": [0.27, 0.26, 0.28],
+}
 
 
 def _textured_images(directory):
@@ -90,9 +101,17 @@ def test_preprocess_equals_transformers_image_processors(processor, resample, tm
     30x30, its own mean/std; SigLIP: resize to 28x28, mean/std 0.5. Both resize with PIL from the same uint8
     image, so only float32 rounding of the rescale and normalisation differs: tolerance 1e-5 (one grey level
     is 0.015 after normalisation)."""
-    kwargs = dict(size={"shortest_edge": 30}, crop_size={"height": 30, "width": 30}, do_center_crop=True,
-                  image_mean=[0.48, 0.46, 0.41], image_std=[0.27, 0.26, 0.28]) \
-        if processor == "CLIPImageProcessor" else dict(size={"height": 28, "width": 28})
+    kwargs = (
+        dict(
+            size={"shortest_edge": 30},
+            crop_size={"height": 30, "width": 30},
+            do_center_crop=True,
+            image_mean=[0.48, 0.46, 0.41],
+            image_std=[0.27, 0.26, 0.28],
+        )
+        if processor == "CLIPImageProcessor"
+        else dict(size={"height": 28, "width": 28})
+    )
     proc = _pil_processor(processor)(resample=resample, **kwargs)
     proc.save_pretrained(str(tmp_path / "model"))
     config = preprocess.processor_config(str(tmp_path / "model"))
@@ -111,11 +130,27 @@ def test_preprocess_equals_transformers_image_processors(processor, resample, tm
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=64, hidden_size=36, intermediate_size=37, num_hidden_layers=1, num_attention_heads=3,
-                         max_position_embeddings=8, bos_token_id=1, eos_token_id=2, pad_token_id=0),
-        vision_config=dict(hidden_size=36, intermediate_size=37, num_hidden_layers=1, num_attention_heads=3,
-                           image_size=30, patch_size=6),
-        projection_dim=20)
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=36,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            max_position_embeddings=8,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=36,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            image_size=30,
+            patch_size=6,
+        ),
+        projection_dim=20,
+    )
     torch.manual_seed(0)
     model = perturbed(transformers.CLIPModel(config), 3)
     directory = str(tmp_path_factory.mktemp("clip"))
@@ -130,8 +165,22 @@ def test_zero_shot_command_prints_one_json_line_per_image(clip_dir, tmp_path):
     model, directory = clip_dir
     images = _write_images(str(tmp_path), [(30, 30), (50, 37)])
     labels = ["w5 w6", "w7", "w8 w9 w10"]
-    result = subprocess.run([sys.executable, "-m", "mmjax.zero_shot", "--model", directory, "--labels", ",".join(labels),
-                             *images], capture_output=True, text=True, check=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmjax.zero_shot",
+            "--model",
+            directory,
+            "--labels",
+            ",".join(labels),
+            *images,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["image"] for r in rows] == images and all(list(r["probs"]) == labels for r in rows)
     # the same probabilities from transformers on the same pixels and tokens (eos_token_id 2 = argmax pooling)
@@ -177,8 +226,9 @@ def test_generate_command_matches_transformers_greedy(llava_dir, tmp_path, capsy
     ids = [1, 10] + [63] * 9 + [11, 12]  # a 3x3 patch grid: 9 image tokens where <image> stands
     pixels = torch.from_numpy(preprocess.load_image(images[0], PREPROCESS, 30)[None]).permute(0, 3, 1, 2)
     with torch.no_grad():
-        expected = model.generate(input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=5,
-                                  do_sample=False)[0, len(ids):].tolist()
+        expected = model.generate(
+            input_ids=torch.tensor([ids]), pixel_values=pixels, max_new_tokens=5, do_sample=False
+        )[0, len(ids) :].tolist()
     if 2 in expected:
         expected = expected[: expected.index(2) + 1]
     assert row["tokens"] == expected

@@ -9,21 +9,21 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from helpers import require  # noqa: E402  (importorskip, but an error under CI=true)
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import require  # importorskip, but an error under CI=true
 
 torch = require("torch")
 transformers = require("transformers")
 require("safetensors")
 
+from helpers import perturbed, tiny_llava_config  # noqa: E402
+
 from mmjax import models  # noqa: E402
 from mmjax.config import ConfigError  # noqa: E402
 from mmjax.interop import hf  # noqa: E402
-from helpers import perturbed, tiny_llava_config  # noqa: E402
 
 ATOL = 1e-5
 transformers.logging.set_verbosity_error()
@@ -32,28 +32,92 @@ transformers.logging.set_verbosity_error()
 # pixels (5x5 and 3x3 patch grids), 28 pixels with patch 7; both CLIP text poolings (first EOS, and the
 # legacy argmax of configs with eos_token_id == 2); three activations.
 CASES = {
-    "clip": ("CLIPModel", dict(
-        text_config=dict(vocab_size=99, hidden_size=36, intermediate_size=37, num_hidden_layers=2, num_attention_heads=3,
-                         max_position_embeddings=11, bos_token_id=97, eos_token_id=98, pad_token_id=0),
-        vision_config=dict(hidden_size=36, intermediate_size=37, num_hidden_layers=2, num_attention_heads=3,
-                           image_size=30, patch_size=6),
-        projection_dim=20)),
-    "clip_argmax": ("CLIPModel", dict(
-        text_config=dict(vocab_size=99, hidden_size=20, intermediate_size=24, num_hidden_layers=1, num_attention_heads=4,
-                         max_position_embeddings=11, bos_token_id=97, eos_token_id=2, pad_token_id=0, hidden_act="gelu"),
-        vision_config=dict(hidden_size=20, intermediate_size=24, num_hidden_layers=1, num_attention_heads=5,
-                           image_size=33, patch_size=11, hidden_act="gelu", layer_norm_eps=1e-6),
-        projection_dim=12)),
-    "siglip": ("SiglipModel", dict(
-        text_config=dict(vocab_size=99, hidden_size=36, intermediate_size=37, num_hidden_layers=2, num_attention_heads=3,
-                         max_position_embeddings=11, eos_token_id=98, pad_token_id=0),
-        vision_config=dict(hidden_size=36, intermediate_size=37, num_hidden_layers=2, num_attention_heads=3,
-                           image_size=28, patch_size=7))),
+    "clip": (
+        "CLIPModel",
+        dict(
+            text_config=dict(
+                vocab_size=99,
+                hidden_size=36,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=3,
+                max_position_embeddings=11,
+                bos_token_id=97,
+                eos_token_id=98,
+                pad_token_id=0,
+            ),
+            vision_config=dict(
+                hidden_size=36,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=3,
+                image_size=30,
+                patch_size=6,
+            ),
+            projection_dim=20,
+        ),
+    ),
+    "clip_argmax": (
+        "CLIPModel",
+        dict(
+            text_config=dict(
+                vocab_size=99,
+                hidden_size=20,
+                intermediate_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                max_position_embeddings=11,
+                bos_token_id=97,
+                eos_token_id=2,
+                pad_token_id=0,
+                hidden_act="gelu",
+            ),
+            vision_config=dict(
+                hidden_size=20,
+                intermediate_size=24,
+                num_hidden_layers=1,
+                num_attention_heads=5,
+                image_size=33,
+                patch_size=11,
+                hidden_act="gelu",
+                layer_norm_eps=1e-6,
+            ),
+            projection_dim=12,
+        ),
+    ),
+    "siglip": (
+        "SiglipModel",
+        dict(
+            text_config=dict(
+                vocab_size=99,
+                hidden_size=36,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=3,
+                max_position_embeddings=11,
+                eos_token_id=98,
+                pad_token_id=0,
+            ),
+            vision_config=dict(
+                hidden_size=36,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=3,
+                image_size=28,
+                patch_size=7,
+            ),
+        ),
+    ),
 }
 # [BOS] words [EOS] [PAD]...; the second row is long, the third is only BOS EOS.
-TOKENS = np.array([[97, 5, 6, 7, 98, 0, 0, 0, 0, 0, 0],
-                   [97, 50, 60, 70, 80, 90, 10, 11, 12, 98, 0],
-                   [97, 98, 0, 0, 0, 0, 0, 0, 0, 0, 0]], np.int64)
+TOKENS = np.array(
+    [
+        [97, 5, 6, 7, 98, 0, 0, 0, 0, 0, 0],
+        [97, 50, 60, 70, 80, 90, 10, 11, 12, 98, 0],
+        [97, 98, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    ],
+    np.int64,
+)
 
 
 def _hf_model(name):
@@ -69,8 +133,14 @@ def _images(size, n=3, seed=0):
 
 def _torch_outputs(model, images, tokens):
     with torch.no_grad():
-        out = model(input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2))
-    return {"image": out.image_embeds.numpy(), "text": out.text_embeds.numpy(), "logits": out.logits_per_text.numpy()}
+        out = model(
+            input_ids=torch.from_numpy(tokens), pixel_values=torch.from_numpy(images).permute(0, 3, 1, 2)
+        )
+    return {
+        "image": out.image_embeds.numpy(),
+        "text": out.text_embeds.numpy(),
+        "logits": out.logits_per_text.numpy(),
+    }
 
 
 def _mmjax_outputs(cfg, params, images, tokens):
@@ -86,16 +156,26 @@ def case(request, tmp_path_factory):
     images = _images(model.config.vision_config.image_size)
     cfg, params = hf.load(model)
     directory = hf.save(cfg, params, str(tmp_path_factory.mktemp(request.param)))
-    return dict(name=request.param, model=model, images=images, torch=_torch_outputs(model, images, TOKENS),
-                cfg=cfg, params=params, dir=directory)
+    return dict(
+        name=request.param,
+        model=model,
+        images=images,
+        torch=_torch_outputs(model, images, TOKENS),
+        cfg=cfg,
+        params=params,
+        dir=directory,
+    )
 
 
 def test_imported_config_is_a_repo_model_config(case):
     cfg = case["cfg"]
     assert cfg.type == "two_tower" and cfg.hf.architecture == CASES[case["name"]][0]
     assert cfg.image_size == case["model"].config.vision_config.image_size
-    expected = {"clip": ("eot", 98, "cls", True), "clip_argmax": ("argmax", 2, "cls", True),
-                "siglip": ("last", 98, "map", False)}[case["name"]]
+    expected = {
+        "clip": ("eot", 98, "cls", True),
+        "clip_argmax": ("argmax", 2, "cls", True),
+        "siglip": ("last", 98, "map", False),
+    }[case["name"]]
     assert (cfg.text.pool, cfg.text.eot_id, cfg.image.pool, cfg.text.causal) == expected
     assert cfg.image.norm_eps == case["model"].config.vision_config.layer_norm_eps
     # the params tree is exactly the tree mmjax would initialise for this config
@@ -166,10 +246,15 @@ def _one_line_error(config, state, match):
 
 def test_unsupported_architecture_is_named(clip_state):
     config, state = clip_state
-    _one_line_error({"architectures": ["BertModel"], "model_type": "bert"}, state,
-                    r"^unsupported architecture 'BertModel'; supported: CLIPModel, SiglipModel, "
-                    r"LlavaForConditionalGeneration$")
-    vision_only = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(**CASES["clip"][1]["vision_config"]))
+    _one_line_error(
+        {"architectures": ["BertModel"], "model_type": "bert"},
+        state,
+        r"^unsupported architecture 'BertModel'; supported: CLIPModel, SiglipModel, "
+        r"LlavaForConditionalGeneration$",
+    )
+    vision_only = transformers.CLIPVisionModel(
+        transformers.CLIPVisionConfig(**CASES["clip"][1]["vision_config"])
+    )
     with pytest.raises(hf.InteropError, match=r"^unsupported architecture 'CLIPVisionModel'"):
         hf.load(vision_only)
 
@@ -177,26 +262,40 @@ def test_unsupported_architecture_is_named(clip_state):
 def test_missing_weight_is_named(clip_state):
     config, state = clip_state
     state = {k: v for k, v in state.items() if k != "text_model.encoder.layers.1.mlp.fc2.bias"}
-    _one_line_error(config, state, r"^CLIPModel: weight 'text_model\.encoder\.layers\.1\.mlp\.fc2\.bias' is missing$")
+    _one_line_error(
+        config, state, r"^CLIPModel: weight 'text_model\.encoder\.layers\.1\.mlp\.fc2\.bias' is missing$"
+    )
 
 
 def test_unexpected_weight_is_named(clip_state):
     config, state = clip_state
     state = dict(state, **{"text_model.extra.weight": np.zeros(3, np.float32)})
-    _one_line_error(config, state, r"^CLIPModel: unexpected weight 'text_model\.extra\.weight'; the config does not "
-                                   r"describe it$")
+    _one_line_error(
+        config,
+        state,
+        r"^CLIPModel: unexpected weight 'text_model\.extra\.weight'; the config does not "
+        r"describe it$",
+    )
 
 
 def test_shape_mismatch_names_the_key_and_both_shapes(clip_state):
     config, state = clip_state
     state = dict(state, **{"text_projection.weight": np.zeros((21, 36), np.float32)})
-    _one_line_error(config, state, r"^CLIPModel: weight 'text_projection\.weight' has shape \(21, 36\), expected "
-                                   r"\(20, 36\) \(mmjax 'text_proj/kernel' \(36, 20\)\)$")
+    _one_line_error(
+        config,
+        state,
+        r"^CLIPModel: weight 'text_projection\.weight' has shape \(21, 36\), expected "
+        r"\(20, 36\) \(mmjax 'text_proj/kernel' \(36, 20\)\)$",
+    )
     # a config that disagrees with the weights: one more layer than stored
     deeper = json.loads(json.dumps(config))
     deeper["vision_config"]["num_hidden_layers"] = 3
-    _one_line_error(deeper, clip_state[1], r"^CLIPModel: weight 'vision_model\.encoder\.layers\.2\.layer_norm1\.weight' "
-                                           r"is missing \(and 15 more\)$")
+    _one_line_error(
+        deeper,
+        clip_state[1],
+        r"^CLIPModel: weight 'vision_model\.encoder\.layers\.2\.layer_norm1\.weight' "
+        r"is missing \(and 15 more\)$",
+    )
 
 
 def test_fused_attention_weight_of_wrong_shape(tmp_path):
@@ -204,11 +303,19 @@ def test_fused_attention_weight_of_wrong_shape(tmp_path):
     config = dict(model.config.to_dict(), architectures=["SiglipModel"])
     state = {k: v.numpy() for k, v in model.state_dict().items()}
     state["vision_model.head.attention.in_proj_weight"] = np.zeros((100, 36), np.float32)
-    _one_line_error(config, state, r"^weight 'vision_model\.head\.attention\.in_proj_weight' has shape \(100, 36\): its "
-                                   r"first axis should hold query, key and value, a multiple of 3$")
+    _one_line_error(
+        config,
+        state,
+        r"^weight 'vision_model\.head\.attention\.in_proj_weight' has shape \(100, 36\): its "
+        r"first axis should hold query, key and value, a multiple of 3$",
+    )
     state["vision_model.head.attention.in_proj_weight"] = np.zeros((105, 36), np.float32)
-    _one_line_error(config, state, r"^SiglipModel: weight 'vision_model\.head\.attention\.in_proj_weight part q' has "
-                                   r"shape \(35, 36\), expected \(36, 36\)")
+    _one_line_error(
+        config,
+        state,
+        r"^SiglipModel: weight 'vision_model\.head\.attention\.in_proj_weight part q' has "
+        r"shape \(35, 36\), expected \(36, 36\)",
+    )
 
 
 def test_unsupported_options_are_errors(clip_state):
@@ -231,15 +338,21 @@ def test_bad_directories(tmp_path):
 
 def test_export_refuses_what_the_architecture_cannot_express(case, tmp_path):
     shapes_cfg = models.model_config("clip-shapes")  # a hybrid ViT with average pooling: not a CLIPModel
-    with pytest.raises(hf.InteropError, match=r"^cannot export to CLIPModel: model\.image\.pool='gap', CLIPModel "
-                                              r"needs one of \['cls'\]$"):
+    with pytest.raises(
+        hf.InteropError,
+        match=r"^cannot export to CLIPModel: model\.image\.pool='gap', CLIPModel "
+        r"needs one of \['cls'\]$",
+    ):
         hf.save(shapes_cfg, {}, str(tmp_path))  # the config is checked before the params
     assert not os.listdir(tmp_path)
     flat = hf._flatten(case["params"])
     key = "text/ln_final/scale"
     flat[key] = np.zeros(7, np.float32)
-    with pytest.raises(hf.InteropError, match=rf"^cannot export to {CASES[case['name']][0]}: parameter '{key}' has "
-                                              r"shape \(7,\), expected \(\d+,\) from the config$"):
+    with pytest.raises(
+        hf.InteropError,
+        match=rf"^cannot export to {CASES[case['name']][0]}: parameter '{key}' has "
+        r"shape \(7,\), expected \(\d+,\) from the config$",
+    ):
         hf.to_hf(case["cfg"], hf._unflatten(flat))
     del flat[key]
     with pytest.raises(hf.InteropError, match=rf"parameter '{key}' is missing for this config$"):
@@ -264,8 +377,10 @@ def llava(tmp_path_factory):
     prompts = [[1] + [IMAGE_ID] * n + [5, 6, 7, 8, 9], [1] + [IMAGE_ID] * n + [40, 41]]
     ids = np.zeros((2, max(map(len, prompts))), np.int64)
     for row, p in enumerate(prompts):
-        ids[row, ids.shape[1] - len(p):] = p
-    return dict(model=model, cfg=cfg, params=params, dir=directory, ids=ids, images=_images(30, n=2, seed=3), n=n)
+        ids[row, ids.shape[1] - len(p) :] = p
+    return dict(
+        model=model, cfg=cfg, params=params, dir=directory, ids=ids, images=_images(30, n=2, seed=3), n=n
+    )
 
 
 def _pixels(images):
@@ -274,7 +389,12 @@ def _pixels(images):
 
 def test_llava_config(llava):
     cfg = llava["cfg"]
-    assert (cfg.type, cfg.image.feature_layer, cfg.vision_tokens, cfg.attn_mask) == ("early_fusion", -2, "patches", "causal")
+    assert (cfg.type, cfg.image.feature_layer, cfg.vision_tokens, cfg.attn_mask) == (
+        "early_fusion",
+        -2,
+        "patches",
+        "causal",
+    )
     assert (cfg.image_id, cfg.pad_id, cfg.lm.num_kv_heads) == (IMAGE_ID, 0, 2)
     assert llava["n"] == 25  # a 5x5 patch grid, CLS dropped
 
@@ -283,10 +403,12 @@ def test_llava_logits_match_torch(llava):
     ids, images = llava["ids"], llava["images"]
     mask = torch.from_numpy(ids != 0).long()
     with torch.no_grad():
-        expected = llava["model"](input_ids=torch.from_numpy(ids), pixel_values=_pixels(images),
-                                  attention_mask=mask).logits.numpy()
-    logits, _ = models.build(llava["cfg"]).apply({"params": llava["params"]}, jnp.asarray(images),
-                                                 jnp.asarray(ids, jnp.int32))
+        expected = llava["model"](
+            input_ids=torch.from_numpy(ids), pixel_values=_pixels(images), attention_mask=mask
+        ).logits.numpy()
+    logits, _ = models.build(llava["cfg"]).apply(
+        {"params": llava["params"]}, jnp.asarray(images), jnp.asarray(ids, jnp.int32)
+    )
     real = ids != 0  # padding positions are not compared (their outputs are meaningless in both)
     assert logits.shape == expected.shape
     np.testing.assert_allclose(np.asarray(logits)[real], expected[real], rtol=0, atol=ATOL)
@@ -297,9 +419,17 @@ def test_llava_greedy_generation_matches_transformers(llava):
 
     ids, images, new = llava["ids"], llava["images"], 6
     with torch.no_grad():
-        expected = llava["model"].generate(input_ids=torch.from_numpy(ids), pixel_values=_pixels(images),
-                                           attention_mask=torch.from_numpy(ids != 0).long(), max_new_tokens=new,
-                                           do_sample=False)[:, ids.shape[1]:].numpy()
+        expected = (
+            llava["model"]
+            .generate(
+                input_ids=torch.from_numpy(ids),
+                pixel_values=_pixels(images),
+                attention_mask=torch.from_numpy(ids != 0).long(),
+                max_new_tokens=new,
+                do_sample=False,
+            )[:, ids.shape[1] :]
+            .numpy()
+        )
     fn = generate.make_generate(models.build(llava["cfg"]), max_new_tokens=new, eos_id=2, pad_id=0)
     got = np.asarray(fn(llava["params"], jnp.asarray(images), jnp.asarray(ids, jnp.int32), jax.random.key(0)))
     np.testing.assert_array_equal(got, expected)
@@ -333,8 +463,14 @@ def test_llava_with_scanned_layers_matches_and_exports_the_same(llava):
     logits, _ = models.build(cfg).apply({"params": params}, images, ids)
     expected, _ = models.build(llava["cfg"]).apply({"params": llava["params"]}, images, ids)
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-5)
-    tokens = [np.asarray(generate.make_generate(models.build(c), max_new_tokens=6, eos_id=2, pad_id=0)(
-        p, images, ids, jax.random.key(0))) for c, p in ((cfg, params), (llava["cfg"], llava["params"]))]
+    tokens = [
+        np.asarray(
+            generate.make_generate(models.build(c), max_new_tokens=6, eos_id=2, pad_id=0)(
+                p, images, ids, jax.random.key(0)
+            )
+        )
+        for c, p in ((cfg, params), (llava["cfg"], llava["params"]))
+    ]
     np.testing.assert_array_equal(*tokens)
     (hf_cfg, state), (hf_cfg0, state0) = hf.to_hf(cfg, params), hf.to_hf(llava["cfg"], llava["params"])
     assert hf_cfg == hf_cfg0 and sorted(state) == sorted(state0)
@@ -344,10 +480,17 @@ def test_llava_with_scanned_layers_matches_and_exports_the_same(llava):
 def test_llava_unsupported_options(llava):
     config = dict(llava["model"].config.to_dict(), architectures=["LlavaForConditionalGeneration"])
     state = {k: v.numpy() for k, v in llava["model"].state_dict().items()}
-    _one_line_error(dict(config, vision_feature_layer=[-2, -1]), state,
-                    r"^LLaVA: vision_feature_layer \[-2, -1\] \(several layers\) is not supported; use one layer$")
-    text = dict(config["text_config"], rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0})
-    _one_line_error(dict(config, text_config=text), state, r"^LLaVA: rope scaling .* is not supported; only default rope$")
+    _one_line_error(
+        dict(config, vision_feature_layer=[-2, -1]),
+        state,
+        r"^LLaVA: vision_feature_layer \[-2, -1\] \(several layers\) is not supported; use one layer$",
+    )
+    text = dict(
+        config["text_config"], rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}
+    )
+    _one_line_error(
+        dict(config, text_config=text), state, r"^LLaVA: rope scaling .* is not supported; only default rope$"
+    )
 
 
 def test_bfloat16_directory_loads_as_float32(tmp_path):
@@ -363,21 +506,31 @@ def test_bfloat16_directory_loads_as_float32(tmp_path):
 def test_export_refuses_configs_transformers_would_run_differently(llava):
     clip = hf.load(_hf_model("clip"))[0]
     clip.text.eot_id = 2  # transformers would pool at the largest id instead of the first EOS
-    with pytest.raises(hf.InteropError, match=r"^cannot export to CLIPModel: model\.text\.pool='eot' with eot_id=2;"):
+    with pytest.raises(
+        hf.InteropError, match=r"^cannot export to CLIPModel: model\.text\.pool='eot' with eot_id=2;"
+    ):
         hf.to_hf(clip, {})
     cfg = llava["cfg"].copy_and_resolve_references()
     cfg.image.feature_layer = None  # features after the final norm: no LLaVA setting gives those
-    with pytest.raises(hf.InteropError, match=r"^cannot export to LlavaForConditionalGeneration: "
-                                              r"model\.image\.feature_layer=None;"):
+    with pytest.raises(
+        hf.InteropError,
+        match=r"^cannot export to LlavaForConditionalGeneration: "
+        r"model\.image\.feature_layer=None;",
+    ):
         hf.to_hf(cfg, llava["params"])
 
 
 def test_vit_feature_layer_out_of_range_is_an_error():
     vit = models.build(dict(CASES_MM_VIT, type="two_tower"))
-    with pytest.raises(ValueError, match=r"^ViT: feature_layer 4 is out of range for depth 2; use -3 \.\. 2$"):
+    with pytest.raises(
+        ValueError, match=r"^ViT: feature_layer 4 is out of range for depth 2; use -3 \.\. 2$"
+    ):
         vit.image.check((30, 30))
 
 
-CASES_MM_VIT = dict(image_size=30, embed_dim=12,
-                    image=dict(width=12, depth=2, num_heads=3, mlp_dim=8, patch_size=6, feature_layer=4),
-                    text=dict(vocab_size=10, max_len=4, width=12, depth=1, num_heads=3, mlp_dim=8))
+CASES_MM_VIT = dict(
+    image_size=30,
+    embed_dim=12,
+    image=dict(width=12, depth=2, num_heads=3, mlp_dim=8, patch_size=6, feature_layer=4),
+    text=dict(vocab_size=10, max_len=4, width=12, depth=1, num_heads=3, mlp_dim=8),
+)

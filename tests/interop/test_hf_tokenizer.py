@@ -6,10 +6,9 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from helpers import require  # noqa: E402  (importorskip, but an error under CI=true)
+import numpy as np
+import pytest
+from helpers import require  # importorskip, but an error under CI=true
 
 require("tokenizers")
 transformers = require("transformers")
@@ -26,7 +25,15 @@ TEXTS = [
     "the cat " * 20,  # too long: truncated to MAX_LEN, EOS kept last
     "",
 ]
-MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("a", "b"), ("ab", "c</w>"), ("o", "f</w>")]
+MERGES = [
+    ("t", "h"),
+    ("th", "e</w>"),
+    ("c", "a"),
+    ("ca", "t</w>"),
+    ("a", "b"),
+    ("ab", "c</w>"),
+    ("o", "f</w>"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +56,20 @@ def tokenizers_pair(tmp_path_factory):
 def test_interface_and_special_ids(tokenizers_pair):
     reference, tok = tokenizers_pair
     assert isinstance(tok, Tokenizer)
-    assert (tok.bos_id, tok.eot_id, tok.pad_id) == (reference.bos_token_id, reference.eos_token_id,
-                                                    reference.pad_token_id)
+    assert (tok.bos_id, tok.eot_id, tok.pad_id) == (
+        reference.bos_token_id,
+        reference.eos_token_id,
+        reference.pad_token_id,
+    )
     assert tok.vocab_size == len(reference) == 2 * 256 + len(MERGES) + 2
     assert tok.image_id == -1  # no "<image>" in this vocabulary
 
 
 def test_ids_match_transformers(tokenizers_pair):
     reference, tok = tokenizers_pair
-    expected = np.array(reference(TEXTS, max_length=MAX_LEN, truncation=True, padding="max_length")["input_ids"])
+    expected = np.array(
+        reference(TEXTS, max_length=MAX_LEN, truncation=True, padding="max_length")["input_ids"]
+    )
     got, truncated = tok.tokenize(TEXTS, MAX_LEN, return_truncated=True)
     np.testing.assert_array_equal(got, expected)
     assert truncated.tolist() == [len(tok.encode(t)) > MAX_LEN - 2 for t in TEXTS]

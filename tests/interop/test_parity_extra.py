@@ -4,12 +4,22 @@ CI (``CI=true``), where a missing module fails the run instead of hiding every p
 import json
 
 import pytest
-
 from helpers import in_ci, require
 
 
-@pytest.mark.parametrize("value,expected", [("true", True), ("True", True), ("1", True), ("yes", True),
-                                            (None, False), ("", False), ("false", False), ("0", False)])
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("true", True),
+        ("True", True),
+        ("1", True),
+        ("yes", True),
+        (None, False),
+        ("", False),
+        ("false", False),
+        ("0", False),
+    ],
+)
 def test_in_ci(value, expected):
     assert in_ci(value) is expected
 

@@ -28,7 +28,8 @@ def build(**overrides):
 
 def open_gates(params, value=0.7):
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: x + value if "gate" in jax.tree_util.keystr(path) else x, params)
+        lambda path, x: x + value if "gate" in jax.tree_util.keystr(path) else x, params
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,12 @@ def test_zero_gates_give_the_bare_lm_exactly(setup, images):
     lm = lm_lib.DecoderLM(**lm_lib.variant("lm-tiny", vocab_size=70))
     x = model.apply({"params": params}, jnp.asarray(TOKENS), method="embed")
     valid = jnp.asarray(TOKENS != PAD)
-    bare, _ = lm.apply({"params": params["lm"]}, embeddings=x, positions=lm_lib.positions_of(valid),
-                       mask=lm_lib.attention_mask(valid))
+    bare, _ = lm.apply(
+        {"params": params["lm"]},
+        embeddings=x,
+        positions=lm_lib.positions_of(valid),
+        mask=lm_lib.attention_mask(valid),
+    )
     np.testing.assert_array_equal(logits(model, params, images), np.asarray(bare))
     assert not np.array_equal(logits(model, open_gates(params), images), np.asarray(bare))
 
@@ -99,6 +104,7 @@ def test_image_slot_embeddings_tell_two_images_apart(images):
     token came from: swapping the two images leaves the first gated block's output for the text after
     both unchanged. With ``max_images`` each image's tokens carry its slot's embedding, and the swap
     shows."""
+
     def first_block(m, images, tokens):
         x, _, _, visual, media = m.inputs(images, tokens)
         return m.fuse(visual, media)(0, x)
@@ -106,8 +112,10 @@ def test_image_slot_embeddings_tell_two_images_apart(images):
     for max_images in (0, 2):
         model = build(only_attend_immediate_media=False, max_images=max_images)
         params = open_gates(nn.unbox(model.init(jax.random.key(0), images, TOKENS)["params"]))
-        ref, swapped = (np.asarray(model.apply({"params": params}, im, TOKENS, method=first_block))
-                        for im in (images, images[:, ::-1]))
+        ref, swapped = (
+            np.asarray(model.apply({"params": params}, im, TOKENS, method=first_block))
+            for im in (images, images[:, ::-1])
+        )
         assert np.abs(swapped[:, FIRST:SECOND] - ref[:, FIRST:SECOND]).max() > 1e-4  # sees only image 1
         if max_images:
             assert params["image_pos_embed"].shape == (2, 32)
@@ -123,10 +131,22 @@ def test_image_slot_embeddings_tell_two_images_apart(images):
 def test_kv_cache_decoding_equals_full_recomputation(setup, images, sampling):
     model, params = setup
     params = open_gates(params)
-    prompts = generate.left_pad([np.array([BOS, IMG, 5, 6, SEP]), np.array([BOS, 7, IMG, 8, 9, IMG, 5, SEP])], PAD)
-    run = lambda cache: np.asarray(generate.make_generate(  # noqa: E731
-        model, max_new_tokens=8, eos_id=EOT, pad_id=PAD, banned_ids=(PAD, BOS, IMG, SEP), use_cache=cache,
-        **sampling)(params, images, prompts, jax.random.key(2)))
+    prompts = generate.left_pad(
+        [np.array([BOS, IMG, 5, 6, SEP]), np.array([BOS, 7, IMG, 8, 9, IMG, 5, SEP])], PAD
+    )
+
+    def run(cache):
+        decode = generate.make_generate(
+            model,
+            max_new_tokens=8,
+            eos_id=EOT,
+            pad_id=PAD,
+            banned_ids=(PAD, BOS, IMG, SEP),
+            use_cache=cache,
+            **sampling,
+        )
+        return np.asarray(decode(params, images, prompts, jax.random.key(2)))
+
     np.testing.assert_array_equal(run(True), run(False))
 
 
@@ -137,4 +157,8 @@ def test_one_media_token_per_image_and_config_errors():
     model = build(cross_attn_every_n_layers=2, num_latents=0)  # every other layer; adapter, no resampler
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.asarray(TOKENS[:1]))
     names = set(params["params"])
-    assert {"xattn_0", "adapter", "new_token_embed"} <= names and "xattn_1" not in names and "resampler" not in names
+    assert (
+        {"xattn_0", "adapter", "new_token_embed"} <= names
+        and "xattn_1" not in names
+        and "resampler" not in names
+    )

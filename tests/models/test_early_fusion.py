@@ -95,7 +95,10 @@ def test_model_prefix_is_image_prompt_and_sep():
     tokens = jnp.asarray(sequence(n, [5, 6], [8], 30))[None]
     (_, extras), _ = model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), tokens)
     sep_at = 1 + n + 2
-    assert np.asarray(extras["prefix"][0, :sep_at + 1]).all() and not np.asarray(extras["prefix"][0, sep_at + 1:]).any()
+    assert (
+        np.asarray(extras["prefix"][0, : sep_at + 1]).all()
+        and not np.asarray(extras["prefix"][0, sep_at + 1 :]).any()
+    )
 
 
 def _logits(model, params, images, tokens):
@@ -127,9 +130,9 @@ def test_image_tokens_are_spliced_at_the_placeholders(setup, images):
     tokens = jnp.asarray(np.stack([sequence(n, [5, 6], [8], 30)] * 3))
     x, valid, _ = model.apply({"params": params}, images, tokens, method="inputs")
     img = model.apply({"params": params}, images, method="image_tokens")
-    np.testing.assert_allclose(x[:, 1:1 + n], img, rtol=0, atol=0)
+    np.testing.assert_allclose(x[:, 1 : 1 + n], img, rtol=0, atol=0)
     emb = model.apply({"params": params}, tokens, method=lambda m, t: m.lm.embed(t))
-    np.testing.assert_array_equal(x[:, 1 + n:], emb[:, 1 + n:])
+    np.testing.assert_array_equal(x[:, 1 + n :], emb[:, 1 + n :])
     assert np.asarray(valid).sum(axis=1).tolist() == [1 + n + 2 + 1 + 2] * 3
 
 
@@ -141,13 +144,13 @@ def test_two_images_per_row_fill_their_placeholders_in_order(setup, images):
     tokens = jnp.asarray(np.stack([sequence(2 * n, [5, 6], [8], 50)] * 3))
     x, _, _ = model.apply({"params": params}, pair, tokens, method="inputs")
     one = lambda im: model.apply({"params": params}, im, method="image_tokens")  # noqa: E731
-    np.testing.assert_array_equal(x[:, 1:1 + n], one(images))
-    np.testing.assert_array_equal(x[:, 1 + n:1 + 2 * n], one(images[::-1]))
+    np.testing.assert_array_equal(x[:, 1 : 1 + n], one(images))
+    np.testing.assert_array_equal(x[:, 1 + n : 1 + 2 * n], one(images[::-1]))
     if model.attn_mask == "causal":
         ref = _logits(model, params, pair, tokens[0])
         changed = _logits(model, params, pair.at[:, 1].multiply(-1.0), tokens[0])
-        np.testing.assert_array_equal(changed[:1 + n], ref[:1 + n])
-        assert np.abs(changed[1 + 2 * n:] - ref[1 + 2 * n:]).max() > 1e-4
+        np.testing.assert_array_equal(changed[: 1 + n], ref[: 1 + n])
+        assert np.abs(changed[1 + 2 * n :] - ref[1 + 2 * n :]).max() > 1e-4
 
 
 def test_loss_counts_only_answer_tokens():
@@ -157,8 +160,9 @@ def test_loss_counts_only_answer_tokens():
     np.testing.assert_array_equal(w, [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0])
     # two turns: BOS I 5 SEP 8 EOT 6 7 SEP 9 EOT PAD -> targets 8, EOT, 9, EOT
     two = jnp.array([[BOS, IMG, 5, SEP, 8, EOT, 6, 7, SEP, 9, EOT, PAD]])
-    np.testing.assert_array_equal(losses.answer_weights(two, SEP, EOT, PAD)[0],
-                                  [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0])
+    np.testing.assert_array_equal(
+        losses.answer_weights(two, SEP, EOT, PAD)[0], [0, 0, 0, 1, 1, 0, 0, 0, 1, 1, 0]
+    )
     logits = jax.random.normal(jax.random.key(0), (1, 11, 70))
     loss, metrics = losses.lm_loss(logits, tokens[:, 1:], w[None])
     logp = jax.nn.log_softmax(logits[0])
@@ -178,9 +182,13 @@ def _prompts(n):
 def test_kv_cache_decoding_equals_full_recomputation(setup, images, sampling):
     model, n, params = setup
     prompts = generate.left_pad(_prompts(n), PAD)
-    run = lambda cache: np.asarray(generate.make_generate(  # noqa: E731
-        model, max_new_tokens=10, eos_id=EOT, pad_id=PAD, banned_ids=BANNED, use_cache=cache, **sampling)(
-        params, images, prompts, jax.random.key(3)))
+
+    def run(cache):
+        decode = generate.make_generate(
+            model, max_new_tokens=10, eos_id=EOT, pad_id=PAD, banned_ids=BANNED, use_cache=cache, **sampling
+        )
+        return np.asarray(decode(params, images, prompts, jax.random.key(3)))
+
     with_cache, without = run(True), run(False)
     np.testing.assert_array_equal(with_cache, without)
     assert not np.isin(with_cache, BANNED[1:]).any()
@@ -192,7 +200,9 @@ def test_batched_prompts_of_different_lengths_equal_one_at_a_time(setup, images)
     fn = generate.make_generate(model, max_new_tokens=8, eos_id=EOT, pad_id=PAD, banned_ids=BANNED)
     batched = np.asarray(fn(params, images, generate.left_pad(prompts, PAD), jax.random.key(0)))
     for i, p in enumerate(prompts):
-        np.testing.assert_array_equal(np.asarray(fn(params, images[i:i + 1], p[None], jax.random.key(0)))[0], batched[i])
+        np.testing.assert_array_equal(
+            np.asarray(fn(params, images[i : i + 1], p[None], jax.random.key(0)))[0], batched[i]
+        )
 
 
 def test_generation_stops_at_eos():
@@ -210,7 +220,8 @@ def test_generation_stops_at_eos():
 
     for cache in (True, False):
         out = generate.make_generate(Fake(), max_new_tokens=5, eos_id=EOT, pad_id=PAD, use_cache=cache)(
-            None, jnp.zeros((2, 1)), jnp.ones((2, 3), jnp.int32), jax.random.key(0))
+            None, jnp.zeros((2, 1)), jnp.ones((2, 3), jnp.int32), jax.random.key(0)
+        )
         if cache:
             np.testing.assert_array_equal(out, [[5, EOT, PAD, PAD, PAD]] * 2)
         else:  # the fake full model never says EOS: all 5 tokens
@@ -219,7 +230,10 @@ def test_generation_stops_at_eos():
 
 def test_sampling_filters():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
-    keep = lambda **kw: np.isfinite(np.asarray(generate.filter_logits(logits, **kw)))[0].tolist()  # noqa: E731
+
+    def keep(**kw):
+        return np.isfinite(np.asarray(generate.filter_logits(logits, **kw)))[0].tolist()
+
     assert keep(top_k=2) == [True, True, False, False]
     assert keep(top_p=0.5) == [True, False, False, False]
     assert keep(top_p=0.79) == [True, True, False, False]
@@ -227,7 +241,8 @@ def test_sampling_filters():
     np.testing.assert_allclose(generate.filter_logits(logits, temperature=2.0), logits / 2.0)
     assert generate.sample(logits, jax.random.key(0)).tolist() == [0]  # temperature 0: argmax
     draws = jax.vmap(lambda k: generate.sample(logits, k, temperature=1.0, top_k=2))(
-        jax.random.split(jax.random.key(0), 2000))
+        jax.random.split(jax.random.key(0), 2000)
+    )
     counts = np.bincount(np.asarray(draws).ravel(), minlength=4)
     assert counts[2:].sum() == 0 and abs(counts[0] / 2000 - 0.5 / 0.8) < 0.04
     with pytest.raises(ValueError, match="top_p"):
@@ -235,15 +250,25 @@ def test_sampling_filters():
 
 
 def test_blind_lm_ignores_images_and_decodes_like_recomputation(images):
-    model = models.build(dict(type="lm", image_size=64, lm=lm_lib.variant("lm-tiny", vocab_size=70)),
-                         image_id=IMG, sep_id=SEP, pad_id=PAD)
+    model = models.build(
+        dict(type="lm", image_size=64, lm=lm_lib.variant("lm-tiny", vocab_size=70)),
+        image_id=IMG,
+        sep_id=SEP,
+        pad_id=PAD,
+    )
     assert model.num_image_tokens(64) == 0
     prompts = generate.left_pad([np.array([BOS, 5, 6, SEP]), np.array([BOS, 7, 8, 9, 10, SEP])], PAD)
     params = nn.unbox(model.init(jax.random.key(0), images[:2], prompts)["params"])
     assert set(params) == {"lm"}
-    np.testing.assert_array_equal(model.apply({"params": params}, images[:2], prompts)[0],
-                                  model.apply({"params": params}, -images[:2], prompts)[0])
-    run = lambda cache: np.asarray(generate.make_generate(  # noqa: E731
-        model, max_new_tokens=6, eos_id=EOT, pad_id=PAD, banned_ids=BANNED, use_cache=cache)(
-        params, images[:2], prompts, jax.random.key(0)))
+    np.testing.assert_array_equal(
+        model.apply({"params": params}, images[:2], prompts)[0],
+        model.apply({"params": params}, -images[:2], prompts)[0],
+    )
+
+    def run(cache):
+        decode = generate.make_generate(
+            model, max_new_tokens=6, eos_id=EOT, pad_id=PAD, banned_ids=BANNED, use_cache=cache
+        )
+        return np.asarray(decode(params, images[:2], prompts, jax.random.key(0)))
+
     np.testing.assert_array_equal(run(True), run(False))

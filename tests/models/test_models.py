@@ -11,7 +11,9 @@ from mmjax import models, profile
 from mmjax.models import layers, text, vit
 
 TINY = dict(
-    type="two_tower", image_size=32, embed_dim=24,
+    type="two_tower",
+    image_size=32,
+    embed_dim=24,
     image=dict(width=24, depth=2, num_heads=3, mlp_dim=48, patch_size=8, pool="cls"),
     text=dict(vocab_size=50, max_len=12, width=24, depth=2, num_heads=3, mlp_dim=48, eot_id=2),
 )
@@ -30,8 +32,10 @@ def tiny():
     return model, nn.unbox(params), images, tokens
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("clip-vit-b32", 151_277_313), ("clip-vit-b16", 149_620_737), ("clip-vit-l14", 427_616_513)])
+@pytest.mark.parametrize(
+    "name,expected",
+    [("clip-vit-b32", 151_277_313), ("clip-vit-b16", 149_620_737), ("clip-vit-l14", 427_616_513)],
+)
 def test_clip_parameter_counts_match_openai(name, expected):
     assert profile.param_counts(models.model_config(name))["params"] == expected
 
@@ -46,8 +50,10 @@ def test_open_clip_flops_reference():
 @pytest.mark.parametrize("stem", [(), (8, 16)])
 def test_analytic_flops_match_xla_cost_analysis(stem):
     """The analytic count equals XLA's count of the dot/convolution FLOPs of the tiny image tower."""
-    cfg = dict(TINY, image=dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu",
-                                stem_channels=stem))
+    cfg = dict(
+        TINY,
+        image=dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu", stem_channels=stem),
+    )
     model = models.build(cfg)
     images = jnp.zeros((1, 32, 32, 3))
     params = nn.unbox(model.init(jax.random.key(0), images, jnp.zeros((1, 12), jnp.int32)))
@@ -107,8 +113,11 @@ def test_object_head_is_a_second_image_projection(tiny):
 
 def test_siglip_bias_parameter():
     model = models.build(dict(TINY, bias_init=-10.0, temperature_init=10.0))
-    out, _ = model.apply(model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32)),
-                         jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32))
+    out, _ = model.apply(
+        model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), jnp.ones((1, 12), jnp.int32)),
+        jnp.zeros((1, 32, 32, 3)),
+        jnp.ones((1, 12), jnp.int32),
+    )
     np.testing.assert_allclose(out["logit_bias"], -10.0)
     np.testing.assert_allclose(out["logit_scale"], 10.0, rtol=1e-5)
 
@@ -141,7 +150,9 @@ def test_text_tower_without_blocks_is_a_bag_of_words():
     params = t.init(jax.random.key(0), tokens)
     p = params["params"]
     x = nn.unbox(p["token_embed"]["embedding"])[tokens] + nn.unbox(p["pos_embedding"])[None, :6]
-    x = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)  # ln_final, scale 1 bias 0
+    x = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(
+        x.var(-1, keepdims=True) + 1e-5
+    )  # ln_final, scale 1 bias 0
     want = jnp.stack([x[0, :3].mean(0), x[1, :5].mean(0)])
     np.testing.assert_allclose(t.apply(params, tokens)[0], want, rtol=1e-5, atol=1e-5)
 
@@ -162,8 +173,9 @@ def test_text_mean_pooling_averages_the_non_padding_positions():
 def test_causal_attention_matches_explicit_mask():
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 6, 3, 4)) for i in range(3))
     mask = jnp.tril(jnp.ones((6, 6), bool))[None, None]
-    np.testing.assert_allclose(layers.attention(q, k, v, causal=True), layers.attention(q, k, v, mask=mask),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        layers.attention(q, k, v, causal=True), layers.attention(q, k, v, mask=mask), atol=1e-6
+    )
     # Position 0 attends only to itself.
     np.testing.assert_allclose(layers.attention(q, k, v, causal=True)[:, 0], v[:, 0], atol=1e-6)
 
@@ -176,16 +188,22 @@ def test_grouped_kv_heads_equal_full_attention_with_repeated_kv_heads():
     gqa, full = layers.Attention(num_heads=4, num_kv_heads=2), layers.Attention(num_heads=4)
     for context in (None, ctx):
         p = nn.unbox(gqa.init(jax.random.key(2), x, context))["params"]
-        repeated = {n: {k: jnp.repeat(w, 2, axis=-2 if k == "kernel" else 0) for k, w in p[n].items()}
-                    for n in ("key", "value")}
-        np.testing.assert_allclose(gqa.apply({"params": p}, x, context),
-                                   full.apply({"params": {**p, **repeated}}, x, context), atol=1e-6)
+        repeated = {
+            n: {k: jnp.repeat(w, 2, axis=-2 if k == "kernel" else 0) for k, w in p[n].items()}
+            for n in ("key", "value")
+        }
+        np.testing.assert_allclose(
+            gqa.apply({"params": p}, x, context),
+            full.apply({"params": {**p, **repeated}}, x, context),
+            atol=1e-6,
+        )
 
 
 def test_attention_cache_gives_the_recomputed_outputs():
     """Prefill 4 positions into an 8-slot cache, then decode one: the outputs of attending over all 5."""
-    attn = layers.Attention(num_heads=2, num_kv_heads=1, use_bias=False, rope_theta=100.0,
-                            names=layers.LLAMA_NAMES)
+    attn = layers.Attention(
+        num_heads=2, num_kv_heads=1, use_bias=False, rope_theta=100.0, names=layers.LLAMA_NAMES
+    )
     x, pos = jax.random.normal(jax.random.key(0), (2, 5, 8)), jnp.broadcast_to(jnp.arange(5), (2, 5))
     causal = jnp.tril(jnp.ones((5, 5), bool))[None, None]
     params = attn.init(jax.random.key(1), x, mask=causal, positions=pos)
@@ -194,8 +212,9 @@ def test_attention_cache_gives_the_recomputed_outputs():
     empty = {"k": jnp.zeros((2, 8, 1, 4)), "v": jnp.zeros((2, 8, 1, 4))}
     prefill_mask = jnp.pad(causal[..., :4, :4], ((0, 0), (0, 0), (0, 0), (0, 4)))  # empty slots unseen
     out, cache = attn.apply(params, x[:, :4], mask=prefill_mask, positions=pos[:, :4], cache=empty, index=0)
-    last, cache = attn.apply(params, x[:, 4:], mask=jnp.arange(8) <= 4, positions=pos[:, 4:], cache=cache,
-                             index=4)
+    last, cache = attn.apply(
+        params, x[:, 4:], mask=jnp.arange(8) <= 4, positions=pos[:, 4:], cache=cache, index=4
+    )
     np.testing.assert_allclose(jnp.concatenate([out, last], axis=1), full, atol=1e-5)
     assert not cache["k"][:, 5:].any() and cache["k"][:, :5].all()
 
@@ -208,11 +227,17 @@ def test_attention_rejects_what_it_cannot_do():
         layers.Attention(num_heads=2).init(jax.random.key(0), x, x, cache={"k": x, "v": x})
 
 
-@pytest.mark.parametrize("make", [
-    lambda: layers.Encoder(2, 2, 8), lambda: layers.Attention(2), lambda: vit.MAPHead(2, 8),
-    lambda: layers.HeadsDense("bse,ehd->bshd", (8, 2, 4), ("embed", "heads", "kv"), (0,)),
-    lambda: vit.ViT(8, 1, 2, 16, 4), lambda: text.TextTransformer(10, 5, 8, 1, 2, 8),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: layers.Encoder(2, 2, 8),
+        lambda: layers.Attention(2),
+        lambda: vit.MAPHead(2, 8),
+        lambda: layers.HeadsDense("bse,ehd->bshd", (8, 2, 4), ("embed", "heads", "kv"), (0,)),
+        lambda: vit.ViT(8, 1, 2, 16, 4),
+        lambda: text.TextTransformer(10, 5, 8, 1, 2, 8),
+    ],
+)
 def test_modules_take_keyword_arguments_only(make):
     with pytest.raises(TypeError, match="positional argument"):
         make()
@@ -245,11 +270,14 @@ def test_every_weight_has_logical_axis_names(tiny):
         assert len(leaf.names) == leaf.value.ndim
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(image=dict(TINY["image"], width=25)), "width 25 is not divisible by num_heads 3"),
-    (dict(image=dict(TINY["image"], patch_size=7)), "not divisible by patch size 7"),
-    (dict(text=dict(TINY["text"], width=20)), "width 20 is not divisible by num_heads 3"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (dict(image=dict(TINY["image"], width=25)), "width 25 is not divisible by num_heads 3"),
+        (dict(image=dict(TINY["image"], patch_size=7)), "not divisible by patch size 7"),
+        (dict(text=dict(TINY["text"], width=20)), "width 20 is not divisible by num_heads 3"),
+    ],
+)
 def test_impossible_sizes_raise_one_line(change, message):
     model = models.build(dict(TINY, **change))
     with pytest.raises(ValueError, match=message) as e:
