@@ -95,9 +95,8 @@ class Checkpointer:
         initial = data_iterator.get_state() if steps and data_iterator is not None else None
         unreadable, found = [], (None, target_state, {})
         for step in steps:
-            for attempt in range(
-                2
-            ):  # a second try first: a read can fail for a moment (a network filesystem)
+            # a second try first: a read can fail for a moment (a network filesystem)
+            for attempt in range(2):
                 try:
                     found = (step, self.restore(step, target_state, data_iterator), self.restore_info(step))
                     break

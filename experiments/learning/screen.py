@@ -28,6 +28,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from mmjax import config as config_lib  # noqa: E402
+from mmjax import losses  # noqa: E402
 from mmjax.data import pipeline, shapes  # noqa: E402
 from mmjax.evaluate import (  # noqa: E402
     contrastive,  # noqa: E402
@@ -59,20 +60,15 @@ def report(row: dict, name: str) -> None:
 
 def _mask_negatives(task):
     """Diagnostic: the softmax loss over the allowed pairs only (``batch["allowed"]``, [B, B], True on the
-    diagonal): a negative left out neither pushes nor pulls. One device, no hard negatives."""
-    import jax.numpy as jnp
-    import optax
+    diagonal): a negative left out neither pushes nor pulls (the package's masked loss, with a mask from
+    the labels instead of ``losses.minimal_pair_mask``). One device, one caption, no hard negatives."""
 
     def loss(params, batch, rng):
         out, _ = task.model.apply({"params": params}, batch["image"], batch["text"])
-        logits = out["logit_scale"] * out["image"] @ out["text"].T
-        logits = jnp.where(batch["allowed"], logits, -1e9)
-        labels = jnp.arange(logits.shape[0])
-        ce = (
-            optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()
-        ) / 2
-        return ce, {"logit_scale": out["logit_scale"]}
+        ce, metrics = losses.softmax_contrastive_loss(
+            out["image"], out["text"], out["logit_scale"], negative_mask=batch["allowed"]
+        )
+        return ce, dict(metrics, logit_scale=out["logit_scale"])
 
     task.loss = loss
 
@@ -210,9 +206,8 @@ def main():
             img = images[idx].copy()
             img[flip] = img[flip, :, ::-1]
             txt = np.where(flip[:, None], toks_f[idx, which], toks[idx, which])
-            if (
-                a.twins
-            ):  # the last k rows become the twins of the k rows before them (same flip, caption kind)
+            # the last k rows become the twins of the k rows before them (same flip, caption kind)
+            if a.twins:
                 k = int(round(a.twins * B / 2))
                 src_rows = np.arange(B - 2 * k, B - k)
                 j, w, f = idx[src_rows], which[src_rows], flip[src_rows]
@@ -240,9 +235,8 @@ def main():
                 col, shp = y // 6, y % 6
                 same_c, same_s = col[:, None] == col[None], shp[:, None] == shp[None]
                 allowed = ~(same_c & same_s) if a.negatives == "dedupe" else same_c != same_s
-                if (
-                    kind == "main"
-                ):  # the rule among the short main-object captions; long ones among themselves
+                # the rule among the short main-object captions; long ones among themselves
+                if kind == "main":
                     short = which == K - 1
                     allowed = np.where(short[:, None] & short[None], allowed, ~short[:, None] & ~short[None])
                 batch["allowed"] = allowed | np.eye(B, dtype=bool)

@@ -375,9 +375,8 @@ class VlmPreprocess(grain.transforms.RandomMap):
             )
             kind, i = self.VQA, int(pick_u * len(questions[which]))
             prompt, answer = about(questions[which][i], which), answers[which][i]
-            if (
-                self.vqa_turns > 1
-            ):  # more questions (about any of the images), in random order, as later turns
+            # more questions (about any of the images), in random order, as later turns
+            if self.vqa_turns > 1:
                 pool = [(k, j) for k, q in enumerate(questions) for j in range(len(q))]
                 others = [pool[p] for p in rng.permutation(len(pool)) if pool[p] != (which, i)][
                     : self.vqa_turns - 1

@@ -62,9 +62,7 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     encode_image, encode_text = apply("encode_image"), apply("encode_text")
     encode_object = apply("encode_image_object")  # zero-shot prompts name one object (models' object head)
     image_emb = batched(encode_image, data["image"], bs)
-    object_emb = (
-        batched(encode_object, data["image"], bs) if task.config.model.get("object_head") else image_emb
-    )
+    object_emb = batched(encode_object, data["image"], bs) if task.model.object_head else image_emb
     text_emb = batched(encode_text, data["text"], bs)
 
     class_names = list(data["class_names"])

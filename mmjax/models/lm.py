@@ -243,9 +243,8 @@ class DecoderLM(nn.Module, kw_only=True):
             norm_eps=self.norm_eps,
             dtype=self.dtype,
         )
-        if (
-            self.scan
-        ):  # carry x; positions, mask and index are shared; the cache is scanned over its layer axis
+        # carry x; positions, mask and index are shared; the cache is scanned over its layer axis
+        if self.scan:
             self.blocks = nn.scan(
                 block,
                 variable_axes={"params": 0},
