@@ -106,9 +106,9 @@ class ContrastiveTask:
     def _attribute_ids(self) -> tuple[tuple[int, ...], ...]:
         """Token ids of the dataset's attribute words (``Dataset.attribute_words``), one tuple per attribute;
         each word must be one token of the tokenizer."""
-        from mmjax.data import pipeline  # lazy: the data stack, only where a task needs it
+        from mmjax.data import registry  # lazy: the dataset registry (no Grain, no TFDS)
 
-        groups = pipeline.attribute_words(self.config.data)
+        groups = registry.attribute_words(self.config.data)
         if not groups:
             raise ConfigError(
                 f"config.loss.negatives='minimal_pairs' needs the attribute words of dataset "
@@ -170,9 +170,9 @@ class ContrastiveTask:
         return loss, metrics
 
     def train_loader(self, global_batch_size: int, seed: int):
-        from mmjax.data import pipeline
+        from mmjax.data import loaders  # lazy: the data stack, only where a task reads data
 
-        return pipeline.train_loader(
+        return loaders.train_loader(
             self.config.data, tokenizer=self.tokenizer, global_batch_size=global_batch_size, seed=seed
         )
 
@@ -237,14 +237,14 @@ class VlmTask:
         return losses.lm_loss(logits[:, :-1], tokens[:, 1:], weights)
 
     def train_loader(self, global_batch_size: int, seed: int):
-        from mmjax.data import pipeline
+        from mmjax.data import loaders, transforms  # lazy: the data stack, only where a task reads data
 
-        return pipeline.train_loader(
+        return loaders.train_loader(
             self.config.data,
             tokenizer=self.tokenizer,
             global_batch_size=global_batch_size,
             seed=seed,
-            preprocess=pipeline.vlm_preprocess(self.config.data, self.tokenizer, self.num_image_tokens),
+            preprocess=transforms.vlm_preprocess(self.config.data, self.tokenizer, self.num_image_tokens),
         )
 
     def evaluate(self, params, workdir: str, history: list[dict], run_info: dict) -> dict:

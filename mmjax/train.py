@@ -87,10 +87,10 @@ def check_workdir(workdir: str) -> str:
 
 def check_dataset(data_cfg) -> None:
     """An unknown ``data.name`` fails now, as one line, before anything is built."""
-    from mmjax.data import pipeline  # the data stack: a run that trains needs it, --print_config does not
+    from mmjax.data import registry  # lazy: a run that trains needs it, --print_config does not
 
     try:
-        pipeline.get_dataset(data_cfg)
+        registry.get_dataset(data_cfg)
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e)) from None
 

@@ -215,8 +215,8 @@ def make_config(model: str, levers: frozenset, batch: int):
         config = config_lib.load_file(os.path.join(ROOT, "configs", "clip_shapes.py"))
         config.model = mcfg
         config.data.max_len = mcfg["text"]["max_len"]
-        # one caption per image (the plain CLIP step of a named model); the main job's second caption
-        # and its minimal-pair mask need the dataset's attribute words, i.e. the data stack
+        # one caption per image, the step open_clip's reference runs: the main job's second (short)
+        # caption would double the text tower's work on one side of the comparison only
         config.data.extra_short_caption, config.loss.short_negatives = False, "all"
     elif mcfg["type"] == "early_fusion":
         config = config_lib.load_file(os.path.join(ROOT, "configs", "llava_shapes.py") + ":stage=2")

@@ -113,7 +113,7 @@ def main():
     task = run.task
     tok = task.tokenizer
     t0 = time.time()
-    src = pipeline._data_source(c.data, "train")
+    src = pipeline.data_source(c.data, "train")
     n = len(src)
     recs = [src[i] for i in range(n)]
     images = np.stack([pipeline.record_image(r) for r in recs])

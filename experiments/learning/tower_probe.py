@@ -46,7 +46,7 @@ def main():
     c = load_config("configs/clip_shapes.py", a.set)
     tower = models.build(c.model).image
     model = Probe(tower)
-    src = pipeline._data_source(c.data, "train")
+    src = pipeline.data_source(c.data, "train")
     n = 8000
     recs = [src[i] for i in range(n)]
     images = np.stack([pipeline.record_image(r) for r in recs])

@@ -62,10 +62,10 @@ def generate_all(
 
 def encoder(task):
     """``prompt -> ids`` of a generation prompt for ``task``'s model and data config."""
-    from mmjax.data import pipeline
+    from mmjax.data import layout  # lazy: as the other data imports (layout itself needs only numpy)
 
     n, max_len = task.num_image_tokens, task.config.data.max_len
-    return lambda prompt: pipeline.encode_vlm(task.tokenizer, n, prompt, None, max_len)[0]
+    return lambda prompt: layout.encode_vlm(task.tokenizer, n, prompt, None, max_len)[0]
 
 
 def answer_questions(task, params, data: dict, batch_size: int) -> tuple[list[tuple], list[str], dict]:
@@ -93,10 +93,10 @@ def answer_questions(task, params, data: dict, batch_size: int) -> tuple[list[tu
 def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) -> dict:
     import jax
 
-    from mmjax.data import pipeline
+    from mmjax.data import loaders  # lazy: the data stack, only where a task reads data
 
     cfg = task.config
-    load = pipeline.load_pairs if task.images_per_example == 2 else pipeline.load_split
+    load = loaders.load_pairs if task.images_per_example == 2 else loaders.load_split
     data = load(cfg.data, cfg.eval.split, tokenizer=task.tokenizer, max_examples=cfg.eval.num_examples)
     bs = cfg.eval.batch_size
     rows, predicted, metrics = answer_questions(task, params, data, bs)

@@ -45,8 +45,12 @@ def _tiny(**kwargs) -> pipeline.Dataset:
 @pytest.fixture
 def registry(monkeypatch):
     """A copy of the registry for the test: what it registers is gone afterwards."""
-    monkeypatch.setattr(pipeline, "DATASETS", dict(pipeline.DATASETS))
-    return pipeline.DATASETS
+    from mmjax.data import registry
+
+    datasets = dict(registry.DATASETS)
+    monkeypatch.setattr(registry, "DATASETS", datasets)
+    monkeypatch.setattr(pipeline, "DATASETS", datasets)  # the re-export names the same dict
+    return datasets
 
 
 def _cfg(name="tiny", **overrides):
@@ -169,7 +173,7 @@ def test_register_by_import_path_is_lazy(registry, tok, tmp_path, monkeypatch):
 def test_bad_registrations(registry):
     with pytest.raises(ValueError, match="not of the form 'package.module:ATTRIBUTE'"):
         pipeline.register_dataset("bad", "mmjax.data.shapes.CLASS_NAMES")
-    with pytest.raises(TypeError, match="must be a pipeline.Dataset"):
+    with pytest.raises(TypeError, match="must be a registry.Dataset"):
         pipeline.register_dataset("bad", ["not", "a", "dataset"])
     pipeline.register_dataset("missing", "mmjax.data.no_such_module:DATASET")
     with pytest.raises(
@@ -179,7 +183,7 @@ def test_bad_registrations(registry):
     ):
         pipeline.class_names(_cfg("missing"))
     pipeline.register_dataset("wrong", "mmjax.data.shapes:CLASS_NAMES")
-    with pytest.raises(TypeError, match="'mmjax.data.shapes:CLASS_NAMES' is a list, not a pipeline.Dataset"):
+    with pytest.raises(TypeError, match="'mmjax.data.shapes:CLASS_NAMES' is a list, not a registry.Dataset"):
         pipeline.class_names(_cfg("wrong"))
 
 
@@ -253,3 +257,48 @@ def test_shapes_batches_are_unchanged(data_dir, tok):
         for key in RECORDED:
             drawn[key].append(row[key])
     assert drawn == RECORDED
+
+
+def _shout(text: str) -> str:  # module level: a transform's functions are pickled into Grain's workers
+    return text.replace("red", "blue")
+
+
+def test_the_text_grammar_is_the_datasets(registry, tok):
+    """Flips mirror the text with the dataset's ``flip_text``; a dataset without one keeps its texts, and
+    options that need grammar it lacks fail when the pipeline is built, naming the option."""
+    pipeline.register_dataset("plain", _tiny())
+    pipeline.register_dataset("mirrored", _tiny(flip_text=_shout))
+    for name, want in (("plain", CAPTIONS[0]), ("mirrored", "a blue circle")):
+        (batch,) = _batches(_cfg(name, flip_prob=1.0), tok, 1)
+        for i, text in zip(batch["id"], batch["text"]):
+            assert tok.decode(text) == (want if i % 4 == 0 else CAPTIONS[i % 4])
+    with pytest.raises(ValueError, match=r"data.hard_negatives=True, .*Dataset.negative_caption"):
+        _batches(_cfg("plain", hard_negatives=True), tok, 1)
+    with pytest.raises(ValueError, match=r"data.images_per_example=2, .*Dataset.about_image"):
+        pipeline.vlm_preprocess(_cfg("plain", images_per_example=2), tok, 4)
+    with pytest.raises(ValueError, match=r"no two-image examples \(Dataset.about_image\)"):
+        pipeline.load_pairs(_cfg("plain", caption_prompt="what is in the image"), "test", tokenizer=tok)
+
+
+def test_the_registry_needs_no_data_stack():
+    """A task asks the registry for its dataset's attribute words (the minimal-pair negatives of the main
+    job) with Grain, TFDS and Pillow unimportable, as on a GPU machine that only benchmarks steps."""
+    import subprocess
+
+    code = textwrap.dedent(
+        """
+        import sys
+        for name in ("grain", "PIL", "tensorflow_datasets", "array_record"):
+            sys.modules[name] = None
+        from mmjax import config, tasks
+        from mmjax.data import registry, shapes
+        cfg = config.load_file("configs/clip_shapes.py:tiny")
+        assert cfg.loss.short_negatives == "minimal_pairs" and cfg.data.extra_short_caption
+        task = tasks.get_task(cfg)
+        assert registry.attribute_words(cfg.data) == (shapes.COLOURS, shapes.SHAPES)
+        assert [len(g) for g in task.attribute_ids] == [len(shapes.COLOURS), len(shapes.SHAPES)]
+        assert "mmjax.data.pipeline" not in sys.modules
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
