@@ -11,6 +11,8 @@ and ``python -m mmjax.train --help`` does not list it.
 * the blocks every run has: ``mesh``, ``sharding``, ``distributed``;
 * the embedded shapes dataset (``shapes_data``) and the captioning/VQA rows the fusion configs train on
   (``vlm_data``), their optimizer (``vlm_adamw``) and evaluation (``vlm_eval``); ``adamw`` for all;
+* a user's own data (``prepared_data``, from ``python -m mmjax.prepare``) and an imported Hugging Face
+  model to fine-tune on it (``hf_model``);
 * the tiny towers of the seconds-long test variants (``tiny_tower``, ``tiny_lm``).
 """
 
@@ -29,7 +31,8 @@ def parse_arg(arg, *, allowed, config_file):
     Args:
       arg: the text after ``:`` in ``--config=configs/x.py:ARG`` (``get_config``'s argument), or None.
       allowed: ``{name: default}``. A default of ``False`` makes ``name`` a flag, True when given; a tuple
-        lists the values ``name=VALUE`` may take, of one type, its first the default: ``stage=(1, 2)``.
+        lists the values ``name=VALUE`` may take, of one type, its first the default: ``stage=(1, 2)``; a
+        string default (e.g. ``""``) takes any text: ``hf=/path/to/model`` (no commas).
       config_file: the config's ``__file__``, named in the error.
 
     Returns:
@@ -46,6 +49,8 @@ def parse_arg(arg, *, allowed, config_file):
             opts[name] = True
         elif isinstance(choices, tuple) and eq and text in [str(v) for v in choices]:
             opts[name] = type(choices[0])(text)
+        elif isinstance(choices, str) and eq and text:
+            opts[name] = text
         else:
             raise ConfigError(f"{_display_name(config_file)}: unknown argument {part!r}; {_usage(allowed)}")
     return types.SimpleNamespace(**opts)
@@ -57,11 +62,16 @@ def _display_name(config_file):
     return os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path))
 
 
+def _form(name, default):
+    if default is False:
+        return name
+    if isinstance(default, str):
+        return f"{name}=TEXT"
+    return f"{name}={'|'.join(map(str, default))}"
+
+
 def _usage(allowed):
-    forms = [
-        name if default is False else f"{name}={'|'.join(map(str, default))}"
-        for name, default in allowed.items()
-    ]
+    forms = [_form(name, default) for name, default in allowed.items()]
     if len(forms) == 1:
         return f"use no argument or ':{forms[0]}'"
     return "use no argument or a comma-separated list of " + ", ".join(f"'{f}'" for f in forms)
@@ -133,6 +143,59 @@ def shapes_data(tiny, **fields):
         worker_count=0,
         **fields,
     )
+
+
+def prepared_data(tiny, *, image_size, tokenizer, max_len, normalization):
+    """A dataset written by ``python -m mmjax.prepare`` (set ``data.path``): images of any size cropped to
+    ``image_size`` (training: open_clip's random resized crop, scale 0.9-1; evaluation: shortest side and
+    centre crop), normalised as the model expects, no flips (captions may name left and right)."""
+    return dict(
+        name="prepared",  # or a TFDS catalog dataset by name, e.g. "coco_captions" (docs/catalog_datasets.md)
+        path=None,  # the --output folder of python -m mmjax.prepare
+        data_dir=None,  # a catalog dataset's TFDS data_dir (local or gs://); None: TFDS's default
+        image_size=image_size,
+        crop="random_resized",
+        crop_scale=(0.9, 1.0),
+        normalization=normalization,
+        tokenizer=tokenizer,
+        max_len=max_len,
+        flip_prob=0.0,
+        caption_sampling="random",
+        hard_negatives=False,
+        short_caption_prob=0.0,
+        extra_short_caption=False,
+        worker_count=0 if tiny else 4,  # Grain processes decoding JPEGs
+    )
+
+
+def hf_model(directory):
+    """``(model, data fields, init_from)`` for fine-tuning the Hugging Face CLIP or SigLIP in ``directory``:
+    its architecture (``config.json``), tokenizer (``tokenizer.json``), image size and normalisation
+    (``preprocessor_config.json``), and its weights loaded when the run starts."""
+    from mmjax.data import images  # lazy: configs load without the data stack until they need it
+    from mmjax.interop import hf, preprocess
+
+    model = hf.read_model_config(directory)
+    processor = preprocess.processor_config(directory)
+    mean, std = tuple(processor.get("image_mean", (0.5,) * 3)), tuple(processor.get("image_std", (0.5,) * 3))
+    names = [
+        n
+        for n, ms in images.NORMALIZATIONS.items()
+        if all(abs(a - b) < 1e-4 for a, b in zip(ms[0] + ms[1], mean + std))
+    ]
+    if not names:
+        raise ConfigError(
+            f"{directory}: preprocessor_config.json's image_mean {mean} and image_std {std} are none of "
+            f"mmjax's normalizations ({', '.join(images.NORMALIZATIONS)}); add yours to mmjax/data/images.py"
+        )
+    data = dict(
+        image_size=model.image_size,
+        tokenizer=f"hf:{directory}",
+        max_len=model.text.max_len,
+        normalization=names[-1],
+    )
+    init_from = dict(workdir=None, regex=(), hf=directory, hf_regex=(".*",))
+    return model, data, init_from
 
 
 def vlm_data(tiny, *, caption_prob, images_per_example=1, max_len=64):

@@ -226,23 +226,7 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     stored = ocp.PyTreeCheckpointHandler().metadata(epath.Path(path)).tree["params"]
     stored = flax.traverse_util.flatten_dict(stored, sep="/")
     target = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
-    regexes = [re.compile(p) for p in patterns]
-    chosen = [k for k in target if any(r.fullmatch(k) for r in regexes)]
-    if not chosen:
-        raise ConfigError(
-            f"init_from.regex {tuple(patterns)} matches no parameter of the model; paths look like "
-            f"{next(iter(target))!r}"
-        )
-    for key in chosen:
-        if key not in stored:
-            raise ConfigError(
-                f"init_from: parameter {key!r} is not in checkpoint {path}; narrow init_from.regex"
-            )
-        if tuple(stored[key].shape) != tuple(target[key].shape):
-            raise ConfigError(
-                f"init_from: parameter {key!r} has shape {tuple(stored[key].shape)} in {path} but "
-                f"{tuple(target[key].shape)} in the model; make the model sizes match"
-            )
+    chosen = _chosen(target, stored, patterns, f"checkpoint {path}", "init_from.regex")
     default = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # for targets without a sharding
     item = {
         "params": flax.traverse_util.unflatten_dict(
@@ -261,6 +245,44 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     )
     merged = dict(target, **flax.traverse_util.flatten_dict(loaded["params"], sep="/"))
     return flax.traverse_util.unflatten_dict(merged, sep="/")
+
+
+def _chosen(target: dict, stored: dict, patterns, where: str, option: str) -> list[str]:
+    """The keys of ``target`` (flat parameter paths) that fully match one of ``patterns``; a ``ConfigError``
+    naming the key when ``stored`` (``where``) lacks one or holds it in another shape."""
+    regexes = [re.compile(p) for p in patterns]
+    chosen = [k for k in target if any(r.fullmatch(k) for r in regexes)]
+    if not chosen:
+        raise ConfigError(
+            f"{option} {tuple(patterns)} matches no parameter of the model; paths look like "
+            f"{next(iter(target))!r}"
+        )
+    for key in chosen:
+        if key not in stored:
+            raise ConfigError(f"init_from: parameter {key!r} is not in {where}; narrow {option}")
+        if tuple(stored[key].shape) != tuple(target[key].shape):
+            raise ConfigError(
+                f"init_from: parameter {key!r} has shape {tuple(stored[key].shape)} in {where} but "
+                f"{tuple(target[key].shape)} in the model; make the model sizes match"
+            )
+    return chosen
+
+
+def load_hf_params(directory: str, params, patterns=(".*",)) -> dict:
+    """``params`` with every parameter whose path fully matches one of ``patterns`` replaced by its value
+    in the Hugging Face model ``directory`` (``config.json`` + safetensors, converted by
+    ``mmjax.interop.hf.load``), placed with the target's sharding: fine-tuning an imported model."""
+    from mmjax.interop import hf  # lazy: the optional [hf] extra, only for a run that loads HF weights
+
+    _, loaded = hf.load(directory)
+    stored = flax.traverse_util.flatten_dict(loaded, sep="/")
+    target = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
+    chosen = _chosen(target, stored, patterns, f"Hugging Face model {directory}", "init_from.hf_regex")
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    for key in chosen:
+        sharding = getattr(target[key], "sharding", None) or default
+        target[key] = jax.device_put(np.asarray(stored[key], target[key].dtype), sharding)
+    return flax.traverse_util.unflatten_dict(target, sep="/")
 
 
 def _shapes_by_path(tree) -> dict[str, tuple]:

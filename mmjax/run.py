@@ -129,11 +129,17 @@ def _abstract_state(params, tx, mesh, rules):
 
 
 def load_init_from(config, params):
-    """``params`` with the parameters that ``config.init_from`` names loaded from other runs."""
+    """``params`` with the parameters that ``config.init_from`` names loaded: from a Hugging Face model
+    (``init_from.hf`` = its directory, ``hf_regex``: which parameters, default all) and from other runs."""
     if not config.get("init_from"):
         return params
-    from mmjax.checkpoint import init_sources, load_params  # Orbax: only for a run that loads weights
+    from mmjax.checkpoint import init_sources, load_hf_params, load_params  # Orbax: only where it loads
 
+    hf_dir = config.init_from.get("hf")
+    if hf_dir:  # an imported Hugging Face model first; the runs below may overwrite parts of it
+        regex = tuple(config.init_from.get("hf_regex", None) or (".*",))
+        params = load_hf_params(hf_dir, params, regex)
+        print(f"loaded {regex} from the Hugging Face model {hf_dir}", file=sys.stderr)
     for source, regex in init_sources(config.init_from):
         params = load_params(source, params, regex)
         print(f"loaded {tuple(regex)} from {source}", file=sys.stderr)

@@ -7,27 +7,20 @@ into memory for evaluation.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import grain
 import numpy as np
 
-from mmjax.data import registry
+from mmjax.data import images, registry
 from mmjax.data.layout import images_per_example
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.data.transforms import (
-    PairSource,
-    _text,
-    normalize,
-    pair_partners,
-    record_image,
-    texts,
-    train_preprocess,
-)
+from mmjax.data.transforms import PairSource, _text, pair_partners, record_image, texts, train_preprocess
 
 
-def _normalize_batch(batch: dict) -> dict:
-    return {**batch, "image": normalize(batch["image"])}
+def _normalize_batch(batch: dict, normalization: str = "minus_one_one") -> dict:
+    return {**batch, "image": images.normalize(batch["image"], normalization)}
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -89,6 +82,9 @@ def train_loader(
     ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(threads, -(-512 // local_batch)))
     )
+    # uint8 -> float32 with the model's mean and std (data.normalization), per batch, in the workers if any
+    normalization = images.check_normalization(data_cfg.get("normalization", "minus_one_one"))
+    ds = ds.map(functools.partial(_normalize_batch, normalization=normalization))
     worker_count = data_cfg.get("worker_count", 0) or 0
     if worker_count > 0:  # workers prepare whole batches; which rows form a batch does not depend on them
         _ensure_absl_flags_parsed()
@@ -97,7 +93,7 @@ def train_loader(
                 num_workers=worker_count, per_worker_buffer_size=data_cfg.get("worker_buffer_size", None) or 2
             )
         )
-    return ds.map(_normalize_batch)
+    return ds
 
 
 def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int | None = None) -> dict:
@@ -107,14 +103,16 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
     records = [source[i] for i in range(n)]
     captions = [texts(r, "captions", split) for r in records]
     canonical = [c[0] for c in captions]
-    size = data_cfg.get("image_size", 64)
-    images = (
-        np.stack([normalize(record_image(r, split)) for r in records])
+    size, normalization = data_cfg.get("image_size", 64), data_cfg.get("normalization", "minus_one_one")
+    # the evaluation view: as stored when already size x size (shapes), else shortest side + centre crop
+    views = [images.resize_center_crop(record_image(r, split), size) for r in records]
+    pixels = (
+        np.stack([images.normalize(v, normalization) for v in views])
         if records
         else np.zeros((0, size, size, 3), np.float32)
     )
     return {
-        "image": images,
+        "image": pixels,
         "text": tokenizer.tokenize(canonical, data_cfg.get("max_len", 32)),
         "caption": canonical,
         "captions": captions,

@@ -1,9 +1,10 @@
 """Grain input pipelines over TFDS array_record sources (no TensorFlow): the data stack's one namespace.
 
-Three modules, re-exported here: ``mmjax.data.registry`` (which ``Dataset`` ``data.name`` reads: its
+Four modules, re-exported here: ``mmjax.data.registry`` (which ``Dataset`` ``data.name`` reads: its
 random-access source of a split, class names, zero-shot prompts and text grammar; free of Grain and TFDS),
-``mmjax.data.transforms`` (per-example transforms of a record) and ``mmjax.data.loaders`` (the training
-pipeline and whole splits for evaluation). ``from mmjax.data import pipeline`` gives all three.
+``mmjax.data.transforms`` (per-example transforms of a record), ``mmjax.data.images`` (crops, a model's
+normalisation) and ``mmjax.data.loaders`` (the training pipeline and whole splits for evaluation).
+``from mmjax.data import pipeline`` gives them all.
 
 Training (``train_loader``) is a Grain dataset pipeline over ``builder.as_data_source("train")``, built
 lazily on a ``MapDataset`` so that every process describes the same *global* sequence of examples but reads
@@ -21,7 +22,9 @@ so augmentation does not depend on the process count either, the same seed gives
 ``worker_count`` does not change them.
 
 Batches are dicts of numpy arrays (B = local batch, L = ``max_len``):
-  ``image`` float32 [B, H, W, 3] in [-1, 1] (``normalize``: x / 127.5 - 1; ``denormalize`` inverts),
+  ``image`` float32 [B, H, W, 3] normalised by ``data.normalization`` (default "minus_one_one": x / 127.5 - 1,
+  in [-1, 1]; "clip": OpenAI CLIP's mean and std; ``images.normalize``, ``denormalize`` inverts) in the
+  workers, after ``data.crop`` ("none": as stored; "random_resized", "center": any image size),
   ``text`` int32 [B, L] (``[BOS] ... [EOT] PAD``, see ``mmjax.data.tokenizer``), ``label`` int32 [B],
   ``id`` int32 [B] (index of the example in its split), ``truncated`` bool [B] (caption cut to fit L),
   with ``hard_negatives`` ``text_neg`` int32 [B, L]: the caption with one shape word swapped, and with
@@ -50,6 +53,7 @@ iterator's state). Iterators with workers should be ``close()``d.
 guard (absl's ``app.run`` style is fine).
 """
 
+from mmjax.data.images import NORMALIZATIONS, denormalize, normalize, random_resized_crop, resize_center_crop
 from mmjax.data.layout import encode_vlm, images_per_example
 from mmjax.data.loaders import load_pairs, load_split, train_loader
 from mmjax.data.registry import (
@@ -64,12 +68,11 @@ from mmjax.data.registry import (
     register_dataset,
 )
 from mmjax.data.transforms import (
+    ImageView,
     PairSource,
     TrainPreprocess,
     VlmPreprocess,
     decode_image,
-    denormalize,
-    normalize,
     pair_partners,
     record_image,
     texts,
@@ -79,6 +82,8 @@ from mmjax.data.transforms import (
 
 __all__ = [
     "DATASETS",
+    "NORMALIZATIONS",
+    "ImageView",
     "GENERIC_PROMPT_TEMPLATES",
     "Dataset",
     "PairSource",
@@ -97,8 +102,10 @@ __all__ = [
     "normalize",
     "pair_partners",
     "prompt_templates",
+    "random_resized_crop",
     "record_image",
     "register_dataset",
+    "resize_center_crop",
     "texts",
     "train_loader",
     "train_preprocess",

@@ -168,3 +168,51 @@ register_dataset(
         about_image=shapes.about_image,
     ),
 )
+
+
+def prepared_path(data_cfg) -> str:
+    """``data.path`` of a dataset written by ``python -m mmjax.prepare``; a ``ValueError`` when unset."""
+    path = data_cfg.get("path", None)
+    if not path:
+        raise ValueError(
+            "data.name='prepared' reads a dataset written by python -m mmjax.prepare; "
+            "set --config.data.path=DIR to its output folder"
+        )
+    return path
+
+
+def _prepared_source(data_cfg, split: str):
+    from mmjax import prepare  # lazy: TFDS, only where the records are read
+
+    return prepare.open_prepared(prepared_path(data_cfg), split)
+
+
+def _prepared_class_names(data_cfg) -> list[str]:
+    """An imagefolder's class names (summary.json); other formats have none (no zero-shot then)."""
+    from mmjax import prepare  # lazy: as above
+
+    return list(prepare.read_summary(prepared_path(data_cfg)).get("class_names", []))
+
+
+# A user's own image-caption data (csv, jsonl, webdataset, imagefolder), prepared by python -m mmjax.prepare;
+# its texts are not mirrored with a flip (flip_text None), and it has no short captions or attribute words.
+register_dataset(
+    "prepared",
+    Dataset(source=_prepared_source, class_names=_prepared_class_names, splits=("train", "validation")),
+)
+
+
+# TFDS catalog datasets by name (mmjax/data/catalog.py, docs/catalog_datasets.md; prepared as array_record
+# under data.data_dir): each is catalog's attribute NAME.upper(), imported when a config first names it.
+CATALOG_NAMES = (
+    "coco_captions",
+    "cifar10",
+    "cifar100",
+    "imagenet2012",
+    "imagenet_v2",
+    "food101",
+    "oxford_iiit_pet",
+    "caltech101",
+)
+for _name in CATALOG_NAMES:
+    register_dataset(_name, f"mmjax.data.catalog:{_name.upper()}")

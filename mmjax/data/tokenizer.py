@@ -1,6 +1,7 @@
 """Tokenizers: one interface, a word-level vocabulary for the shapes grammar and a UTF-8 byte fallback.
 
-Conventions shared by every tokenizer (a later BPE tokenizer implements the same ``Tokenizer``):
+Conventions shared by every tokenizer (``mmjax.interop.hf_tokenizer``'s BPE ones,
+``get_tokenizer("hf:PATH")``, implement the same ``Tokenizer``):
 
 * ``PAD = 0``, then ``BOS = 1`` and ``EOT = 2`` (``UNK = 3`` for the word tokenizer); real tokens follow.
 * Two more specials for vision-language models come *after* every other id (so adding them changed no
@@ -129,7 +130,19 @@ class ByteTokenizer(Tokenizer):
 _TOKENIZERS = {"shapes_words": WordTokenizer.for_shapes, "bytes": ByteTokenizer}
 
 
+HF_PREFIX = "hf:"  # data.tokenizer="hf:PATH": a Hugging Face tokenizer.json (a file, or its directory)
+
+
 def get_tokenizer(name: str) -> Tokenizer:
+    """A tokenizer by name: "shapes_words", "bytes", or ``"hf:PATH"`` (a ``tokenizer.json`` file or a model
+    directory holding one, e.g. CLIP's or SigLIP's: ``mmjax.interop.hf_tokenizer``, the [hf] extra)."""
+    if name.startswith(HF_PREFIX):
+        from mmjax.interop import hf_tokenizer  # lazy: the optional [hf] extra, only for this tokenizer
+
+        return hf_tokenizer.load_tokenizer(name[len(HF_PREFIX) :])
     if name not in _TOKENIZERS:
-        raise ValueError(f"unknown tokenizer {name!r}; valid names: {', '.join(sorted(_TOKENIZERS))}")
+        raise ValueError(
+            f"unknown tokenizer {name!r}; valid names: {', '.join(sorted(_TOKENIZERS))}, "
+            f"or {HF_PREFIX}PATH of a tokenizer.json"
+        )
     return _TOKENIZERS[name]()

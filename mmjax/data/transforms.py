@@ -6,11 +6,13 @@
 (seed, global element index). They know no dataset by name: the dataset's grammar (``Dataset.flip_text``,
 ``negative_caption``, ``about_image``, from ``mmjax.data.registry``) is handed to them as functions, and
 ``train_preprocess`` / ``vlm_preprocess`` build them from a config. Also here: decoding a record's image and
-texts with one clear error per damaged record, ``normalize`` and the two-image ``PairSource``.
+texts with one clear error per damaged record, the crop of a training view (``ImageView``, over
+``mmjax.data.images``) and the two-image ``PairSource``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable
 
@@ -19,7 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mmjax.config import DataError
-from mmjax.data import registry
+from mmjax.data import images, registry
 from mmjax.data.layout import encode_vlm, images_per_example
 from mmjax.data.tokenizer import Tokenizer
 
@@ -29,14 +31,42 @@ IMAGE_KEYS = (
 )  # the record field holding the encoded image: shapes', a prepared dataset's
 
 
-def normalize(image_uint8: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1]."""
-    return np.asarray(image_uint8, np.float32) / 127.5 - 1.0
+@dataclasses.dataclass(frozen=True)
+class ImageView:
+    """How a training example sees its decoded image: ``crop`` "none" (as stored: the dataset's images are
+    already ``data.image_size`` square, as shapes'), "center" (shortest side to ``size``, centre crop) or
+    "random_resized" (``images.random_resized_crop`` with ``scale``; the only one that draws from the rng)."""
+
+    crop: str = "none"
+    size: int = 64
+    scale: tuple[float, float] = (0.9, 1.0)
+
+    def __post_init__(self):
+        if self.crop not in CROPS:
+            raise ValueError(f"data.crop={self.crop!r} is unknown; valid crops: {', '.join(CROPS)}")
+
+    @classmethod
+    def from_config(cls, data_cfg) -> ImageView:
+        return cls(
+            data_cfg.get("crop", "none"),
+            data_cfg.get("image_size", 64),
+            tuple(data_cfg.get("crop_scale", (0.9, 1.0))),
+        )
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.crop == "random_resized":
+            return images.random_resized_crop(image, self.size, rng, self.scale)
+        if self.crop == "center":
+            return images.resize_center_crop(image, self.size)
+        if image.shape[:2] != (self.size, self.size):
+            raise DataError(
+                f"an image of {image.shape[1]}x{image.shape[0]} pixels, but data.image_size={self.size} and "
+                "data.crop='none'; set data.crop='random_resized' (or 'center') for images of any size"
+            )
+        return image
 
 
-def denormalize(image: np.ndarray) -> np.ndarray:
-    """float32 [-1, 1] -> uint8 [0, 255] (for display)."""
-    return np.clip(np.round((np.asarray(image) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+CROPS = ("none", "center", "random_resized")
 
 
 def pair_partners(n: int) -> np.ndarray:
@@ -129,6 +159,7 @@ class TrainPreprocess(grain.transforms.RandomMap):
         *,
         flip_text: Callable[[str], str] | None = None,
         negative_caption: Callable[[str, np.random.Generator], str] | None = None,
+        view: ImageView | None = None,
     ):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
@@ -150,9 +181,12 @@ class TrainPreprocess(grain.transforms.RandomMap):
         self.short_caption_prob, self.short_caption = short_caption_prob, short_caption
         self.extra_short_caption = extra_short_caption
         self.flip_text, self.negative_caption = flip_text or _unchanged, negative_caption
+        self.view = view or ImageView("none", 0)
 
     def random_map(self, record, rng: np.random.Generator):
         image = record_image(record)
+        if self.view.crop != "none":
+            image = self.view(image, rng)
         captions = texts(record, "captions")
         caption = captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0]
         if self.short_caption_prob and rng.random() < self.short_caption_prob:  # no draw at 0
@@ -203,6 +237,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         *,
         flip_text: Callable[[str], str] | None = None,
         about_image: Callable[[str, int], str] | None = None,
+        view: ImageView | None = None,
     ):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
@@ -219,6 +254,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         self.caption_prob, self.caption_sampling = caption_prob, caption_sampling
         self.vqa_turns = vqa_turns
         self.flip_text, self.about_image = flip_text or _unchanged, about_image
+        self.view = view or ImageView("none", 0)
 
     def random_map(self, record, rng: np.random.Generator):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
@@ -246,8 +282,10 @@ class VlmPreprocess(grain.transforms.RandomMap):
                     : self.vqa_turns - 1
                 ]
                 turns = [(about(questions[k][j], k), answers[k][j]) for k, j in others]
-        images = [record_image(r) for r in records]
-        image = np.stack(images) if len(images) > 1 else images[0]
+        views = [record_image(r) for r in records]
+        if self.view.crop != "none":
+            views = [self.view(v, rng) for v in views]
+        image = np.stack(views) if len(views) > 1 else views[0]
         if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer
             image = np.ascontiguousarray(np.flip(image, axis=-2))
             prompt, answer = self.flip_text(prompt), self.flip_text(answer)
@@ -279,6 +317,7 @@ def train_preprocess(data_cfg, tokenizer: Tokenizer) -> TrainPreprocess:
         data_cfg.get("extra_short_caption", False),
         flip_text=ds.flip_text,
         negative_caption=ds.negative_caption,
+        view=ImageView.from_config(data_cfg),
     )
 
 
@@ -299,4 +338,5 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
         images_per_example(data_cfg),
         flip_text=ds.flip_text,
         about_image=ds.about_image,
+        view=ImageView.from_config(data_cfg),
     )

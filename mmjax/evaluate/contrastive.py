@@ -49,7 +49,7 @@ def zero_shot_metrics(logits: np.ndarray, labels: np.ndarray, class_names: list[
 
 
 def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) -> dict:
-    from mmjax.data import pipeline
+    from mmjax.data import images, pipeline  # lazy: the data stack, only where a run evaluates
 
     cfg = task.config
     data = pipeline.load_split(
@@ -60,12 +60,44 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
         lambda x: task.model.apply({"params": params}, x, method=method)[0]
     )
     encode_image, encode_text = apply("encode_image"), apply("encode_text")
-    encode_object = apply("encode_image_object")  # zero-shot prompts name one object (models' object head)
+    # zero-shot prompts name one object: scored against the object head's embedding, where the model has one
+    encode_object = apply("encode_image_object") if task.model.object_head else encode_image
     image_emb = batched(encode_image, data["image"], bs)
-    object_emb = batched(encode_object, data["image"], bs) if task.model.object_head else image_emb
     text_emb = batched(encode_text, data["text"], bs)
 
-    class_names = list(data["class_names"])
+    results = {"eval_split": cfg.eval.split, "eval_examples": int(len(data["caption"]))}
+    class_names, logits = list(data["class_names"]), None
+    if class_names:  # zero-shot where the dataset names classes (not a plain image-caption dataset)
+        object_emb = batched(encode_object, data["image"], bs) if task.model.object_head else image_emb
+        logits, zs_results = _zero_shot(task, cfg, encode_text, encode_object, object_emb, data, class_names)
+        results.update(zs_results)
+    results.update(retrieval.retrieval_metrics(image_emb, text_emb, keys=data["caption"]))
+    results.update(run_info)
+    if jax.process_index() == 0:
+        n = min(8, len(data["caption"]))
+        normalization = cfg.data.get("normalization", "minus_one_one")
+        report.write(
+            workdir,
+            results,
+            history,
+            images=images.normalize(images.denormalize(data["image"][:n], normalization)),  # in [-1, 1]
+            captions=data["caption"][:n],
+            similarity=image_emb[:n] @ text_emb[:n].T,
+            predictions=[class_names[i] for i in logits[:n].argmax(axis=1)]
+            if logits is not None
+            else [""] * n,
+        )
+    return results
+
+
+def _zero_shot(
+    task, cfg, encode_text, encode_object, object_emb, data, class_names
+) -> tuple[np.ndarray, dict]:
+    """Zero-shot logits of the evaluation split (``object_emb``: its images' embeddings) and its metrics,
+    and those of ``eval.also_split``."""
+    from mmjax.data import pipeline  # lazy: as in evaluate
+
+    bs = cfg.eval.batch_size
     class_emb = zero_shot.class_embeddings(
         lambda t: batched(encode_text, t, bs),
         lambda texts: task.tokenizer.tokenize(texts, cfg.data.max_len),
@@ -76,8 +108,6 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     labels = np.asarray(data["label"])
     zs = zero_shot_metrics(logits, labels, class_names)
     results = {
-        "eval_split": cfg.eval.split,
-        "eval_examples": int(len(labels)),
         "zero_shot_top1": zs.pop("top1"),
         "zero_shot_top5": zs.pop("top5"),
         "zero_shot_classes": len(class_names),
@@ -96,17 +126,4 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
         other_logits = batched(encode_object, other["image"], bs) @ class_emb.T
         for k, v in zero_shot_metrics(other_logits, np.asarray(other["label"]), class_names).items():
             results[f"{also}_zero_shot_{k}"] = v
-    results.update(retrieval.retrieval_metrics(image_emb, text_emb, keys=data["caption"]))
-    results.update(run_info)
-    if jax.process_index() == 0:
-        n = min(8, len(labels))
-        report.write(
-            workdir,
-            results,
-            history,
-            images=data["image"][:n],
-            captions=data["caption"][:n],
-            similarity=image_emb[:n] @ text_emb[:n].T,
-            predictions=[class_names[i] for i in logits[:n].argmax(axis=1)],
-        )
-    return results
+    return logits, results

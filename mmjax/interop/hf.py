@@ -20,6 +20,7 @@ shapes. ``load_tokenizer`` and :class:`HfTokenizer` live in ``hf_tokenizer``.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from typing import Any, Callable, Mapping
@@ -248,6 +249,35 @@ def read_dir(directory: str) -> tuple[dict, dict[str, np.ndarray]]:
         except Exception as e:  # safetensors raises its own error types
             raise InteropError(f"{path}: not a readable safetensors file ({e})") from None
     return hf_config, state
+
+
+# The weights a model's config is read from (its temperature and bias init), beside config.json.
+CONFIG_WEIGHTS = ("logit_scale", "logit_bias")
+
+
+def read_model_config(directory: str) -> ml_collections.ConfigDict:
+    """The mmjax model config of a Hugging Face directory, as ``load`` gives it, reading ``config.json``
+    and only the scalar weights it needs (``CONFIG_WEIGHTS``), not the whole model: for a config file
+    (e.g. ``configs/clip_custom.py:hf=DIR``) whose run then loads the weights once (``init_from.hf``)."""
+    from safetensors import safe_open  # lazy: the optional [hf] extra
+
+    config_path = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_path):
+        raise InteropError(f"{directory!r} has no config.json; pass a directory written by save_pretrained")
+    with open(config_path) as f:
+        hf_config = json.load(f)
+    arch = architecture(hf_config)
+    files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+    if not files:
+        raise InteropError(
+            f"{directory!r} has no safetensors weights; save the model with safe_serialization"
+        )
+    state = {}
+    for path in files:
+        with safe_open(path, framework="flax") as f:  # flax: bfloat16 reads too
+            for key in set(f.keys()) & set(CONFIG_WEIGHTS):
+                state[key] = np.asarray(f.get_tensor(key), np.float32)
+    return ml_collections.ConfigDict(_ARCHS[arch].config_from_hf(hf_config, state))
 
 
 def load(source):

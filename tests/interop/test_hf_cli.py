@@ -9,6 +9,7 @@ import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import jax
 import numpy as np
 import pytest
 from helpers import require  # importorskip, but an error under CI=true
@@ -194,6 +195,54 @@ def test_zero_shot_command_prints_one_json_line_per_image(clip_dir, tmp_path):
     got = np.array([[r["probs"][label] for label in labels] for r in rows])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert np.abs(got[0] - got[1]).max() > 1e-4  # the two images are told apart
+
+
+def test_clip_custom_fine_tunes_an_imported_clip(clip_dir, tmp_path):
+    """``configs/clip_custom.py:hf=DIR``: the model, tokenizer, image size and normalisation of the directory,
+    its weights loaded when the run starts (read once; the config reads only config.json and the scalars)
+    and trained on a prepared dataset."""
+    import shutil
+
+    from PIL import Image
+
+    from mmjax import checkpoint, prepare, train
+    from mmjax import config as config_lib
+    from mmjax.run import build_run
+
+    _, source = clip_dir
+    directory = str(tmp_path / "clip")
+    shutil.copytree(source, directory)
+    clip_processor = dict(PREPROCESS, image_mean=[0.48145466, 0.4578275, 0.40821073])
+    clip_processor["image_std"] = [0.26862954, 0.26130258, 0.27577711]
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump(clip_processor, f)
+    rng = np.random.default_rng(0)
+    rows = ["filepath,title"]
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (20 + i, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append(f"{i}.png,w{3 + i % 7} w{10 + i % 5} w{20 + i}")
+    (tmp_path / "pairs.csv").write_text("\n".join(rows) + "\n")
+    data = str(tmp_path / "prepared")
+    assert prepare.main(["--format=csv", f"--input={tmp_path / 'pairs.csv'}", f"--output={data}"]) == 0
+
+    cfg = config_lib.load_file(f"configs/clip_custom.py:tiny,hf={directory}")
+    config_lib.override(cfg, "data.path", data)
+    config_lib.override(cfg, "total_steps", "3")
+    want_cfg, want = hf.load(directory)
+    assert cfg.model.to_dict() == want_cfg.to_dict()  # from config.json and logit_scale alone
+    assert (cfg.data.image_size, cfg.data.normalization, cfg.data.max_len) == (30, "clip", 8)
+    assert cfg.data.tokenizer == f"hf:{directory}" and cfg.init_from.hf == directory
+    run = build_run(cfg)
+    start = jax.device_get(run.init().params)  # the imported weights, everywhere
+    jax.tree.map(np.testing.assert_array_equal, start, jax.device_get(want))
+    workdir = str(tmp_path / "run")
+    results = train.train_and_evaluate(cfg, workdir)
+    assert "i2t_r1" in results
+    end = jax.device_get(checkpoint.load_params(workdir, run.init(init_from=False).params, (".*",)))
+    flat = lambda tree: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}  # noqa: E731
+    still = [k for k, v in flat(start).items() if np.array_equal(v, flat(end)[k])]
+    # fine-tuned from the import: all but the key biases (a softmax ignores a constant added to every logit)
+    assert still and all("'key']['bias'" in k for k in still), still
 
 
 def test_zero_shot_command_rejects_a_non_two_tower_directory(tmp_path, capsys):
