@@ -85,7 +85,10 @@ def run_cli(*args):
             "error: TextTransformer: width 32 is not divisible by num_heads 3",
         ),
         (["--workdir=/nonexistent/parent/run"], "error: workdir parent '/nonexistent/parent' does not exist"),
-        (["--config.data.name=imagenet"], "error: unknown dataset 'imagenet'; valid names: shapes"),
+        (
+            ["--config.data.name=imagenet"],
+            "error: unknown dataset 'imagenet'; valid names: caltech101, cifar10, cifar100, coco_captions, ",
+        ),
         (
             ["--config.attention=flash"],
             "error: attention='flash' is not an attention kernel; use one of default, xla, cudnn",

@@ -125,7 +125,9 @@ def test_prompt_templates_per_dataset(registry, data_dir):
 
 def test_unknown_dataset_and_split(registry, tok):
     pipeline.register_dataset("tiny", _tiny())
-    with pytest.raises(ValueError, match=r"^unknown dataset 'mnist'; valid names: shapes, tiny$"):
+    names = ", ".join(sorted(registry))  # the built-in ones (shapes, prepared, the TFDS catalog) and tiny
+    assert "shapes" in names and "cifar10" in names and "tiny" in names
+    with pytest.raises(ValueError, match=rf"^unknown dataset 'mnist'; valid names: {names}$"):
         pipeline.train_loader(
             _cfg("mnist"), tokenizer=tok, global_batch_size=4, seed=0, shard_index=0, shard_count=1
         )
