@@ -180,7 +180,7 @@ def _clean_captions(value: Any) -> list[str]:
 # Images
 
 
-def _to_rgb(im):
+def to_rgb(im):
     """``im`` as an 8-bit RGB image: transparency composited on white, 16-bit and float rescaled."""
     from PIL import Image
 
@@ -225,7 +225,7 @@ def encode_image(
     except Exception:  # malformed EXIF: keep the pixels as stored
         pass
     try:
-        im = _to_rgb(im)
+        im = to_rgb(im)
     except ValueError:  # a mode Pillow cannot convert (e.g. LAB)
         raise _Skip("unsupported_image_mode") from None
     width, height = im.size

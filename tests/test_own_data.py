@@ -190,7 +190,7 @@ def test_zero_shot_on_a_prepared_imagefolder(tmp_path):
     )
     cfg = _config("clip_custom.py:tiny", **{"data.path": out, "total_steps": 2, "checkpoint_every": 2})
     results = train.train_and_evaluate(cfg, str(tmp_path / "run"))
-    assert pipeline.class_names(cfg.data) == ["golden-retriever", "parrot", "tabby_cat"]
+    assert pipeline.class_names(cfg.data) == ["golden retriever", "parrot", "tabby cat"]  # as captioned
     assert results["zero_shot_classes"] == 3 and 0 <= results["zero_shot_top1"] <= 1
 
 

@@ -188,10 +188,12 @@ def _prepared_source(data_cfg, split: str):
 
 
 def _prepared_class_names(data_cfg) -> list[str]:
-    """An imagefolder's class names (summary.json); other formats have none (no zero-shot then)."""
+    """An imagefolder's class names as its captions read them (``golden_retriever`` -> "golden retriever",
+    summary.json's folder names); other formats have none (no zero-shot then)."""
     from mmjax import prepare  # lazy: as above
 
-    return list(prepare.read_summary(prepared_path(data_cfg)).get("class_names", []))
+    names = prepare.read_summary(prepared_path(data_cfg)).get("class_names", [])
+    return [prepare.class_caption(name) for name in names]
 
 
 # A user's own image-caption data (csv, jsonl, webdataset, imagefolder), prepared by python -m mmjax.prepare;
