@@ -4,7 +4,7 @@ SigLIP (``:hf=DIR``: its architecture, tokenizer, image size, normalisation and 
 
     python -m mmjax.prepare --format=csv --input=pairs.csv --output=data/pairs
     python -m mmjax.train --config=configs/clip_custom.py --config.data.path=data/pairs --workdir=runs/own
-    python -m mmjax.train --config=configs/clip_custom.py:hf=models/clip-vit-base-patch32 \\
+    python -m mmjax.train --config=configs/clip_custom.py:hf=openai/clip-vit-base-patch32 \\
         --config.data.path=data/pairs --workdir=runs/own_ft
     python -m mmjax.train --config=configs/clip_custom.py:tiny --config.data.path=DIR --workdir=/tmp/c
 

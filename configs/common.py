@@ -169,12 +169,14 @@ def prepared_data(tiny, *, image_size, tokenizer, max_len, normalization):
 
 
 def hf_model(directory):
-    """``(model, data fields, init_from)`` for fine-tuning the Hugging Face CLIP or SigLIP in ``directory``:
+    """``(model, data fields, init_from)`` for fine-tuning the Hugging Face CLIP or SigLIP in ``directory``
+    (or a Hub id):
     its architecture (``config.json``), tokenizer (``tokenizer.json``), image size and normalisation
     (``preprocessor_config.json``), and its weights loaded when the run starts."""
     from mmjax.data import images  # lazy: configs load without the data stack until they need it
-    from mmjax.interop import hf, preprocess
+    from mmjax.interop import hf, hub, preprocess
 
+    directory = hub.resolve(directory)  # a Hub id: its snapshot in the cache (every host reads the same)
     model = hf.read_model_config(directory)
     processor = preprocess.processor_config(directory)
     mean, std = tuple(processor.get("image_mean", (0.5,) * 3)), tuple(processor.get("image_std", (0.5,) * 3))

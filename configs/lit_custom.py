@@ -4,7 +4,7 @@ and a text tower trained to meet it, on a dataset prepared by ``python -m mmjax.
 CLIP/SigLIP (``:hf=DIR``, the text tower starting from the import too) or from an mmjax run
 (``:run=WORKDIR``, e.g. a ``clip_custom`` run; the text tower starts from scratch).
 
-    python -m mmjax.train --config=configs/lit_custom.py:hf=models/clip-vit-base-patch32 \\
+    python -m mmjax.train --config=configs/lit_custom.py:hf=openai/clip-vit-base-patch32 \\
         --config.data.path=data/pairs --workdir=runs/lit
     python -m mmjax.train --config=configs/lit_custom.py:tiny,run=/tmp/c --config.data.path=DIR \\
         --workdir=/tmp/l

@@ -218,9 +218,9 @@ ACCEPTED = {
     ],
     "flamingo_shapes.py": [None, "tiny", "pairs", "pairs,tiny", "tiny,pairs"],
     "lm_shapes.py": [None, "tiny"],
-    # hf=DIR reads the directory when the config loads: here a missing one, a one-line error (below)
-    "clip_custom.py": [None, "tiny", "hf=models/clip-vit-base-patch32"],
-    "lit_custom.py": ["tiny,run=/tmp/c", "run=/tmp/c", "hf=models/clip-vit-base-patch32"],
+    # hf=ID reads the model when the config loads: here a Hub id not in the cache, a one-line error (below)
+    "clip_custom.py": [None, "tiny", "hf=openai/clip-vit-base-patch32"],
+    "lit_custom.py": ["tiny,run=/tmp/c", "run=/tmp/c", "hf=openai/clip-vit-base-patch32"],
 }
 
 
@@ -237,10 +237,12 @@ def test_accepted_lists_every_config_and_every_argument_its_docstring_shows():
 @pytest.mark.parametrize(
     "spec", [name + (f":{arg}" if arg else "") for name, args in ACCEPTED.items() for arg in args]
 )
-def test_every_accepted_argument_resolves(spec):
-    if "hf=" in spec:  # the example directory of the docstring is not here: one line naming it
+def test_every_accepted_argument_resolves(spec, monkeypatch, tmp_path):
+    if "hf=" in spec:  # the docstring's Hub id, offline and not in an (empty) cache: one line naming it
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
         with pytest.raises(
-            config_lib.ConfigError, match=r"^'models/clip-vit-base-patch32' has no config.json"
+            config_lib.ConfigError, match=r"^openai/clip-vit-base-patch32: cannot get this Hub"
         ):
             config_lib.load_file(f"configs/{spec}")
         return

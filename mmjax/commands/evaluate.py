@@ -35,7 +35,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,13 +51,10 @@ from mmjax.commands import load_hf_model
 from mmjax.config import ConfigError, DataError
 from mmjax.data import images, registry
 from mmjax.evaluate import retrieval, zero_shot
-from mmjax.interop import preprocess
+from mmjax.interop import hub, preprocess
 
 IMAGEFOLDER, PREPARED = "imagefolder:", "prepared:"
 IMAGEFOLDER_SPLIT = "all"  # an image folder's one split
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# what a Hub snapshot needs for this command (no PyTorch, TensorFlow or Flax weight files)
-HUB_FILES = ("*.json", "*.safetensors", "*.txt", "*.model")
 PURPOSE = "python -m mmjax.evaluate needs a two-tower (CLIP or SigLIP) model"
 
 
@@ -132,37 +128,9 @@ def load_model(spec: str) -> Encoder:
             f"--model={spec} is neither an mmjax run directory (no checkpoints/) nor a Hugging Face model "
             "directory (no config.json)"
         )
-    if HUB_ID.fullmatch(spec):
-        return load_hf_dir(hub_snapshot(spec))
+    if hub.is_hub_id(spec):
+        return load_hf_dir(hub.resolve(spec))  # its one-line InteropError when the Hub has none
     raise EvaluateError(f"--model={spec}: no such directory, and not a Hugging Face Hub id (org/name)")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def hub_snapshot(repo_id: str) -> str:
-    """The local snapshot folder of Hub model ``repo_id``: downloaded (its JSON, safetensors and tokenizer
-    files only), or only looked up in the cache when ``HF_HUB_OFFLINE`` is set."""
-    try:
-        from huggingface_hub import snapshot_download  # lazy: the optional [hf] extra, for Hub ids only
-    except ImportError:
-        raise EvaluateError(
-            f"--model={repo_id} looks like a Hub id, and huggingface_hub is not installed "
-            "(pip install -e '.[hf]'); or pass a local directory"
-        ) from None
-    offline = _offline()
-    try:
-        return snapshot_download(repo_id, local_files_only=offline, allow_patterns=list(HUB_FILES))
-    except Exception as e:  # not in the cache, no such repository, no network, ...: all one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        hint = (
-            "HF_HUB_OFFLINE is set and it is not in the Hugging Face cache (HF_HOME / HF_HUB_CACHE); "
-            "download it once online"
-            if offline
-            else f"{type(e).__name__}: {first}"
-        )
-        raise EvaluateError(f"--model={repo_id}: cannot get this Hub model ({hint})") from None
 
 
 def load_hf_dir(directory: str) -> Encoder:

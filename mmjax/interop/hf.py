@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from mmjax import models
-from mmjax.interop import InteropError, hf_configs, hf_rules
+from mmjax.interop import InteropError, hf_configs, hf_rules, hub
 from mmjax.interop.hf_layouts import Rule, array_from_hf, array_to_hf, fuse, hf_shape, split_fused
 from mmjax.interop.hf_tokenizer import HfTokenizer, load_tokenizer
 
@@ -261,6 +261,7 @@ def read_model_config(directory: str) -> ml_collections.ConfigDict:
     (e.g. ``configs/clip_custom.py:hf=DIR``) whose run then loads the weights once (``init_from.hf``)."""
     from safetensors import safe_open  # lazy: the optional [hf] extra
 
+    directory = hub.resolve(directory)
     config_path = os.path.join(directory, "config.json")
     if not os.path.isfile(config_path):
         raise InteropError(f"{directory!r} has no config.json; pass a directory written by save_pretrained")
@@ -281,9 +282,10 @@ def read_model_config(directory: str) -> ml_collections.ConfigDict:
 
 
 def load(source):
-    """``(config, params)`` from a directory (``config.json`` + safetensors) or a transformers model."""
+    """``(config, params)`` from a directory (``config.json`` + safetensors), a Hugging Face Hub id
+    (``mmjax.interop.hub.resolve``: the cache, or a download) or a transformers model."""
     if isinstance(source, (str, os.PathLike)):
-        return from_hf(*read_dir(os.fspath(source)))
+        return from_hf(*read_dir(hub.resolve(os.fspath(source))))
     hf_config = source.config.to_dict()
     name = type(source).__name__
     if name not in _ARCHS:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mmjax.data.tokenizer import Tokenizer
-from mmjax.interop import InteropError
+from mmjax.interop import InteropError, hub
 
 
 class HfTokenizer(Tokenizer):
@@ -70,6 +70,7 @@ def load_tokenizer(
     token to ``"<image>"`` when the vocabulary has one (LLaVA)."""
     from tokenizers import Tokenizer as Backend  # lazy: the optional [hf] extra
 
+    path = hub.resolve(path)  # a Hub id: its snapshot in the cache
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise InteropError(f"{path!r} has no tokenizer.json; pass the file or its directory")

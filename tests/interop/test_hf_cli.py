@@ -289,3 +289,40 @@ def test_unreadable_weights_are_one_line(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(hf.InteropError, match=r"model\.safetensors: not a readable safetensors file \(.*\)$"):
         hf.load(str(tmp_path))
+
+
+def test_a_hub_id_reads_the_offline_cache(clip_dir, tmp_path, monkeypatch):
+    """``hf.load``, the tokenizer, ``read_model_config`` and ``configs/clip_custom.py:hf=ORG/NAME`` take a
+    Hub id: with HF_HUB_OFFLINE=1 the snapshot in HF_HUB_CACHE (filled here by hand, no network); an id
+    the cache lacks is one line."""
+    import shutil
+
+    from mmjax import config as config_lib
+    from mmjax.interop import hub
+
+    _, directory = clip_dir
+    cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--tiny-org--tiny-clip"
+    clip_files = tmp_path / "clip"
+    shutil.copytree(directory, clip_files)
+    clip_processor = dict(PREPROCESS, image_mean=[0.48145466, 0.4578275, 0.40821073])
+    clip_processor["image_std"] = [0.26862954, 0.26130258, 0.27577711]
+    (clip_files / "preprocessor_config.json").write_text(json.dumps(clip_processor))
+    shutil.copytree(clip_files, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    snapshot = str(repo / "snapshots" / commit)
+    assert hub.resolve("tiny-org/tiny-clip") == snapshot and hub.resolve(directory) == directory
+    cfg, params = hf.load("tiny-org/tiny-clip")
+    want_cfg, want = hf.load(directory)
+    assert cfg.to_dict() == want_cfg.to_dict() == hf.read_model_config("tiny-org/tiny-clip").to_dict()
+    jax.tree.map(np.testing.assert_array_equal, params, want)
+    assert hf.load_tokenizer("tiny-org/tiny-clip").encode("w5 w7") == [5, 7]
+    c = config_lib.load_file("configs/clip_custom.py:tiny,hf=tiny-org/tiny-clip")
+    assert c.init_from.hf == snapshot and c.data.tokenizer == f"hf:{snapshot}"  # resolved once, when loaded
+    with pytest.raises(
+        hf.InteropError, match=r"^other/model: cannot get this Hub model \(HF_HUB_OFFLINE is set"
+    ):
+        hf.load("other/model")
