@@ -96,6 +96,77 @@ def perturbed(model, seed: int):
     return model.eval()
 
 
+# A word-level vocabulary of 64 ids ("<image>" = 63, for LLaVA) and the image processor fields of the tiny
+# Hugging Face directories the command-line tests write (shortest edge 30, centre crop 30x30).
+HF_WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 63)] + ["<image>"]
+HF_PREPROCESS = {
+    "do_resize": True,
+    "size": {"shortest_edge": 30},
+    "resample": 3,
+    "do_center_crop": True,
+    "crop_size": {"height": 30, "width": 30},
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.48, 0.46, 0.41],
+    "image_std": [0.27, 0.26, 0.28],
+}
+
+
+def save_word_tokenizer(directory):
+    """A word-level ``tokenizer.json`` over ``HF_WORDS`` ("<s> $A </s>"; unknown words: <pad>) and its
+    ``tokenizer_config.json``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(HF_WORDS)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<image>"])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)
+
+
+def save_tiny_clip(directory):
+    """A tiny random transformers ``CLIPModel`` (width 36, 3 heads, 30-pixel images, every weight
+    perturbed, seed 0) saved in ``directory`` with ``save_word_tokenizer`` and ``HF_PREPROCESS``; returns
+    the model."""
+    import torch
+    import transformers
+
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=36,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            max_position_embeddings=8,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        ),
+        vision_config=dict(
+            hidden_size=36,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            image_size=30,
+            patch_size=6,
+        ),
+        projection_dim=20,
+    )
+    torch.manual_seed(0)
+    model = perturbed(transformers.CLIPModel(config), 3)
+    model.save_pretrained(directory)
+    save_word_tokenizer(directory)
+    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
+        json.dump(HF_PREPROCESS, f)
+    return model
+
+
 def tiny_llava_config(*, vision_layers: int, patch_size: int, max_positions: int, image_token_id: int = 63):
     """A tiny random ``transformers.LlavaConfig``: a CLIP vision tower of width 36 with 3 heads on 30-pixel
     images, a 2-layer Llama of width 32 with grouped-query attention (4 heads, 2 key/value heads), 64 ids."""

@@ -9,25 +9,14 @@ import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import helpers
 import numpy as np
 import pytest
 from helpers import require, tiny_config  # require: importorskip, but an error under CI=true
 
 from mmjax.commands import evaluate
 
-WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 64)]  # a word-level vocabulary of 64 ids
-PREPROCESS = {  # transformers' CLIPImageProcessor fields: shortest edge 30, centre crop 30x30
-    "do_resize": True,
-    "size": {"shortest_edge": 30},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 30, "width": 30},
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.48, 0.46, 0.41],
-    "image_std": [0.27, 0.26, 0.28],
-}
+PREPROCESS = helpers.HF_PREPROCESS  # transformers' CLIPImageProcessor fields: shortest edge 30, crop 30x30
 # class folders; their names (sorted): "w10", "w25", "w5 w32" ("_" reads as a space). The tiny random model
 # predicts each of them for some image, far from a tie, with the default and the test's templates.
 CLASS_FOLDERS = ("w5_w32", "w10", "w25")
@@ -35,61 +24,15 @@ NAMES = ["w10", "w25", "w5 w32"]
 HUB_ID = "tiny-org/tiny-clip"
 
 
-def _word_tokenizer(directory):
-    """``tokenizer.json`` over WORDS ("<s> $A </s>"; unknown words: <pad>) and ``tokenizer_config.json``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["<pad>", "<s>", "</s>"])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
-    )
-    tok.save(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    """``(model, directory)``: a tiny random transformers ``CLIPModel`` (every weight perturbed) saved with a
-    word-level tokenizer and a CLIP ``preprocessor_config.json``."""
-    torch = require("torch")
+    """``(model, directory)``: ``helpers.save_tiny_clip``'s tiny random transformers ``CLIPModel``."""
+    require("torch")
     transformers = require("transformers")
     require("tokenizers")
-    from helpers import perturbed
-
     transformers.logging.set_verbosity_error()
-    config = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=36,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=3,
-            max_position_embeddings=8,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            hidden_size=36,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=3,
-            image_size=30,
-            patch_size=6,
-        ),
-        projection_dim=20,
-    )
-    torch.manual_seed(0)
-    model = perturbed(transformers.CLIPModel(config), 3)
     directory = str(tmp_path_factory.mktemp("clip"))
-    model.save_pretrained(directory)
-    _word_tokenizer(directory)
-    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
-        json.dump(PREPROCESS, f)
-    return model, directory
+    return helpers.save_tiny_clip(directory), directory
 
 
 def _textured(rng, w, h, channels=3):

@@ -18,28 +18,14 @@ torch = require("torch")
 transformers = require("transformers")
 tokenizers = require("tokenizers")
 
+import helpers  # noqa: E402
 from helpers import perturbed, tiny_llava_config  # noqa: E402
 
 from mmjax.commands import generate, zero_shot  # noqa: E402
 from mmjax.interop import hf, preprocess  # noqa: E402
 
 transformers.logging.set_verbosity_error()
-WORDS = ["<pad>", "<s>", "</s>"] + [f"w{i}" for i in range(3, 63)] + ["<image>"]  # 64 ids; <image> = 63
-
-
-def _word_tokenizer(directory):
-    """A word-level tokenizer.json over WORDS, with a "<s> $A </s>" template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["<pad>", "<s>", "</s>", "<image>"])
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)]
-    )
-    tok.save(os.path.join(directory, "tokenizer.json"))
-    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-        json.dump({"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}, f)
+WORDS, PREPROCESS = helpers.HF_WORDS, helpers.HF_PREPROCESS
 
 
 def _write_images(directory, sizes):
@@ -52,20 +38,6 @@ def _write_images(directory, sizes):
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
         paths.append(path)
     return paths
-
-
-PREPROCESS = {
-    "do_resize": True,
-    "size": {"shortest_edge": 30},
-    "resample": 3,
-    "do_center_crop": True,
-    "crop_size": {"height": 30, "width": 30},
-    "do_rescale": True,
-    "rescale_factor": 1 / 255,
-    "do_normalize": True,
-    "image_mean": [0.48, 0.46, 0.41],
-    "image_std": [0.27, 0.26, 0.28],
-}
 
 
 def _textured_images(directory):
@@ -130,36 +102,8 @@ def test_preprocess_equals_transformers_image_processors(processor, resample, tm
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    config = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=64,
-            hidden_size=36,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=3,
-            max_position_embeddings=8,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-        ),
-        vision_config=dict(
-            hidden_size=36,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=3,
-            image_size=30,
-            patch_size=6,
-        ),
-        projection_dim=20,
-    )
-    torch.manual_seed(0)
-    model = perturbed(transformers.CLIPModel(config), 3)
     directory = str(tmp_path_factory.mktemp("clip"))
-    model.save_pretrained(directory)
-    _word_tokenizer(directory)
-    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
-        json.dump(PREPROCESS, f)
-    return model, directory
+    return helpers.save_tiny_clip(directory), directory
 
 
 def test_zero_shot_command_prints_one_json_line_per_image(clip_dir, tmp_path):
@@ -197,11 +141,24 @@ def test_zero_shot_command_prints_one_json_line_per_image(clip_dir, tmp_path):
     assert np.abs(got[0] - got[1]).max() > 1e-4  # the two images are told apart
 
 
+def _with_clip_normalisation(source, destination) -> str:
+    """A copy of the model directory ``source`` whose image processor normalises with OpenAI CLIP's mean
+    and std (one of mmjax's data.normalization names; the fixture's own values are none)."""
+    import shutil
+
+    from mmjax.data import images
+
+    shutil.copytree(source, destination)
+    mean, std = images.NORMALIZATIONS["clip"]
+    processor = dict(PREPROCESS, image_mean=list(mean), image_std=list(std))
+    (destination / "preprocessor_config.json").write_text(json.dumps(processor))
+    return str(destination)
+
+
 def test_clip_custom_fine_tunes_an_imported_clip(clip_dir, tmp_path):
     """``configs/clip_custom.py:hf=DIR``: the model, tokenizer, image size and normalisation of the directory,
     its weights loaded when the run starts (read once; the config reads only config.json and the scalars)
     and trained on a prepared dataset."""
-    import shutil
 
     from PIL import Image
 
@@ -209,13 +166,7 @@ def test_clip_custom_fine_tunes_an_imported_clip(clip_dir, tmp_path):
     from mmjax import config as config_lib
     from mmjax.run import build_run
 
-    _, source = clip_dir
-    directory = str(tmp_path / "clip")
-    shutil.copytree(source, directory)
-    clip_processor = dict(PREPROCESS, image_mean=[0.48145466, 0.4578275, 0.40821073])
-    clip_processor["image_std"] = [0.26862954, 0.26130258, 0.27577711]
-    with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
-        json.dump(clip_processor, f)
+    directory = _with_clip_normalisation(clip_dir[1], tmp_path / "clip")
     rng = np.random.default_rng(0)
     rows = ["filepath,title"]
     for i in range(24):
@@ -259,7 +210,7 @@ def llava_dir(tmp_path_factory):
     model = perturbed(transformers.LlavaForConditionalGeneration(config), 4)
     cfg, params = hf.load(model)
     directory = hf.save(cfg, params, str(tmp_path_factory.mktemp("llava")))
-    _word_tokenizer(directory)
+    helpers.save_word_tokenizer(directory)
     with open(os.path.join(directory, "preprocessor_config.json"), "w") as f:
         json.dump(PREPROCESS, f)
     return model, directory
@@ -303,12 +254,7 @@ def test_a_hub_id_reads_the_offline_cache(clip_dir, tmp_path, monkeypatch):
     _, directory = clip_dir
     cache, commit = tmp_path / "hub", "0123456789abcdef0123456789abcdef01234567"
     repo = cache / "models--tiny-org--tiny-clip"
-    clip_files = tmp_path / "clip"
-    shutil.copytree(directory, clip_files)
-    clip_processor = dict(PREPROCESS, image_mean=[0.48145466, 0.4578275, 0.40821073])
-    clip_processor["image_std"] = [0.26862954, 0.26130258, 0.27577711]
-    (clip_files / "preprocessor_config.json").write_text(json.dumps(clip_processor))
-    shutil.copytree(clip_files, repo / "snapshots" / commit)
+    shutil.copytree(_with_clip_normalisation(directory, tmp_path / "clip"), repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
