@@ -46,6 +46,18 @@ def tiny_config(data_dir, **overrides):
     return cfg
 
 
+def saved_params(workdir, cfg):
+    """The parameters of the latest checkpoint in ``workdir`` (a run of ``cfg``), as numpy."""
+    import flax.linen as nn
+    import jax
+
+    from mmjax import checkpoint, tasks
+
+    task = tasks.get_task(cfg)
+    params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
+    return jax.device_get(checkpoint.load_params(workdir, params, (".*",)))
+
+
 def step_with_grads(run):
     """``run.step_fn`` jitted with ``run``'s shardings (the state not donated), also returning the gradients
     of the loss at the state it is given: ``(state, metrics, grads)`` (all parameters' gradients, frozen ones

@@ -5,14 +5,14 @@ images of any size cropped and normalised as the model expects, ``configs/clip_c
 import csv
 import os
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from helpers import saved_params
 from PIL import Image
 
-from mmjax import checkpoint, prepare, tasks, train
 from mmjax import config as config_lib
+from mmjax import prepare, train
 from mmjax.config import DataError
 from mmjax.data import images, pipeline
 from mmjax.data.tokenizer import ByteTokenizer
@@ -58,12 +58,6 @@ def _config(spec, **overrides):
     for key, value in overrides.items():
         config_lib.override(cfg, key, str(value))
     return cfg
-
-
-def _params(cfg, workdir):
-    task = tasks.get_task(cfg)
-    params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
-    return jax.device_get(checkpoint.load_params(workdir, params, (".*",)))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +162,7 @@ def test_clip_custom_trains_and_evaluates_retrieval(custom_run, pairs_dir):
     assert not any(k.startswith("zero_shot") for k in results)  # a csv names no classes
     assert os.path.exists(os.path.join(workdir, "report.md"))
     start = jax.device_get(build_run(cfg).init(init_from=False).params)
-    end = _params(cfg, workdir)
+    end = saved_params(workdir, cfg)
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), start, end)
     assert all(jax.tree.leaves(moved))  # every parameter trained
 
@@ -198,7 +192,7 @@ def test_lit_locks_the_image_tower(custom_run, pairs_dir, tmp_path):
     clip_cfg, clip_workdir, _ = custom_run
     cfg = _config(f"lit_custom.py:tiny,run={clip_workdir}", **{"data.path": pairs_dir, "total_steps": 4})
     train.train_and_evaluate(cfg, str(tmp_path / "lit"))
-    clip, lit = _params(clip_cfg, clip_workdir), _params(cfg, str(tmp_path / "lit"))
+    clip, lit = saved_params(clip_workdir, clip_cfg), saved_params(str(tmp_path / "lit"), cfg)
     for tower in ("image", "image_proj"):
         jax.tree.map(np.testing.assert_array_equal, lit[tower], clip[tower])  # loaded, then locked
     start = jax.device_get(build_run(cfg).init(init_from=False).params)

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from helpers import assert_grads_close, step_with_grads
+from helpers import assert_grads_close, saved_params, step_with_grads
 
 from mmjax import checkpoint, sharding, tasks, train
 from mmjax import config as config_lib
@@ -35,13 +35,6 @@ def load(spec, data_dir, **overrides):
     for key, value in overrides.items():
         config_lib.override(cfg, key, str(value))
     return cfg
-
-
-def saved_params(workdir, cfg):
-    """The parameters of the latest checkpoint in ``workdir`` (a run of ``cfg``), as numpy."""
-    task = tasks.get_task(cfg)
-    params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
-    return jax.device_get(checkpoint.load_params(workdir, params, (".*",)))
 
 
 def initial_params(cfg):
