@@ -18,15 +18,18 @@ def to_host(x) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def batched(fn, array: np.ndarray, batch_size: int) -> np.ndarray:
-    """Apply a jitted ``fn`` over ``array`` in fixed-size batches (the last one padded: one compile)."""
+def batched(fn, array: np.ndarray, batch_size: int):
+    """Apply a jitted ``fn`` over ``array`` in fixed-size batches (the last one padded: one compile); ``fn``
+    may return an array or a tuple of arrays (then a tuple of the concatenations)."""
     out = []
     for i in range(0, len(array), batch_size):
         chunk = array[i : i + batch_size]
         pad = batch_size - len(chunk)
         if pad:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        out.append(to_host(fn(chunk))[: batch_size - pad])
+        out.append(jax.tree.map(lambda x: to_host(x)[: batch_size - pad], fn(chunk)))
+    if isinstance(out[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*out))
     return np.concatenate(out)
 
 
@@ -62,13 +65,15 @@ def evaluate(task, params, workdir: str, history: list[dict], run_info: dict) ->
     encode_image, encode_text = apply("encode_image"), apply("encode_text")
     # zero-shot prompts name one object: scored against the object head's embedding, where the model has one
     encode_object = apply("encode_image_object") if task.model.object_head else encode_image
-    image_emb = batched(encode_image, data["image"], bs)
+    if task.model.object_head:  # both image embeddings from one pass of the tower
+        image_emb, object_emb = batched(apply("encode_image_both"), data["image"], bs)
+    else:
+        image_emb = object_emb = batched(encode_image, data["image"], bs)
     text_emb = batched(encode_text, data["text"], bs)
 
     results = {"eval_split": cfg.eval.split, "eval_examples": int(len(data["caption"]))}
     class_names, logits = list(data["class_names"]), None
     if class_names:  # zero-shot where the dataset names classes (not a plain image-caption dataset)
-        object_emb = batched(encode_object, data["image"], bs) if task.model.object_head else image_emb
         logits, zs_results = _zero_shot(task, cfg, encode_text, encode_object, object_emb, data, class_names)
         results.update(zs_results)
     results.update(retrieval.retrieval_metrics(image_emb, text_emb, keys=data["caption"]))

@@ -89,6 +89,11 @@ class TwoTower(nn.Module, kw_only=True):
         pooled, extras = self.image(images)
         return self._project_object(pooled), extras
 
+    def encode_image_both(self, images):
+        """``((encode_image, encode_image_object), extras)`` from one pass of the image tower."""
+        pooled, extras = self.image(images)
+        return (self._project_image(pooled), self._project_object(pooled)), extras
+
     def encode_text(self, tokens):
         pooled, extras = self.text(tokens)
         return _l2_normalize(self.text_proj(pooled)), extras

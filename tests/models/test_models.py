@@ -109,6 +109,10 @@ def test_object_head_is_a_second_image_projection(tiny):
     # only the object embedding reaches the object head
     g = jax.grad(lambda p: two.apply({"params": p}, images, tokens)[0]["image"].sum())(p2)
     assert float(jnp.abs(g["image_proj_object"]["kernel"]).sum()) == 0
+    # both embeddings from one pass of the tower (the evaluation's), equal to the two methods'
+    (scene, both_obj), _ = two.apply({"params": p2}, images, method="encode_image_both")
+    np.testing.assert_array_equal(both_obj, obj)
+    np.testing.assert_array_equal(scene, two.apply({"params": p2}, images, method="encode_image")[0])
 
 
 def test_siglip_bias_parameter():
