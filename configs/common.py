@@ -145,7 +145,7 @@ def shapes_data(tiny, **fields):
     )
 
 
-def prepared_data(tiny, *, image_size, tokenizer, max_len, normalization):
+def prepared_data(tiny, *, image_size, tokenizer, max_len, normalization, eval_view="center"):
     """A dataset written by ``python -m mmjax.prepare`` (set ``data.path``): images of any size cropped to
     ``image_size`` (training: open_clip's random resized crop, scale 0.9-1; evaluation: shortest side and
     centre crop), normalised as the model expects, no flips (captions may name left and right)."""
@@ -156,6 +156,7 @@ def prepared_data(tiny, *, image_size, tokenizer, max_len, normalization):
         image_size=image_size,
         crop="random_resized",
         crop_scale=(0.9, 1.0),
+        eval_view=eval_view,  # evaluation: "center" (shortest side, centre crop: CLIP), "resize" (SigLIP)
         normalization=normalization,
         tokenizer=tokenizer,
         max_len=max_len,
@@ -190,7 +191,10 @@ def hf_model(directory):
             f"{directory}: preprocessor_config.json's image_mean {mean} and image_std {std} are none of "
             f"mmjax's normalizations ({', '.join(images.NORMALIZATIONS)}); add yours to mmjax/data/images.py"
         )
+    # SigLIP's processor squashes the image to its size (no centre crop): evaluate with the same view
+    squash = not processor.get("do_center_crop", False) and "height" in (processor.get("size") or {})
     data = dict(
+        eval_view="resize" if squash else "center",
         image_size=model.image_size,
         tokenizer=f"hf:{directory}",
         max_len=model.text.max_len,

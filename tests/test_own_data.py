@@ -82,6 +82,21 @@ def test_centre_crop_is_the_hf_processors(tmp_path):
         np.testing.assert_array_equal(got, want.astype(np.uint8))
 
 
+def test_the_siglip_view_is_the_hf_processors_resize(tmp_path):
+    """``data.eval_view="resize"`` squashes as SigLIP's processor does (resize to height x width, no crop),
+    equal to mmjax.interop.preprocess on that processor's fields; an unknown view is one line."""
+    rng = np.random.default_rng(6)
+    config = dict(size={"height": 24, "width": 24}, resample=3, do_center_crop=False)
+    config.update(do_rescale=False, do_normalize=False)
+    for w, h in ((40, 30), (30, 57)):
+        Image.fromarray(_textured(rng, w, h)).save(tmp_path / "x.png")
+        want = preprocess.load_image(str(tmp_path / "x.png"), config, 24)
+        got = images.eval_view(np.asarray(Image.open(tmp_path / "x.png")), 24, "resize")
+        np.testing.assert_array_equal(got, want.astype(np.uint8))
+    with pytest.raises(ValueError, match=r"data.eval_view='crop' is unknown; valid views: center, resize"):
+        images.eval_view(np.zeros((30, 40, 3), np.uint8), 24, "crop")
+
+
 def test_random_resized_crop():
     image = _textured(np.random.default_rng(2), 60, 40)
     crop = lambda seed, **kw: images.random_resized_crop(image, 16, np.random.default_rng(seed), **kw)  # noqa: E731

@@ -169,8 +169,8 @@ def run_config(workdir: str):
 
 def load_run(workdir: str) -> Encoder:
     """An mmjax training run: its model and tokenizer (``tasks.get_task`` of its saved config), its latest
-    weights, its images as its evaluation saw them (``resize_center_crop`` to ``data.image_size``,
-    ``images.normalize`` by ``data.normalization``)."""
+    weights, its images as its evaluation saw them (``images.eval_view`` by ``data.eval_view`` to
+    ``data.image_size``, ``images.normalize`` by ``data.normalization``)."""
     import flax.linen as nn  # lazy: the training stack (Orbax, optax), only for run directories
 
     from mmjax import checkpoint, tasks
@@ -188,11 +188,12 @@ def load_run(workdir: str) -> Encoder:
     params = checkpoint.load_params(workdir, abstract, (".*",), step=step)
     data = config.data
     size, normalization = data.get("image_size", 64), data.get("normalization", "minus_one_one")
+    view = data.get("eval_view", "center")
     max_len, attention = data.get("max_len", 32), run_lib.attention_implementation(config)
     return Encoder(
         model=task.model,
         params=params,
-        prepare_image=lambda rgb: images.normalize(images.resize_center_crop(rgb, size), normalization),
+        prepare_image=lambda rgb: images.normalize(images.eval_view(rgb, size, view), normalization),
         tokenize=lambda texts: task.tokenizer.tokenize(list(texts), max_len),
         object_head=bool(task.model.object_head),
         context=lambda: layers.attention_implementation(attention),

@@ -1,10 +1,12 @@
 """Image operations of the input pipeline, in numpy and Pillow (no Grain, no TFDS): crops and normalisation.
 
-``resize_center_crop(image, size)``: the evaluation view (shortest side to ``size``, bicubic, the centre
-``size`` x ``size``: CLIP's and SigLIP's processors). ``random_resized_crop(image, size, rng)``: the training
-view (a random box of ``scale`` of the area and ``ratio`` aspect, resized to ``size``: Inception's crop, as
-torchvision's ``RandomResizedCrop`` and open_clip's training transform, whose default scale is (0.9, 1)).
-``normalize(image, normalization)``: uint8 -> float32 with a model's mean and std (``NORMALIZATIONS``).
+``resize_center_crop(image, size)``: the evaluation view of CLIP's processor (shortest side to ``size``,
+bicubic, the centre ``size`` x ``size``); ``resize(image, size)``: SigLIP's (squashed to ``size`` x
+``size``); ``eval_view`` picks one by ``data.eval_view``. ``random_resized_crop(image, size, rng)``: the
+training view (a random box of ``scale`` of the area and ``ratio`` aspect, resized to ``size``: Inception's
+crop, as torchvision's ``RandomResizedCrop`` and open_clip's training transform, whose default scale is
+(0.9, 1)). ``normalize(image, normalization)``: uint8 -> float32 with a model's mean and std
+(``NORMALIZATIONS``).
 """
 
 from __future__ import annotations
@@ -71,6 +73,25 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
     pil = Image.fromarray(image)
     pil = pil.resize(shortest_side_size(w, h, size), Image.Resampling.BICUBIC)
     return np.asarray(pil.crop(center_box(*pil.size, size, size)))
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` -> ``[size, size, 3]``, squashed (bicubic, the aspect not kept): SigLIP's
+    processors' view. An image already ``size`` x ``size`` is returned as it is."""
+    if image.shape[:2] == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+
+
+EVAL_VIEWS = {"center": resize_center_crop, "resize": resize}
+
+
+def eval_view(image: np.ndarray, size: int, view: str = "center") -> np.ndarray:
+    """The evaluation view ``data.eval_view`` of an image: "center" (``resize_center_crop``, CLIP's) or
+    "resize" (``resize``, SigLIP's)."""
+    if view not in EVAL_VIEWS:
+        raise ValueError(f"data.eval_view={view!r} is unknown; valid views: {', '.join(EVAL_VIEWS)}")
+    return EVAL_VIEWS[view](image, size)
 
 
 def random_resized_crop(

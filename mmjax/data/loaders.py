@@ -104,8 +104,10 @@ def load_split(data_cfg, split: str, *, tokenizer: Tokenizer, max_examples: int 
     captions = [texts(r, "captions", split) for r in records]
     canonical = [c[0] for c in captions]
     size, normalization = data_cfg.get("image_size", 64), data_cfg.get("normalization", "minus_one_one")
-    # the evaluation view: as stored when already size x size (shapes), else shortest side + centre crop
-    views = [images.resize_center_crop(record_image(r, split), size) for r in records]
+    # the evaluation view: as stored when already size x size (shapes), else data.eval_view ("center":
+    # shortest side + centre crop, CLIP's; "resize": squashed, SigLIP's)
+    view = data_cfg.get("eval_view", "center")
+    views = [images.eval_view(record_image(r, split), size, view) for r in records]
     pixels = (
         np.stack([images.normalize(v, normalization) for v in views])
         if records

@@ -272,3 +272,23 @@ def test_a_hub_id_reads_the_offline_cache(clip_dir, tmp_path, monkeypatch):
         hf.InteropError, match=r"^other/model: cannot get this Hub model \(HF_HUB_OFFLINE is set"
     ):
         hf.load("other/model")
+
+
+def test_the_config_takes_the_directorys_image_view(clip_dir, tmp_path):
+    """A processor that squashes to height x width without a centre crop, with mean and std 0.5 (SigLIP's):
+    ``clip_custom.py:hf=DIR`` evaluates with ``data.eval_view="resize"`` and ``normalization="siglip"``;
+    CLIP's fields give "center" and "clip"."""
+    import shutil
+
+    from mmjax import config as config_lib
+
+    directory = tmp_path / "squash"
+    shutil.copytree(clip_dir[1], directory)
+    processor = dict(PREPROCESS, size={"height": 30, "width": 30}, do_center_crop=False)
+    processor.update(image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    (directory / "preprocessor_config.json").write_text(json.dumps(processor))
+    c = config_lib.load_file(f"configs/clip_custom.py:tiny,hf={directory}")
+    assert (c.data.eval_view, c.data.normalization) == ("resize", "siglip")
+    clip = _with_clip_normalisation(clip_dir[1], tmp_path / "clip")
+    c = config_lib.load_file(f"configs/clip_custom.py:tiny,hf={clip}")
+    assert (c.data.eval_view, c.data.normalization) == ("center", "clip")
