@@ -139,7 +139,8 @@ def get_tokenizer(name: str) -> Tokenizer:
     if name.startswith(HF_PREFIX):
         from mmjax.interop import hf_tokenizer  # lazy: the optional [hf] extra, only for this tokenizer
 
-        return hf_tokenizer.load_tokenizer(name[len(HF_PREFIX) :])
+        # rows laid out by the file's own template, as the model was trained (SigLIP's has no BOS)
+        return hf_tokenizer.load_tokenizer(name[len(HF_PREFIX) :], file_layout=True)
     if name not in _TOKENIZERS:
         raise ValueError(
             f"unknown tokenizer {name!r}; valid names: {', '.join(sorted(_TOKENIZERS))}, "

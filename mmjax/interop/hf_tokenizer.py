@@ -36,20 +36,43 @@ class HfTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
 
-    def tokenize_like_hf(self, texts, max_len: int) -> np.ndarray:
+    def _padded(self, max_len: int):
+        """A copy of the backend that truncates and pads to ``max_len`` (made once per length)."""
+        cache = self.__dict__.setdefault("_padded_backends", {})
+        if max_len not in cache:
+            backend = self.backend.__class__.from_str(self.backend.to_str())
+            backend.enable_truncation(max_len)
+            backend.enable_padding(length=max_len, pad_id=self.pad_id)
+            cache[max_len] = backend
+        return cache[max_len]
+
+    def tokenize_like_hf(self, texts, max_len: int, *, return_truncated: bool = False):
         """int32 ``[len(texts), max_len]`` with the file's own template (e.g. SigLIP's ``words </s>``, no
         BOS), truncated and padded to ``max_len`` by ``tokenizers`` itself: what transformers gives with
-        ``truncation=True, padding="max_length"``."""
-        backend = self.backend.__class__.from_str(self.backend.to_str())
-        backend.enable_truncation(max_len)
-        backend.enable_padding(length=max_len, pad_id=self.pad_id)
-        return np.array([e.ids for e in backend.encode_batch(list(texts))], np.int32)
+        ``truncation=True, padding="max_length"``; ``return_truncated``: also which rows were cut."""
+        texts = list(texts)
+        ids = np.array([e.ids for e in self._padded(max_len).encode_batch(texts)], np.int32)
+        if not return_truncated:
+            return ids
+        full = self.backend.encode_batch(texts)  # no truncation: the rows that did not fit
+        return ids, np.array([len(e.ids) > max_len for e in full], bool)
 
     def decode(self, ids) -> str:
         specials = self.special_ids
         text = self.backend.decode([i for i in map(int, ids) if i not in specials], skip_special_tokens=True)
         suffix = getattr(self.backend.model, "end_of_word_suffix", None)  # CLIP's "</w>" marks word ends
         return text.replace(suffix, " ").strip() if suffix else text
+
+
+class HfFileTokenizer(HfTokenizer):
+    """An ``HfTokenizer`` whose ``tokenize`` is ``tokenize_like_hf``: rows laid out by the file's own
+    template, as the model was trained (CLIP: ``[BOS] ids [EOS] PAD``, the same as ``HfTokenizer``'s;
+    SigLIP: ``ids </s> PAD``, no BOS). What ``data.tokenizer="hf:PATH"`` trains and evaluates with."""
+
+    def tokenize(self, texts, max_len: int, *, return_truncated: bool = False):
+        if isinstance(texts, str):
+            raise TypeError("tokenize expects a sequence of strings; wrap a single text in a list")
+        return self.tokenize_like_hf(texts, max_len, return_truncated=return_truncated)
 
 
 def _token_name(value):
@@ -63,11 +86,13 @@ def load_tokenizer(
     eos_token: str | None = None,
     pad_token: str | None = None,
     image_token: str | None = None,
+    file_layout: bool = False,
 ) -> HfTokenizer:
     """An :class:`HfTokenizer` from ``tokenizer.json`` (a file, or a directory holding it). The special
     tokens come from the arguments, else ``tokenizer_config.json`` beside it, else the file's
     post-processor (BOS = its first special, EOS = its last); PAD defaults to EOS (as CLIP's), the image
-    token to ``"<image>"`` when the vocabulary has one (LLaVA)."""
+    token to ``"<image>"`` when the vocabulary has one (LLaVA). ``file_layout``: an ``HfFileTokenizer``
+    (``tokenize`` with the file's own template)."""
     from tokenizers import Tokenizer as Backend  # lazy: the optional [hf] extra
 
     path = hub.resolve(path)  # a Hub id: its snapshot in the cache
@@ -75,6 +100,9 @@ def load_tokenizer(
     if not os.path.isfile(file):
         raise InteropError(f"{path!r} has no tokenizer.json; pass the file or its directory")
     backend = Backend.from_file(file)
+    # a saved file may carry the truncation and padding of its last use: ids of the whole text, unpadded
+    backend.no_truncation()
+    backend.no_padding()
     names: dict[str, Any] = {}
     config_path = os.path.join(os.path.dirname(file), "tokenizer_config.json")
     if os.path.isfile(config_path):
@@ -104,7 +132,7 @@ def load_tokenizer(
     image = backend.token_to_id(image_token or "<image>")
     if image_token is not None and image is None:
         raise InteropError(f"{file}: image token {image_token!r} is not in the vocabulary")
-    return HfTokenizer(
+    return (HfFileTokenizer if file_layout else HfTokenizer)(
         backend,
         bos_id=token_id("bos"),
         eot_id=token_id("eos"),

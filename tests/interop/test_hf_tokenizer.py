@@ -103,3 +103,34 @@ def test_tokenize_like_hf_uses_the_files_template(tokenizers_pair):
     reference, tok = tokenizers_pair
     expected = reference(TEXTS, max_length=MAX_LEN, truncation=True, padding="max_length")["input_ids"]
     np.testing.assert_array_equal(tok.tokenize_like_hf(TEXTS, MAX_LEN), expected)
+
+
+def test_the_training_tokenizer_of_a_file_is_its_own_template(tokenizers_pair, tmp_path):
+    """``get_tokenizer("hf:PATH")`` (``data.tokenizer`` of an imported model) lays rows out as the file's
+    template does, with the truncated flags the pipeline counts: CLIP's template is mmjax's own layout;
+    SigLIP's ("ids </s>", no BOS) is not, and the file's wins."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import models, pre_tokenizers, processors
+
+    from mmjax.data import tokenizer as tok_lib
+
+    reference, tok = tokenizers_pair
+    reference.save_pretrained(str(tmp_path / "clip"))
+    file_tok = tok_lib.get_tokenizer(f"hf:{tmp_path / 'clip'}")
+    expected = reference(TEXTS, max_length=MAX_LEN, truncation=True, padding="max_length")["input_ids"]
+    ids, cut = file_tok.tokenize(TEXTS, MAX_LEN, return_truncated=True)
+    np.testing.assert_array_equal(ids, expected)
+    np.testing.assert_array_equal(ids, tok.tokenize(TEXTS, MAX_LEN))  # CLIP: the same layout as mmjax's
+    assert cut.tolist() == [len(f) > MAX_LEN for f in reference(TEXTS)["input_ids"]] and cut.any()
+    with pytest.raises(TypeError, match="wrap a single text in a list"):
+        file_tok.tokenize("a text", MAX_LEN)
+    # a SigLIP-like template: no BOS, "</s>" closes the row and (no tokenizer_config.json: PAD = EOS) fills it
+    words = ["<pad>", "</s>", "a", "red", "star"]
+    backend = Backend(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.add_special_tokens(["<pad>", "</s>"])
+    backend.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    (tmp_path / "siglip").mkdir()
+    backend.save(str(tmp_path / "siglip" / "tokenizer.json"))
+    siglip = tok_lib.get_tokenizer(f"hf:{tmp_path / 'siglip'}/tokenizer.json")
+    assert siglip.tokenize(["a red star"], 6).tolist() == [[2, 3, 4, 1, 1, 1]]
