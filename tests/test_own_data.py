@@ -130,7 +130,15 @@ def test_normalisations_and_their_inverse():
         images.normalize(x, "bgr")
 
 
-def test_an_image_of_another_size_without_a_crop_is_one_line():
+def test_an_image_of_another_size_without_a_crop_is_one_line(pairs_dir):
+    cfg = _config("clip_custom.py:tiny", **{"data.path": pairs_dir, "data.crop": "none"})
+    it = iter(
+        pipeline.train_loader(
+            cfg.data, tokenizer=ByteTokenizer(), global_batch_size=8, seed=0, shard_index=0, shard_count=1
+        )
+    )
+    with pytest.raises(DataError, match=r"data.image_size=32 and data.crop='none'; set data.crop="):
+        next(it)  # the pipeline's own check, before batching would fail on mixed sizes
     view = pipeline.ImageView("none", 32)
     with pytest.raises(
         DataError, match=r"^an image of 40x30 pixels, but data.image_size=32 and data.crop='none'; "

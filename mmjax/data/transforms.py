@@ -181,11 +181,11 @@ class TrainPreprocess(grain.transforms.RandomMap):
         self.short_caption_prob, self.short_caption = short_caption_prob, short_caption
         self.extra_short_caption = extra_short_caption
         self.flip_text, self.negative_caption = flip_text or _unchanged, negative_caption
-        self.view = view or ImageView("none", 0)
+        self.view = view  # None: images as stored
 
     def random_map(self, record, rng: np.random.Generator):
         image = record_image(record)
-        if self.view.crop != "none":
+        if self.view is not None:  # "none" checks the stored size; only "random_resized" draws
             image = self.view(image, rng)
         captions = texts(record, "captions")
         caption = captions[rng.integers(len(captions))] if self.caption_sampling == "random" else captions[0]
@@ -254,7 +254,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         self.caption_prob, self.caption_sampling = caption_prob, caption_sampling
         self.vqa_turns = vqa_turns
         self.flip_text, self.about_image = flip_text or _unchanged, about_image
-        self.view = view or ImageView("none", 0)
+        self.view = view  # None: images as stored
 
     def random_map(self, record, rng: np.random.Generator):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
@@ -283,7 +283,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
                 ]
                 turns = [(about(questions[k][j], k), answers[k][j]) for k, j in others]
         views = [record_image(r) for r in records]
-        if self.view.crop != "none":
+        if self.view is not None:
             views = [self.view(v, rng) for v in views]
         image = np.stack(views) if len(views) > 1 else views[0]
         if flip_u < self.flip_prob:  # a mirrored question about a mirrored scene keeps its answer

@@ -50,12 +50,11 @@ class HfTokenizer(Tokenizer):
         """int32 ``[len(texts), max_len]`` with the file's own template (e.g. SigLIP's ``words </s>``, no
         BOS), truncated and padded to ``max_len`` by ``tokenizers`` itself: what transformers gives with
         ``truncation=True, padding="max_length"``; ``return_truncated``: also which rows were cut."""
-        texts = list(texts)
-        ids = np.array([e.ids for e in self._padded(max_len).encode_batch(texts)], np.int32)
+        encodings = self._padded(max_len).encode_batch(list(texts))
+        ids = np.array([e.ids for e in encodings], np.int32)
         if not return_truncated:
             return ids
-        full = self.backend.encode_batch(texts)  # no truncation: the rows that did not fit
-        return ids, np.array([len(e.ids) > max_len for e in full], bool)
+        return ids, np.array([bool(e.overflowing) for e in encodings], bool)  # what truncation cut off
 
     def decode(self, ids) -> str:
         specials = self.special_ids
