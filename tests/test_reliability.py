@@ -35,6 +35,19 @@ LEFTOVER_READS = pytest.mark.filterwarnings(
 )
 
 
+def train_command(workdir, data_dir, settings: dict) -> list[str]:
+    """``python -m mmjax.train`` of the tiny config on ``data_dir`` with ``--config.KEY=VALUE`` settings."""
+    return [
+        sys.executable,
+        "-m",
+        "mmjax.train",
+        "--config=configs/clip_shapes.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        *(f"--config.{k}={v}" for k, v in settings.items()),
+    ]
+
+
 def steps_on_disk(workdir):
     return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
 
@@ -67,15 +80,7 @@ def test_kill_9_then_rerun_continues_bit_for_bit(trained, data_dir, tmp_path):
     first_checkpoint = os.path.join(workdir, "checkpoints", str(TRAINED["checkpoint_every"]))
     with open(log, "w") as stderr:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mmjax.train",
-                "--config=configs/clip_shapes.py:tiny",
-                f"--workdir={workdir}",
-                f"--config.data.data_dir={data_dir}",
-                *(f"--config.{k}={v}" for k, v in TRAINED.items()),
-            ],
+            train_command(workdir, data_dir, TRAINED),
             cwd=ROOT,
             env=dict(os.environ, JAX_PLATFORMS="cpu"),
             stdout=subprocess.DEVNULL,
@@ -122,15 +127,7 @@ def stopped(data_dir, tmp_path_factory):
     checkpoint-safety tests."""
     workdir = str(tmp_path_factory.mktemp("stopped"))
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mmjax.train",
-            "--config=configs/clip_shapes.py:tiny",
-            f"--workdir={workdir}",
-            f"--config.data.data_dir={data_dir}",
-            *(f"--config.{k}={v}" for k, v in STOPPED.items()),
-        ],
+        train_command(workdir, data_dir, STOPPED),
         cwd=ROOT,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
         stdout=subprocess.PIPE,
