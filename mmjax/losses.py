@@ -69,24 +69,28 @@ def minimal_pair_mask(tokens, groups):
     """Which pairs of a batch's captions take part in the softmax loss: ``[B, B]`` bool, symmetric.
 
     ``groups``: token ids of attribute words, one tuple per attribute (e.g. the colour words, the shape
-    words). A caption that names exactly one value of every attribute ("a red star") is *single*; two
-    single captions are a pair of the loss only when they differ in exactly one attribute ("a red
-    cross", "a blue star" for "a red star"), a *minimal pair*; other captions pair with every other
-    caption that is not single. Why: with every in-batch caption as a negative, an image whose colour
-    never occurs with a shape in training is always contrasted with that shape's captions, so the
-    towers learn "red things are never circles" and misname an unseen red circle; among minimal pairs
-    that pairing never happens, while each attribute is still contrasted within the other's value.
+    words). A caption that names at most one value of every attribute, and at least one value in all, is
+    *simple* ("a red star", or "a star" of an image whose colours are not described); two simple captions
+    are a pair of the loss only when they name the same attributes and differ in exactly one value ("a red
+    cross", "a blue star" for "a red star"; "a circle" for "a star"), a *minimal pair*; other captions pair
+    with every other caption that is not simple. Why: with every in-batch caption as a negative, an image
+    whose colour never occurs with a shape in training is always contrasted with that shape's captions, so
+    the towers learn "red things are never circles" and misname an unseen red circle; among minimal pairs
+    that pairing never happens, while each attribute is still contrasted within the other's value. ("a
+    star" and "a red star" are no pair: the first may describe the second's image.)
     """
     tokens = jnp.asarray(tokens)
     eye = jnp.eye(tokens.shape[0], dtype=bool)
     if not groups:
         return jnp.ones_like(eye)
     present = [jnp.any(tokens[:, :, None] == jnp.asarray(ids)[None, None, :], axis=1) for ids in groups]
-    single = jnp.all(jnp.stack([p.sum(-1) == 1 for p in present]), axis=0)  # [B]
+    counts = jnp.stack([p.sum(-1) for p in present], axis=-1)  # [B, attributes]
+    simple = jnp.all(counts <= 1, axis=-1) & jnp.any(counts == 1, axis=-1)  # [B]
+    same_attributes = jnp.all((counts[:, None] > 0) == (counts[None] > 0), axis=-1)
     differs = sum(jnp.any(p[:, None, :] != p[None, :, :], axis=-1).astype(jnp.int32) for p in present)
-    both_single = single[:, None] & single[None, :]
-    neither = ~single[:, None] & ~single[None, :]
-    return eye | (both_single & (differs == 1)) | neither
+    both_simple = simple[:, None] & simple[None, :] & same_attributes
+    neither = ~simple[:, None] & ~simple[None, :]
+    return eye | (both_simple & (differs == 1)) | neither
 
 
 def softmax_contrastive_loss(

@@ -154,6 +154,9 @@ CAPTIONS = np.array(
         [1, 10, 11, 20],
         [1, 30, 10, 2],
         [1, 11, 21, 20],
+        [1, 30, 20, 2],
+        [1, 30, 21, 2],
+        [1, 30, 21, 2],
     ]
 )
 GROUPS = ((10, 11), (20, 21, 22))
@@ -163,29 +166,32 @@ def test_minimal_pair_mask():
     mask = np.asarray(losses.minimal_pair_mask(CAPTIONS, GROUPS))
     want = np.array(
         [  # red star: red cross and blue star only (not blue circle, not its duplicate)
-            [1, 1, 1, 0, 0, 0, 0, 0],
-            [1, 1, 0, 0, 1, 0, 0, 0],
-            [1, 0, 1, 1, 1, 0, 0, 0],
-            [0, 0, 1, 1, 0, 0, 0, 0],
-            [0, 1, 1, 0, 1, 0, 0, 0],
-            [0, 0, 0, 0, 0, 1, 1, 1],
-            [0, 0, 0, 0, 0, 1, 1, 1],
-            [0, 0, 0, 0, 0, 1, 1, 1],
+            [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0],
+            [1, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0],
+            [0, 1, 1, 0, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0],  # two colours: not simple
+            [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0],  # "red" alone: no other caption names a colour only
+            [0, 0, 0, 0, 0, 1, 0, 1, 0, 0, 0],  # two shapes: not simple
+            [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1],  # "star": the captions naming another shape alone
+            [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0],  # "circle": not its duplicate, not "red star"
+            [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1],
         ],
         bool,
-    )  # not single
+    )
     np.testing.assert_array_equal(mask, want)
     assert np.asarray(losses.minimal_pair_mask(CAPTIONS, ())).all()
 
 
 def test_masked_pairs_take_no_part_in_the_loss():
-    img = normalized(jax.random.normal(jax.random.key(0), (8, 8)))
-    txt = normalized(jax.random.normal(jax.random.key(1), (8, 8)))
+    img = normalized(jax.random.normal(jax.random.key(0), (len(CAPTIONS), 8)))
+    txt = normalized(jax.random.normal(jax.random.key(1), (len(CAPTIONS), 8)))
     mask = np.asarray(losses.minimal_pair_mask(CAPTIONS, GROUPS))
     loss, m = losses.softmax_contrastive_loss(img, txt, jnp.float32(4.0), negative_mask=mask)
     logits = np.asarray(4.0 * img @ txt.T, np.float64)
-    rows = [logits[i, i] - np.log(np.exp(logits[i][mask[i]]).sum()) for i in range(8)]
-    cols = [logits[i, i] - np.log(np.exp(logits[:, i][mask[:, i]]).sum()) for i in range(8)]
+    rows = [logits[i, i] - np.log(np.exp(logits[i][mask[i]]).sum()) for i in range(len(CAPTIONS))]
+    cols = [logits[i, i] - np.log(np.exp(logits[:, i][mask[:, i]]).sum()) for i in range(len(CAPTIONS))]
     np.testing.assert_allclose(loss, -(np.mean(rows) + np.mean(cols)) / 2, rtol=1e-6)
     full, _ = losses.softmax_contrastive_loss(img, txt, jnp.float32(4.0))
     assert float(full) > float(loss)  # fewer candidates
@@ -201,7 +207,7 @@ def test_masked_pairs_take_no_part_in_the_loss():
 @pytest.mark.parametrize("mesh_axes", [("data", "fsdp", "tensor"), ("fsdp",)])
 def test_sharded_masked_loss_equals_single_device(mesh_axes):
     mask = losses.minimal_pair_mask(
-        np.concatenate([CAPTIONS, CAPTIONS[::-1]]), GROUPS
+        np.concatenate([CAPTIONS[:8], CAPTIONS[7::-1]]), GROUPS
     )  # 16 rows, as embeddings()
     (loss1, m1), grads1 = sharded("softmax", "gather", None, mask=mask)
     (loss8, m8), grads8 = sharded("softmax", "gather", mesh_axes, mask=mask)
