@@ -490,8 +490,8 @@ def test_restore_latest_refuses_a_checkpoint_of_another_model(stopped, data_dir,
         with pytest.raises(
             ConfigError,
             match=rf"checkpoint .*/{before[-1]} holds a train state of other shapes than "
-            r"this config's model and optimizer \(params/image_proj/kernel: \(32, 32\) there, "
-            r"\(32, 16\) here\); resume with the config it was written with",
+            r"this config's model and optimizer \(params/image_proj/kernel: \(2048, 32\) there, "
+            r"\(2048, 16\) here\); resume with the config it was written with",
         ):
             ckpt.restore_latest(abstract, data_iter)
     finally:

@@ -163,6 +163,8 @@ def clip_to_hf(cfg: Mapping, state: Mapping) -> dict:
         ("text.pool", ("argmax", "eot")),
         ("image_projection", (None, True)),
         ("text_proj_bias", (None, False)),
+        ("object_head", (None, False)),  # one image projection in transformers
+        ("scene_pool", (None, "pooled")),
     ):
         _require(cfg, path, allowed, "CLIPModel")
     if text.get("pool") == "eot" and text.get("eot_id", 2) == 2:
@@ -247,6 +249,8 @@ def siglip_to_hf(cfg: Mapping, state: Mapping) -> dict:
         ("text.pool", ("last",)),
         ("image_projection", (False,)),
         ("text_proj_bias", (True,)),
+        ("object_head", (None, False)),
+        ("scene_pool", (None, "pooled")),
     ):
         _require(cfg, path, allowed, "SiglipModel")
     return dict(

@@ -345,6 +345,11 @@ def test_export_refuses_what_the_architecture_cannot_express(case, tmp_path):
     ):
         hf.save(shapes_cfg, {}, str(tmp_path))  # the config is checked before the params
     assert not os.listdir(tmp_path)
+    for key, value in (("object_head", True), ("scene_pool", "tokens")):  # no transformers counterpart
+        with pytest.raises(
+            hf.InteropError, match=rf"^cannot export to {CASES[case['name']][0]}: model\.{key}="
+        ):
+            hf.to_hf(dict(hf._to_plain(case["cfg"]), **{key: value}), case["params"])
     flat = hf._flatten(case["params"])
     key = "text/ln_final/scale"
     flat[key] = np.zeros(7, np.float32)

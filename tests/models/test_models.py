@@ -115,6 +115,21 @@ def test_object_head_is_a_second_image_projection(tiny):
     np.testing.assert_array_equal(scene, two.apply({"params": p2}, images, method="encode_image")[0])
 
 
+def test_scene_pool_tokens_projects_every_patch_token(tiny):
+    _, _, images, tokens = tiny
+    model = models.build(dict(TINY, scene_pool="tokens", object_head=True))
+    params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
+    # 16 patches + the cls token of a 32x32 image with patch 8, each 24 wide, flattened
+    assert params["image_proj"]["kernel"].shape == (17 * 24, 24)
+    assert params["image_proj_object"]["kernel"].shape == (24, 24)  # the object head reads the pooled token
+    out, extras = model.apply({"params": params}, images, tokens)
+    flat = extras["image"]["patch_tokens"].reshape(4, -1)
+    want = flat @ params["image_proj"]["kernel"]
+    np.testing.assert_allclose(out["image"], want / jnp.linalg.norm(want, axis=-1, keepdims=True), rtol=1e-5)
+    with pytest.raises(ValueError, match="scene_pool must be 'pooled' or 'tokens'"):
+        models.build(dict(TINY, scene_pool="mean")).init(jax.random.key(0), images, tokens)
+
+
 def test_siglip_bias_parameter():
     model = models.build(dict(TINY, bias_init=-10.0, temperature_init=10.0))
     out, _ = model.apply(
