@@ -73,6 +73,23 @@ def _mask_negatives(task):
     task.loss = loss
 
 
+NAMED_RGB = np.array(shapes.COLOUR_RGB + shapes.BACKGROUND_RGB, np.float32)
+
+
+def unnamed_colours(data_cfg, i: int, min_distance: float = 80.0) -> np.ndarray:
+    """Training scene ``i`` rendered with every object in a random colour at least ``min_distance`` (RGB)
+    from every named colour and background: no image of a named colour-shape pair, held-out or not."""
+    rng = np.random.default_rng([data_cfg.seed, shapes.SPLITS.index("train"), i])
+    scene = shapes.sample_scene(rng, "train", data_cfg.image_size)
+    colour_rng = np.random.default_rng([data_cfg.seed, 7919, i])
+    rgb = []
+    while len(rgb) < len(scene.objects):
+        x = colour_rng.integers(0, 256, 3)
+        if np.linalg.norm(NAMED_RGB - x, axis=1).min() >= min_distance:
+            rgb.append(tuple(int(v) for v in x))
+    return shapes.render(scene, tuple(rgb))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/clip_shapes.py")
@@ -82,6 +99,13 @@ def main():
     ap.add_argument("--tag", default="")
     ap.add_argument(
         "--grey", type=float, default=0.0, help="probability of a greyscale image, colour words dropped"
+    )
+    ap.add_argument(
+        "--grey-kind",
+        default="luminance",
+        choices=("luminance", "unnamed"),
+        help="what a --grey row's image is: the scene in greyscale (luminance), or the scene with every "
+        "object in a random colour far from every named colour and background (unnamed)",
     )
     ap.add_argument(
         "--negatives",
@@ -102,6 +126,13 @@ def main():
         default=0.0,
         help="fraction of each batch that is pairs (scene, its twin with the main shape swapped)",
     )
+    ap.add_argument(
+        "--first",
+        default="",
+        help="N:KEY=VALUE[;KEY=VALUE]: the first N steps train with these overrides (a schedule; e.g. "
+        "'200:loss.short_weight=1.0' learns from the short captions alone first), then the --set config",
+    )
+    ap.add_argument("--save", default="", help="write the trained parameters here (msgpack), for probe.py")
     a = ap.parse_args()
     if a.grey and a.twins:
         ap.error("--grey and --twins do not combine (the grey rows would replace the twins)")
@@ -110,6 +141,12 @@ def main():
     run = build_run(c)
     if a.negatives != "all":
         _mask_negatives(run.task)
+    first_steps, first_step = 0, None
+    if a.first:  # the same state through a second jitted step with the overrides (same optimizer, schedule)
+        n_first, _, sets = a.first.partition(":")
+        c_first = load_config(a.config, a.set + sets.split(";"))
+        c_first.total_steps = a.steps
+        first_steps, first_step = int(n_first), build_run(c_first).train_step
     task = run.task
     tok = task.tokenizer
     t0 = time.time()
@@ -124,24 +161,27 @@ def main():
     toks = tok.tokenize(flat, c.data.max_len).reshape(n, K, -1)
     toks_f = tok.tokenize([shapes.flip_text(x) for x in flat], c.data.max_len).reshape(n, K, -1)
     if a.grey:
+        drop = lambda t: " ".join(w for w in t.split() if w not in shapes.COLOURS)  # noqa: E731
         if a.captions == "short":  # the grey image's short caption names its shape only
             toks_g = np.repeat(
                 tok.tokenize([f"a {shapes.SHAPES[y % 6]}" for y in labels], c.data.max_len)[:, None], K, 1
             )
             toks_gf = toks_g
         else:
-            drop = lambda t: " ".join(w for w in t.split() if w not in shapes.COLOURS)  # noqa: E731
             toks_g = tok.tokenize([drop(x) for x in flat], c.data.max_len).reshape(n, K, -1)
             toks_gf = tok.tokenize([drop(shapes.flip_text(x)) for x in flat], c.data.max_len).reshape(
                 n, K, -1
             )
-        grey_img = np.repeat(
-            (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
-            .round()
-            .astype(np.uint8)[..., None],
-            3,
-            -1,
-        )
+        if a.grey_kind == "unnamed":
+            grey_img = np.stack([unnamed_colours(c.data, i) for i in range(n)])
+        else:
+            grey_img = np.repeat(
+                (images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+                .round()
+                .astype(np.uint8)[..., None],
+                3,
+                -1,
+            )
     if a.twins:  # the twin of every training scene, its captions (same kinds, same order) and label
         twin_img, twin_caps, twin_labels = [], [], []
         for i in range(n):
@@ -157,6 +197,8 @@ def main():
         twin_toks_f = tok.tokenize([shapes.flip_text(x) for x in twin_flat], c.data.max_len).reshape(n, K, -1)
     if a.extra_short:  # the record's short caption (captions[SHORT_CAPTION]); it never names a side
         toks_short = tok.tokenize([cs[shapes.SHORT_CAPTION] for cs in caps], c.data.max_len)
+        if a.grey:  # a grey image's short caption without its colour word: "a photo of a large star"
+            toks_short_g = tok.tokenize([drop(cs[shapes.SHORT_CAPTION]) for cs in caps], c.data.max_len)
         if a.twins:
             twin_short = tok.tokenize([cs[shapes.SHORT_CAPTION] for cs in twin_caps], c.data.max_len)
     load_s = time.time() - t0
@@ -225,6 +267,8 @@ def main():
             batch = {"image": pipeline.normalize(img), "text": txt.astype(np.int32)}
             if a.extra_short:
                 short_rows = toks_short[idx]
+                if a.grey:
+                    short_rows = np.where(g[:, None], toks_short_g[idx], short_rows)
                 if a.twins:
                     short_rows[B - k :] = twin_short[j]
                 batch["text_short"] = short_rows.astype(np.int32)  # no side words: the same when flipped
@@ -240,20 +284,27 @@ def main():
                     short = which == K - 1
                     allowed = np.where(short[:, None] & short[None], allowed, ~short[:, None] & ~short[None])
                 batch["allowed"] = allowed | np.eye(B, dtype=bool)
-            state, m = step(state, batch)
+            state, m = (first_step if s < first_steps else step)(state, batch)
             if s % 25 == 0 or s == a.steps - 1:
                 losses.append(float(m["loss"]))
         jax.block_until_ready(state)
         train_s = time.time() - t1
         params = state.params
+        if a.save:
+            import flax.serialization
+
+            with open(a.save, "wb") as f:
+                f.write(flax.serialization.to_bytes(jax.device_get(params)))
         res = dict(
             tag=a.tag,
             sets=a.set,
             captions=a.captions,
             grey=a.grey,
+            grey_kind=a.grey_kind,
             twins=a.twins,
             negatives=a.negatives,
             extra_short=a.extra_short,
+            first=a.first,
             steps=a.steps,
             load_s=round(load_s, 1),
             train_s=round(train_s, 1),
@@ -274,12 +325,16 @@ def main():
         for split in ("validation", "test"):
             d = pipeline.load_split(c.data, split, tokenizer=tok, max_examples=1000)
             ie = batched(enc_i, d["image"], 250)
-            zs = contrastive.zero_shot_metrics(
-                batched(enc_o, d["image"], 250) @ cls.T, d["label"], names
-            )  # as results.json has them
+            logits = batched(enc_o, d["image"], 250) @ cls.T
+            zs = contrastive.zero_shot_metrics(logits, d["label"], names)  # as results.json has them
             for key, name in (("top1", "top1"), ("colour", "colour_accuracy"), ("shape", "shape_accuracy")):
                 res[f"{split}_{key}"] = round(zs[name] * 100, 1)
             if split == "test":
+                # a prior against unseen pairs shows as predictions of seen pairs: how often, and top-1
+                # among the held-out classes alone
+                held = np.array([shapes.is_held_out(*name.split()) for name in names])
+                res["test_pred_seen"] = round(float((~held[logits.argmax(1)]).mean()) * 100, 1)
+                res["test_top1_heldout_only"] = round(zs["top1_split_classes_only"] * 100, 1)
                 te = batched(enc_t, d["text"], 250)
                 r = retrieval.retrieval_metrics(ie, te, keys=d["caption"])
                 res["test_i2t_r1"] = round(r["i2t_r1"] * 100, 1)

@@ -232,8 +232,8 @@ def shape_mask(shape: str, px: int) -> np.ndarray:
     return mask
 
 
-def render(scene: Scene) -> np.ndarray:
-    """uint8 [H, W, 3] image of ``scene``."""
+def render(scene: Scene, rgb: tuple[tuple[int, int, int], ...] | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] image of ``scene``; ``rgb``: each object's colour instead of its ``COLOUR_RGB``."""
     w = scene.image_size
     base = np.array(BACKGROUND_RGB[scene.background], np.float32)
     bg_rng = np.random.default_rng(scene.bg_seed)
@@ -248,9 +248,9 @@ def render(scene: Scene) -> np.ndarray:
         image = np.broadcast_to(base, (w, w, 3))
     image = np.clip(np.round(image), 0, 255).astype(np.uint8)
     image = np.ascontiguousarray(image[:, ::-1] if scene.mirrored else image)
-    for o in scene.objects:
+    for i, o in enumerate(scene.objects):
         patch = image[o.y : o.y + o.px, o.x : o.x + o.px]
-        patch[shape_mask(SHAPES[o.shape], o.px)] = COLOUR_RGB[o.colour]
+        patch[shape_mask(SHAPES[o.shape], o.px)] = COLOUR_RGB[o.colour] if rgb is None else rgb[i]
     return image
 
 

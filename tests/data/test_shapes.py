@@ -150,6 +150,18 @@ def test_flip_consistency(index):
     assert qf == [S.flip_text(x) for x in q] and af == a
 
 
+def test_render_with_other_colours_changes_only_the_objects():
+    scene = S.sample_scene(np.random.default_rng([5, 3]), "train")
+    own = tuple(S.COLOUR_RGB[o.colour] for o in scene.objects)
+    np.testing.assert_array_equal(S.render(scene, own), S.render(scene))
+    other = S.render(scene, ((1, 2, 3),) * len(scene.objects))
+    mask = np.zeros(other.shape[:2], bool)
+    for o in scene.objects:
+        mask[o.y : o.y + o.px, o.x : o.x + o.px] |= S.shape_mask(S.SHAPES[o.shape], o.px)
+    assert (other[mask] == (1, 2, 3)).all()
+    np.testing.assert_array_equal(other[~mask], S.render(scene)[~mask])
+
+
 def test_flip_text():
     assert (
         S.flip_text("a red circle in the top left to the right of a star?")
