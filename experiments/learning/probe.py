@@ -42,6 +42,21 @@ from mmjax.run import build_run  # noqa: E402
 ATTRIBUTES = ("colour", "shape", "size", "position")
 
 
+def load_model(spec: str, sets: list[str], params_path: str = ""):
+    """``(config, task, params)``: the config's model with the parameters ``screen.py --save`` wrote, or
+    freshly initialised ones (``params_path`` empty)."""
+    c = load_config(spec, sets)
+    run = build_run(c)
+    with run.context():
+        params = run.init().params
+    if params_path:
+        import flax.serialization
+
+        with open(params_path, "rb") as f:
+            params = flax.serialization.from_bytes(jax.device_get(params), f.read())
+    return c, run.task, params
+
+
 def main_object_attributes(records) -> dict[str, np.ndarray]:
     """The main object's (first object's) colour, shape, size class and grid cell (row * 3 + col)."""
     obj = [r["objects"] for r in records]
@@ -112,16 +127,7 @@ def main():
     a = ap.parse_args()
     if bool(a.params) == a.random:
         ap.error("give exactly one of --params=FILE and --random")
-    c = load_config(a.config, a.set)
-    run = build_run(c)
-    task = run.task
-    with run.context():
-        params = run.init().params
-    if a.params:
-        import flax.serialization
-
-        with open(a.params, "rb") as f:
-            params = flax.serialization.from_bytes(jax.device_get(params), f.read())
+    c, task, params = load_model(a.config, a.set, a.params)
     image_tower = jax.jit(lambda x: task.model.apply({"params": params}, x, method=lambda m, x: m.image(x)))
 
     def features(images):
