@@ -16,17 +16,15 @@ import argparse
 import os
 import sys
 
-import jax
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from probe import load_model  # noqa: E402
-from screen import report  # noqa: E402
+from screen import report, zero_shot_head  # noqa: E402
 
 from mmjax.data import pipeline, shapes  # noqa: E402
-from mmjax.evaluate import zero_shot  # noqa: E402
 from mmjax.evaluate.contrastive import batched  # noqa: E402
 
 
@@ -67,15 +65,7 @@ def main():
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
     c, task, params = load_model(a.config, a.set, a.params)
-    apply = lambda method: jax.jit(lambda x: task.model.apply({"params": params}, x, method=method)[0])  # noqa: E731
-    enc_image, enc_text = apply("encode_image_object"), apply("encode_text")
-    names = pipeline.class_names(c.data)
-    classes = zero_shot.class_embeddings(
-        lambda t: batched(enc_text, t, 250),
-        lambda t: task.tokenizer.tokenize(t, c.data.max_len),
-        names,
-        pipeline.prompt_templates(c.data),
-    )
+    (_, enc_image, _), names, classes = zero_shot_head(task, params, c.data)
     held = np.array([shapes.is_held_out(*name.split()) for name in names])
     row = {"tag": a.tag, "sets": a.set, "params": a.params}
     for split in ("validation", "test"):

@@ -398,12 +398,21 @@ def vocabulary() -> list[str]:
     return sorted(words)
 
 
-def generate_example(seed: int, split: str, index: int, image_size: int = 64) -> dict:
-    """Example ``index`` of ``split``: image (uint8 [H, W, 3]), label, captions, QA and object metadata."""
+def example_scene(
+    seed: int, split: str, index: int, image_size: int = 64
+) -> tuple[Scene, np.random.Generator]:
+    """The scene of example ``index`` of ``split``, and the generator that then draws the rest of the
+    example (its questions, then its captions): ``generate_example``'s first step, for re-rendering or
+    editing an example's scene."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    scene = sample_scene(rng, split, image_size)
+    return sample_scene(rng, split, image_size), rng
+
+
+def generate_example(seed: int, split: str, index: int, image_size: int = 64) -> dict:
+    """Example ``index`` of ``split``: image (uint8 [H, W, 3]), label, captions, QA and object metadata."""
+    scene, rng = example_scene(seed, split, index, image_size)
     qs, ans, types = questions(scene, rng)
     return {
         "id": index,

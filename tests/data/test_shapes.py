@@ -193,10 +193,20 @@ def test_swapped_shapes_never_name_a_held_out_combination():
         assert not S.is_held_out(words[2], words[3])
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_example_scene_is_the_examples_scene(split):
+    for i in range(5):
+        scene, _ = S.example_scene(3, split, i)
+        example = S.generate_example(3, split, i)
+        assert scene == example["scene"]
+        np.testing.assert_array_equal(S.render(scene), example["image"])
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        S.example_scene(3, "dev", 0)
+
+
 def test_twin_changes_only_the_main_objects_shape_to_a_seen_pair():
     for i in range(200):
-        rng = np.random.default_rng([0, 0, i])
-        scene = S.sample_scene(rng, "train")
+        scene, rng = S.example_scene(0, "train", i)
         twin = S.twin_scene(scene, rng)
         main, new = scene.objects[0], twin.objects[0]
         assert new.shape != main.shape and twin.objects[1:] == scene.objects[1:]
