@@ -57,6 +57,12 @@ class TwoTower(nn.Module, kw_only=True):
     scene_pool: str = "pooled"
 
     def setup(self):
+        if self.scene_pool not in ("pooled", "tokens"):
+            raise ValueError(f"TwoTower: scene_pool must be 'pooled' or 'tokens', got {self.scene_pool!r}")
+        if self.scene_pool == "tokens" and not self.image_projection:
+            raise ValueError(
+                "TwoTower: scene_pool='tokens' needs the image projection (image_projection=True)"
+            )
         proj = lambda name, bias=False: nn.Dense(  # noqa: E731
             self.embed_dim,
             use_bias=bias,
@@ -81,13 +87,7 @@ class TwoTower(nn.Module, kw_only=True):
             )
 
     def _project_image(self, pooled, extras):
-        if self.scene_pool not in ("pooled", "tokens"):
-            raise ValueError(f"TwoTower: scene_pool must be 'pooled' or 'tokens', got {self.scene_pool!r}")
         if self.scene_pool == "tokens":
-            if not self.image_projection:
-                raise ValueError(
-                    "TwoTower: scene_pool='tokens' needs the image projection (image_projection=True)"
-                )
             tokens = extras["patch_tokens"]
             return _l2_normalize(self.image_proj(tokens.reshape(tokens.shape[0], -1)))
         return _l2_normalize(self.image_proj(pooled) if self.image_projection else pooled)
