@@ -80,6 +80,9 @@ def image_flops(cfg: dict) -> int:
         channels, resolution = stage, resolution // 2
     patch = im["patch_size"] // 2 ** len(im.get("stem_channels", ()))
     macs += patches * channels * patch**2 * im["width"]
+    if im.get("stem_colour") == "split":  # the colour path: a per-pixel layer at half resolution, projected
+        hidden = im.get("colour_hidden", 16)
+        macs += (size // 2) ** 2 * 3 * hidden + patches * hidden * im["width"]
     macs += _encoder_macs(tokens, im["width"], im["mlp_dim"], im["depth"])
     macs += im["width"] * cfg["embed_dim"]
     return 2 * macs

@@ -61,6 +61,9 @@ _MODELS: dict[str, dict] = {
             mlp_dim=256,
             patch_size=8,
             stem_channels=(8, 16, 32),
+            # colour-invariant first convolution + a separate colour path (mmjax/models/vit.py): shapes
+            # named alike in every colour, so unseen colour-shape pairs too (docs/learning.md)
+            stem_colour="split",
             pool="gap",
             patch_bias=True,
             pre_norm=False,

@@ -21,6 +21,16 @@ ReLU + 2x2 max-pool before the patch embedding, which then covers ``patch_size /
 feature-map pixels, so the token grid is unchanged. Convolutions give the translation equivariance a
 small ViT trained from scratch on little data lacks (on the shapes dataset a plain 2-layer ViT needs
 ~10x more steps to tell shapes apart).
+
+``stem_colour="split"`` (hybrid only) keeps shape and colour apart at the input. The first stem
+convolution applies one bank of zero-mean single-channel 3x3 filters to each colour channel and combines
+the three responses per filter by their root-sum-square: an edge map that is the same for an outline
+drawn in any colour on any background, up to the contrast's magnitude (it is invariant under every
+orthogonal map of colour space, a channel permutation or a negation included). The colour enters
+through a separate path: a per-pixel layer (``colour_hidden`` units, ReLU) averaged over each patch and
+projected into the patch embedding. With the default ``"joint"`` the first convolution mixes the
+channels, so every shape feature is learned per colour; on the shapes dataset that is what keeps a
+contrastive tower from naming colour-shape pairs it never saw (docs/learning.md).
 """
 
 from __future__ import annotations
@@ -70,6 +80,8 @@ class ViT(nn.Module, kw_only=True):
     pre_norm: bool = False
     activation: str = "gelu"
     stem_channels: tuple[int, ...] = ()  # hybrid: conv stages before the patch embedding
+    stem_colour: str = "joint"  # "joint" | "split": colour-invariant first convolution + a colour path
+    colour_hidden: int = 16  # width of the per-pixel colour layer (stem_colour="split")
     num_classes: int | None = None  # optional linear head on the pooled features
     dtype: layers.Dtype = jnp.float32
     norm_eps: float = 1e-5  # epsilon of every layer norm
@@ -95,14 +107,67 @@ class ViT(nn.Module, kw_only=True):
                 f"ViT: image size {h}x{w} is not divisible by patch size {self.patch_size}; "
                 "choose a patch size that divides the image size"
             )
+        if self.stem_colour not in ("joint", "split"):
+            raise ValueError(f"ViT: stem_colour must be 'joint' or 'split', got {self.stem_colour!r}")
+        if self.stem_colour == "split" and not self.stem_channels:
+            raise ValueError(
+                "ViT: stem_colour='split' needs a convolutional stem; set stem_channels, e.g. (8, 16, 32)"
+            )
         if self.patch_size % 2 ** len(self.stem_channels):
             raise ValueError(
                 f"ViT: patch size {self.patch_size} is not divisible by the stem's downsampling "
                 f"{2 ** len(self.stem_channels)}; use fewer stem_channels or a larger patch"
             )
 
+    def _split_conv(self, x, channels):
+        """The colour-invariant first convolution of ``stem_colour="split"``: zero-mean single-channel
+        filters on each colour channel, the three responses combined by their root-sum-square."""
+        kernel = self.param(
+            "stem_0_kernel",
+            layers.dense_init((None, None, None, "embed"), nn.initializers.he_normal()),
+            (3, 3, 1, channels),
+        )
+        kernel = (kernel - kernel.mean(axis=(0, 1, 2), keepdims=True)).astype(self.dtype)
+        # as nine shifted copies and one matmul (SAME zero padding): on XLA's CPU backend about 1.3x
+        # faster than a convolution over the channels folded into the batch
+        b, h, w, _ = x.shape
+        padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        taps = jnp.stack([padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=-1)
+        y = jnp.einsum("bhwct,tf->bhwcf", taps, kernel.reshape(9, channels))
+        y = jnp.sqrt(jnp.sum(jnp.square(y), axis=3) + 1e-6)
+        bias = self.param(
+            "stem_0_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (channels,)
+        )
+        return y + bias.astype(self.dtype)
+
+    def _colour_path(self, images, grid):
+        """``stem_colour="split"``: a per-pixel layer (on the image at half resolution), averaged over each
+        patch and projected: ``[batch, tokens, width]``."""
+        b, h, w, c = images.shape  # at half resolution: the same colours, a quarter of the cost
+        images = images.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        hidden = nn.Dense(
+            self.colour_hidden,
+            dtype=self.dtype,
+            name="colour_pixel",
+            kernel_init=layers.dense_init((None, "embed"), nn.initializers.he_normal()),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        )(images)
+        b, h, w, c = hidden.shape
+        p = h // grid[0]
+        hidden = nn.relu(hidden).reshape(b, grid[0], p, grid[1], p, c).mean(axis=(2, 4))
+        return nn.Dense(
+            self.width,
+            use_bias=False,
+            dtype=self.dtype,
+            name="colour_embed",
+            kernel_init=layers.dense_init((None, "embed"), nn.initializers.lecun_normal()),
+        )(hidden.reshape(b, -1, c))
+
     def stem(self, x):
         for i, channels in enumerate(self.stem_channels):
+            if i == 0 and self.stem_colour == "split":
+                x = _max_pool_2x2(nn.relu(self._split_conv(x, channels)))
+                continue
             x = nn.Conv(
                 channels,
                 (3, 3),
@@ -118,7 +183,8 @@ class ViT(nn.Module, kw_only=True):
     @nn.compact
     def __call__(self, images):
         self.check(images.shape[1:3])
-        images = self.stem(images.astype(self.dtype))
+        pixels = images.astype(self.dtype)
+        images = self.stem(pixels)
         p = self.patch_size // 2 ** len(self.stem_channels)
         # Patch embedding: a stride-p convolution, computed as patchify + one matmul (the same maths;
         # much faster than a strided convolution's gradient on CPU). Kernel layout (p, p, channels, width).
@@ -135,6 +201,8 @@ class ViT(nn.Module, kw_only=True):
                 "patch_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.width,)
             )
             x = x + bias.astype(self.dtype)
+        if self.stem_colour == "split":
+            x = x + self._colour_path(pixels, (h // p, w // p))
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
 
         if self.pool == "cls":

@@ -47,13 +47,11 @@ def test_open_clip_flops_reference():
     assert row["text_gflops"] == pytest.approx(5.96, abs=0.01)
 
 
-@pytest.mark.parametrize("stem", [(), (8, 16)])
-def test_analytic_flops_match_xla_cost_analysis(stem):
+@pytest.mark.parametrize("stem,colour", [((), "joint"), ((8, 16), "joint"), ((8, 16), "split")])
+def test_analytic_flops_match_xla_cost_analysis(stem, colour):
     """The analytic count equals XLA's count of the dot/convolution FLOPs of the tiny image tower."""
-    cfg = dict(
-        TINY,
-        image=dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu", stem_channels=stem),
-    )
+    image = dict(TINY["image"], pool="gap", width=192, mlp_dim=768, activation="relu", stem_channels=stem)
+    cfg = dict(TINY, image=dict(image, stem_colour=colour))
     model = models.build(cfg)
     images = jnp.zeros((1, 32, 32, 3))
     params = nn.unbox(model.init(jax.random.key(0), images, jnp.zeros((1, 12), jnp.int32)))
@@ -333,3 +331,37 @@ def test_hybrid_stem_keeps_the_token_grid():
     assert {"stem_0", "stem_1"} <= set(p2["params"])
     with pytest.raises(ValueError, match="patch size 8 is not divisible by the stem's downsampling 16"):
         plain.clone(stem_channels=(2, 2, 2, 2)).init(jax.random.key(0), x)
+
+
+def test_split_colour_stem_sees_shape_the_same_in_every_colour():
+    """stem_colour="split": with the colour path silenced, the tower's output is the same under a channel
+    permutation, a negation and a rotation of colour space (the shape path is colour-invariant); the
+    colour path is what tells the colours apart, and it learns (nonzero gradient)."""
+    tower = vit.ViT(
+        width=16,
+        depth=1,
+        num_heads=2,
+        mlp_dim=32,
+        patch_size=8,
+        pool="gap",
+        stem_channels=(4, 6),
+        stem_colour="split",
+    )
+    x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3), minval=-1, maxval=1)
+    params = nn.unbox(tower.init(jax.random.key(1), x))
+    assert {"stem_0_kernel", "stem_0_bias", "colour_pixel", "colour_embed", "stem_1"} <= set(params["params"])
+    assert params["params"]["stem_0_kernel"].shape == (3, 3, 1, 4)
+    silenced = jax.tree_util.tree_map_with_path(
+        lambda path, a: a * 0 if "colour_embed" in jax.tree_util.keystr(path) else a, params
+    )
+    out = lambda v, x: tower.apply(v, x)[0]  # noqa: E731
+    rotation, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    for recoloured in (x[..., ::-1], -x, x @ jnp.asarray(rotation, jnp.float32)):
+        np.testing.assert_allclose(out(silenced, recoloured), out(silenced, x), atol=1e-4)
+    assert np.abs(out(params, x[..., ::-1]) - out(params, x)).max() > 1e-3  # the colour path sees colour
+    grads = jax.grad(lambda v: jnp.sum(out(v, x) ** 2))(params)["params"]
+    assert float(jnp.abs(grads["colour_pixel"]["kernel"]).sum()) > 0
+    with pytest.raises(ValueError, match="stem_colour='split' needs a convolutional stem"):
+        tower.clone(stem_channels=()).init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="stem_colour must be 'joint' or 'split'"):
+        tower.clone(stem_colour="grey").init(jax.random.key(0), x)
