@@ -110,3 +110,29 @@ def test_fusion_comparison_harness(tmp_path, monkeypatch):
         "early_frozen_lm", run.argparse.Namespace(tiny=True, steps=2, eval_every=1, eval_images=2)
     )
     assert cfg.optimizer.freeze_regex == (r"image/.*", r"lm/.*") and cfg.model.type == "early_fusion"
+
+
+def test_vqa_errors_split_targets_and_tell_a_prior_from_an_even_spread():
+    path = os.path.join(ROOT, "experiments", "fusion_comparison", "vqa_errors.py")
+    spec = importlib.util.spec_from_file_location("vqa_errors", path)
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    from mmjax.data import shapes
+
+    assert shapes.is_held_out("green", "star") and not shapes.is_held_out("green", "circle")
+    green_star = shapes.COLOURS.index("green") * len(shapes.SHAPES) + shapes.SHAPES.index("star")
+    rows = [
+        (0, "what shape is the green object?", "star", "shape"),  # held-out target, answered "circle"
+        (0, "what shape is the biggest object?", "star", "shape"),  # the label: green star, right
+        (0, "what colour is the triangle?", "red", "colour"),  # a seen target, right
+        (0, "is the green star on the left?", "yes", "position"),
+        (0, "is the green star to the left of the red circle?", "no", "position"),
+    ]
+    predicted = ["circle", "star", "red", "no", "no"]
+    out = errors.analyse(rows, predicted, [green_star])
+    assert out["accuracy_shape_held_out_target"] == 50.0 and out["questions_shape_held_out_target"] == 2
+    assert out["accuracy_colour_seen_target"] == 100.0
+    assert out["accuracy_position_one_object"] == 0.0 and out["accuracy_position_two_object"] == 100.0
+    assert out["wrong_answers_naming_a_seen_pair"] == 100.0  # "green circle" was seen in training
+    # green's wrong shapes besides star: circle, square, triangle, diamond seen; cross held out
+    assert out["the_same_if_spread_evenly"] == 80.0

@@ -131,7 +131,7 @@ def test_init_from_errors_name_the_parameter(clip_run, data_dir):
     params = jax.eval_shape(lambda: nn.unbox(tasks.get_task(cfg).init(jax.random.key(0))))
     wider = load("llava_shapes.py:stage=1,tiny", data_dir, **{"model.image.width": 64})
     wide_params = jax.eval_shape(lambda: nn.unbox(tasks.get_task(wider).init(jax.random.key(0))))
-    mismatch = r"'image/encoder/block_0/attn/key/bias' has shape \(2, 16\) in .* but \(2, 32\) in the model"
+    mismatch = r"'image/colour_embed/kernel' has shape \(16, 32\) in .* but \(16, 64\) in the model"
     with pytest.raises(ConfigError, match=mismatch):
         checkpoint.load_params(clip_run[0], wide_params, ("image/.*",))
     with pytest.raises(ConfigError, match="matches no parameter"):

@@ -1,0 +1,113 @@
+"""Where a fusion model's VQA errors are: accuracy by question type, split by whether the object asked
+about is a held-out colour-shape pair, and for wrong colour/shape answers how often they name a pair seen
+in training (a language prior says "red objects are never circles") against an even spread.
+
+    python experiments/fusion_comparison/vqa_errors.py --config=configs/llava_shapes.py:stage=2 \
+        --workdir=runs/llava_shapes [--split=test] [--images=1000] [--tag=NAME]
+
+Prints one JSON line and appends it to ``results/vqa_errors.jsonl``. Position questions are split into
+one-object ("is the red circle on the left?") and two-object ones ("... to the left of ...", "above").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mmjax import config as config_lib  # noqa: E402
+from mmjax import tasks  # noqa: E402
+from mmjax.data import shapes  # noqa: E402
+
+
+def _percent(hits: list[bool]) -> float | None:
+    return round(100 * float(np.mean(hits)), 1) if hits else None
+
+
+def target_pair(question: str, answer: str, label: int) -> tuple[str, str] | None:
+    """The (colour, shape) a colour or shape question asks about, from its words and answer (the main
+    object's label for "the biggest object")."""
+    words = question.rstrip("?").split()
+    if "biggest" in words:
+        c, s = divmod(int(label), len(shapes.SHAPES))
+        return shapes.COLOURS[c], shapes.SHAPES[s]
+    if words[:2] == ["what", "colour"]:
+        return answer, words[-1]
+    if words[:2] == ["what", "shape"]:
+        return words[-2], answer
+    return None
+
+
+def analyse(rows, predicted, labels) -> dict:
+    """Accuracy per type and held-out/seen target, and where wrong colour/shape answers go."""
+    out: dict = {}
+    by: dict[str, list[bool]] = {}
+    wrong_seen, spread_seen = [], []
+    for (i, q, a, t), p in zip(rows, predicted):
+        ok = p.strip() == a
+        by.setdefault(t, []).append(ok)
+        if t == "position":
+            kind = "two" if any(w in q.split() for w in ("of", "above", "below")) else "one"
+            by.setdefault(f"position_{kind}_object", []).append(ok)
+        pair = target_pair(q, a, labels[i]) if t in ("colour", "shape") else None
+        if pair is None:
+            continue
+        held = shapes.is_held_out(*pair)
+        by.setdefault(f"{t}_{'held_out' if held else 'seen'}_target", []).append(ok)
+        if ok or p.strip() not in (shapes.COLOURS if t == "colour" else shapes.SHAPES):
+            continue
+        options = shapes.COLOURS if t == "colour" else shapes.SHAPES
+        as_pair = (lambda x: (x, pair[1])) if t == "colour" else (lambda x: (pair[0], x))
+        wrong_seen.append(not shapes.is_held_out(*as_pair(p.strip())))
+        others = [x for x in options if x != a]
+        spread_seen.append(np.mean([not shapes.is_held_out(*as_pair(x)) for x in others]))
+    out.update({f"accuracy_{k}": _percent(v) for k, v in sorted(by.items())})
+    out.update({f"questions_{k}": len(v) for k, v in sorted(by.items())})
+    out["wrong_answers_naming_a_seen_pair"] = _percent(wrong_seen)
+    out["the_same_if_spread_evenly"] = round(100 * float(np.mean(spread_seen)), 1) if spread_seen else None
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", required=True, help="e.g. configs/llava_shapes.py:stage=2")
+    ap.add_argument("--workdir", required=True, help="the trained run (its latest checkpoint)")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+
+    import flax.linen as nn
+
+    from mmjax.checkpoint import load_params
+    from mmjax.data import loaders
+    from mmjax.evaluate import vlm
+
+    cfg = config_lib.load_file(a.config)
+    task = tasks.get_task(cfg)
+    params = load_params(a.workdir, nn.unbox(task.init(jax.random.key(0))), (".*",))
+    data = loaders.load_split(cfg.data, a.split, tokenizer=task.tokenizer, max_examples=a.images)
+    rows, predicted, metrics = vlm.answer_questions(task, params, data, cfg.eval.batch_size)
+    row = {
+        "tag": a.tag or a.workdir,
+        "config": a.config,
+        "split": a.split,
+        "images": len(data["caption"]),
+        "vqa_accuracy": round(100 * metrics["vqa_accuracy"], 1),
+        **analyse(rows, predicted, data["label"]),
+    }
+    print(json.dumps(row))
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    with open(os.path.join(os.path.dirname(__file__), "results", "vqa_errors.jsonl"), "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
