@@ -233,6 +233,13 @@ def vlm_adamw(tiny, *, freeze_regex):
     )
 
 
+def vlm_loss():
+    """The fusion configs' loss options: ``prior_from`` a blind LM's run (``configs/lm_shapes.py``) whose
+    log-probabilities are added to the model's in training (a product of experts: the question's own
+    prior is explained away, mmjax/tasks.py VlmTask), times ``prior_weight``; None: the plain loss."""
+    return dict(prior_from=None, prior_weight=1.0)
+
+
 def vlm_eval(tiny):
     """Captioning and VQA on the test split; answer_tokens: the most tokens generated per answer (answers
     are one word + EOT)."""

@@ -51,6 +51,7 @@ def get_config(arg=None):
     # the rows, optimizer and evaluation of configs/llava_shapes.py:stage=2; the vision tower and LM frozen
     c.data = common.vlm_data(tiny, caption_prob=0.15)
     c.optimizer = common.vlm_adamw(tiny, freeze_regex=(r"image/.*", r"lm/.*"))
+    c.loss = common.vlm_loss()
     if pairs:  # two images per row; the text names the one it asks about, so it must see both
         c.data.images_per_example = 2
         c.model.update(only_attend_immediate_media=False, max_images=2)

@@ -59,6 +59,7 @@ def get_config(arg=None):
     # stage 1: only the projector learns; stage 2: projector + LM (the vision tower stays frozen)
     frozen = (r"image/.*", r"lm/.*") if stage == 1 else (r"image/.*",)
     c.optimizer = common.vlm_adamw(tiny, freeze_regex=frozen)
+    c.loss = common.vlm_loss()
     if pairs:  # two images per row, 2 x 16 image tokens: fine-tune the one-image model of stage 2
         c.data.update(images_per_example=2, max_len=80)
         c.total_steps = 6 if tiny else 400

@@ -189,6 +189,14 @@ class VlmTask:
     answer; ``data.caption_prob`` mixes them; with ``data.images_per_example=2`` a row has two images
     and its text names the one it asks about); the loss is the token cross-entropy on the answer only.
     Evaluation generates captions and answers (``mmjax.evaluate.vlm``).
+
+    ``loss.prior_from=RUN`` (a blind LM's run, ``configs/lm_shapes.py``): in training only, the frozen
+    blind LM's log-probabilities of the same text (``[IMG]`` placeholders left out) are added to the
+    model's logits before the cross-entropy, times ``loss.prior_weight`` -- a product of experts (Clark et
+    al. 2019, "Don't take the easy way out"). What the question's words alone predict ("red objects are
+    never circles", learned from the held-out pairs' absence) is then already explained, so the model is
+    not rewarded for learning it and learns what the image adds; evaluation and generation use the model
+    alone.
     """
 
     def __init__(self, config):
@@ -214,6 +222,43 @@ class VlmTask:
         # [IMG] placeholders per row, for all of its images (the model's count checks the sizes)
         self.num_image_tokens = self.model.num_image_tokens(config.model.image_size) * self.images_per_example
         layout.encode_vlm(tok, self.num_image_tokens, config.data.caption_prompt, "", config.data.max_len)
+        loss_cfg = config.get("loss", {})
+        self.prior_weight = float(loss_cfg.get("prior_weight", 1.0))
+        self.prior = (
+            self._load_prior(loss_cfg.get("prior_from"), config) if loss_cfg.get("prior_from") else None
+        )
+
+    def _load_prior(self, workdir: str, config):
+        """``(blind LM module, its parameters)`` from ``workdir``: the LM of ``config.model`` alone."""
+        import flax.linen as nn
+
+        from mmjax import checkpoint
+
+        tok = self.tokenizer
+        blind = models.build(
+            dict(type="lm", lm=config.model.lm),
+            config.dtype,
+            image_id=tok.image_id,
+            sep_id=tok.sep_id,
+            pad_id=tok.pad_id,
+        )
+        tokens = jnp.zeros((1, config.data.max_len), jnp.int32)
+        shapes = jax.eval_shape(lambda: nn.unbox(blind.init(jax.random.key(0), None, tokens)["params"]))
+        return blind, checkpoint.load_params(workdir, shapes, (".*",))
+
+    def prior_logits(self, tokens):
+        """The blind LM's log-probabilities for each position of ``tokens``, as if the ``[IMG]``
+        placeholders were not there (they are moved to the end as padding, and the results moved back);
+        at the placeholders themselves the values are meaningless (never an answer position)."""
+        blind, params = self.prior
+        tok = self.tokenizer
+        order = jnp.argsort(tokens == tok.image_id, axis=1, stable=True)  # text first, in order
+        text = jnp.take_along_axis(tokens, order, axis=1)
+        text = jnp.where(text == tok.image_id, tok.pad_id, text)
+        logits, _ = blind.apply({"params": params}, None, text)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        return jax.lax.stop_gradient(jnp.zeros_like(logp).at[rows, order].set(logp))
 
     def batch_spec(self, batch_size: int) -> dict:
         s, t = self.config.data.image_size, self.images_per_example
@@ -234,6 +279,8 @@ class VlmTask:
         logits, _ = self.model.apply({"params": params}, batch["image"], tokens)
         tok = self.tokenizer
         weights = losses.answer_weights(tokens, tok.sep_id, tok.eot_id, tok.pad_id)
+        if self.prior is not None:  # a product of experts with the blind LM (training only)
+            logits = logits.astype(jnp.float32) + self.prior_weight * self.prior_logits(tokens)
         return losses.lm_loss(logits[:, :-1], tokens[:, 1:], weights)
 
     def train_loader(self, global_batch_size: int, seed: int):

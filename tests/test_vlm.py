@@ -165,10 +165,17 @@ def test_deep_fusion_on_pairs_trains_only_resampler_cross_attention_and_new_toke
     assert 0 <= size(opt_state) - 2 * size(learnable) < 10  # Adam moments of the learnable part only
 
 
-def test_deep_fusion_loads_its_vision_tower_and_lm_from_two_runs(clip_run, data_dir, tmp_path):
-    lm_dir = str(tmp_path / "lm")
+@pytest.fixture(scope="module")
+def blind_lm(data_dir, tmp_path_factory):
+    """A tiny blind LM run (configs/lm_shapes.py:tiny, 2 steps): ``(workdir, config)``."""
+    lm_dir = str(tmp_path_factory.mktemp("lm"))
     lm_cfg = load("lm_shapes.py:tiny", data_dir, **{"total_steps": 2, "eval.num_examples": 2})
     train.train_and_evaluate(lm_cfg, lm_dir)
+    return lm_dir, lm_cfg
+
+
+def test_deep_fusion_loads_its_vision_tower_and_lm_from_two_runs(clip_run, blind_lm, data_dir, tmp_path):
+    lm_dir, lm_cfg = blind_lm
     cfg = load(
         "flamingo_shapes.py:tiny",
         data_dir,
@@ -272,3 +279,47 @@ def test_early_fusion_pairs_config_gives_two_images_and_their_placeholders(data_
     assert ((batch["tokens"] == task.tokenizer.image_id).sum(1) == 32).all()
     loss, metrics = task.loss(nn.unbox(task.init(jax.random.key(0))), batch, None)
     assert np.isfinite(loss) and metrics["target_tokens"] > 0
+
+
+@pytest.mark.parametrize("spec", ["llava_shapes.py:stage=2,tiny", "flamingo_shapes.py:tiny"])
+def test_prior_from_adds_the_blind_lms_log_probs_of_the_text_without_image_tokens(spec, blind_lm, data_dir):
+    """loss.prior_from: the loss is the cross-entropy of model logits + prior_weight x the blind LM's
+    log-probabilities, those computed on the row without its [IMG] placeholders (the blind LM's own
+    layout); prior_weight=0 is the plain loss; the blind LM's parameters are not trained (not in the
+    model's parameters) and get no gradient; the model's gradient changes."""
+    lm_dir, lm_cfg = blind_lm
+    plain_cfg = load(spec, data_dir)
+    plain, task = (
+        tasks.get_task(plain_cfg),
+        tasks.get_task(load(spec, data_dir, **{"loss.prior_from": lm_dir})),
+    )
+    off = tasks.get_task(load(spec, data_dir, **{"loss.prior_from": lm_dir, "loss.prior_weight": 0.0}))
+    batch = jax.tree.map(np.asarray, next(iter(plain.train_loader(4, 0))))
+    params = initial_params(plain_cfg)
+    assert (
+        flat(params).keys()
+        == flat(initial_params(load(spec, data_dir, **{"loss.prior_from": lm_dir}))).keys()
+    )
+
+    tokens, image_id = batch["tokens"], task.tokenizer.image_id
+    blind, prior_params = task.prior
+    np.testing.assert_array_equal(
+        flat(prior_params)["lm/ln_final/scale"], flat(saved_params(lm_dir, lm_cfg))["lm/ln_final/scale"]
+    )
+    row = tokens[0][tokens[0] != image_id]  # the blind LM's layout: [BOS] prompt [SEP] answer [EOT] PAD
+    row = np.concatenate([row, np.zeros(len(tokens[0]) - len(row), row.dtype)])
+    expected = jax.nn.log_softmax(blind.apply({"params": prior_params}, None, row[None])[0][0], axis=-1)
+    text_positions = np.flatnonzero(tokens[0] != image_id)
+    got = np.asarray(task.prior_logits(tokens))[0]
+    np.testing.assert_allclose(got[text_positions], np.asarray(expected)[: len(text_positions)], atol=1e-5)
+
+    loss = lambda t, p: t.loss(p, batch, None)[0]  # noqa: E731
+    assert abs(float(loss(task, params)) - float(loss(plain, params))) > 1e-3
+    np.testing.assert_allclose(float(loss(off, params)), float(loss(plain, params)), rtol=1e-6)
+    g_prior, g_plain = jax.grad(lambda p: loss(task, p))(params), jax.grad(lambda p: loss(plain, p))(params)
+    moved = [
+        k
+        for k, v in flat(g_prior).items()
+        if np.abs(np.asarray(v) - np.asarray(flat(g_plain)[k])).max() > 1e-6
+    ]
+    assert moved  # the prior changes what the model learns
