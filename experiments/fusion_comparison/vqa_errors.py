@@ -51,7 +51,8 @@ def analyse(rows, predicted, labels) -> dict:
     by: dict[str, list[bool]] = {}
     wrong_seen, spread_seen = [], []
     for (i, q, a, t), p in zip(rows, predicted):
-        ok = p.strip() == a
+        p = p.strip()
+        ok = p == a
         by.setdefault(t, []).append(ok)
         if t == "position":
             kind = "two" if any(w in q.split() for w in ("of", "above", "below")) else "one"
@@ -61,11 +62,11 @@ def analyse(rows, predicted, labels) -> dict:
             continue
         held = shapes.is_held_out(*pair)
         by.setdefault(f"{t}_{'held_out' if held else 'seen'}_target", []).append(ok)
-        if ok or p.strip() not in (shapes.COLOURS if t == "colour" else shapes.SHAPES):
-            continue
         options = shapes.COLOURS if t == "colour" else shapes.SHAPES
+        if ok or p not in options:
+            continue
         as_pair = (lambda x: (x, pair[1])) if t == "colour" else (lambda x: (pair[0], x))
-        wrong_seen.append(not shapes.is_held_out(*as_pair(p.strip())))
+        wrong_seen.append(not shapes.is_held_out(*as_pair(p)))
         others = [x for x in options if x != a]
         spread_seen.append(np.mean([not shapes.is_held_out(*as_pair(x)) for x in others]))
     out.update({f"accuracy_{k}": _percent(v) for k, v in sorted(by.items())})
@@ -92,7 +93,8 @@ def main():
 
     cfg = config_lib.load_file(a.config)
     task = tasks.get_task(cfg)
-    params = load_params(a.workdir, nn.unbox(task.init(jax.random.key(0))), (".*",))
+    abstract = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))  # shapes only: all are loaded
+    params = load_params(a.workdir, abstract, (".*",))
     data = loaders.load_split(cfg.data, a.split, tokenizer=task.tokenizer, max_examples=a.images)
     rows, predicted, metrics = vlm.answer_questions(task, params, data, cfg.eval.batch_size)
     row = {

@@ -61,6 +61,13 @@ def variant(name: str) -> dict:
     return dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=int(patch))
 
 
+def _mean_pool(x, k: int):
+    """``[b, h, w, c]`` -> ``[b, h // k, w // k, c]``: the mean of each ``k x k`` block (``h``, ``w``
+    divisible by ``k``)."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
+
+
 def _max_pool_2x2(x):
     """``nn.max_pool(x, (2, 2), strides=(2, 2))`` (VALID) as a reshape and a max: the same values, and on
     XLA's CPU backend a much faster gradient than max_pool's select-and-scatter (the stem's cost halves)."""
@@ -140,11 +147,10 @@ class ViT(nn.Module, kw_only=True):
         )
         return y + bias.astype(self.dtype)
 
-    def _colour_path(self, images, grid):
+    def _colour_path(self, images):
         """``stem_colour="split"``: a per-pixel layer (on the image at half resolution), averaged over each
         patch and projected: ``[batch, tokens, width]``."""
-        b, h, w, c = images.shape  # at half resolution: the same colours, a quarter of the cost
-        images = images.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+        images = _mean_pool(images, 2)  # at half resolution: the same colours, a quarter of the cost
         hidden = nn.Dense(
             self.colour_hidden,
             dtype=self.dtype,
@@ -152,16 +158,14 @@ class ViT(nn.Module, kw_only=True):
             kernel_init=layers.dense_init((None, "embed"), nn.initializers.he_normal()),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
         )(images)
-        b, h, w, c = hidden.shape
-        p = h // grid[0]
-        hidden = nn.relu(hidden).reshape(b, grid[0], p, grid[1], p, c).mean(axis=(2, 4))
+        hidden = _mean_pool(nn.relu(hidden), self.patch_size // 2)  # one vector per patch
         return nn.Dense(
             self.width,
             use_bias=False,
             dtype=self.dtype,
             name="colour_embed",
             kernel_init=layers.dense_init((None, "embed"), nn.initializers.lecun_normal()),
-        )(hidden.reshape(b, -1, c))
+        )(hidden.reshape(hidden.shape[0], -1, self.colour_hidden))
 
     def stem(self, x):
         for i, channels in enumerate(self.stem_channels):
@@ -202,7 +206,7 @@ class ViT(nn.Module, kw_only=True):
             )
             x = x + bias.astype(self.dtype)
         if self.stem_colour == "split":
-            x = x + self._colour_path(pixels, (h // p, w // p))
+            x = x + self._colour_path(pixels)
         x = nn.with_logical_constraint(x, layers.ACT_AXES)
 
         if self.pool == "cls":
