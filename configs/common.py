@@ -238,8 +238,13 @@ def vlm_loss():
     log-probabilities are added to the model's in training (a product of experts: the question's own
     prior is explained away, mmjax/tasks.py VlmTask), times ``prior_weight``; None: the plain loss.
     Experimental: on llava_shapes stage 2 with runs/lm_shapes as the prior, VQA falls from 70.1 to 4.8 %
-    (the prior explains the answers' form too, which the model alone then never learns; docs/results.md)."""
-    return dict(prior_from=None, prior_weight=1.0)
+    (the prior explains the answers' form too, which the model alone then never learns; docs/results.md).
+    ``prior_groups``: the shapes answers' word groups (colours, shapes, numbers, yes/no), so that the prior
+    only explains the choice within a group (mmjax/tasks.py VlmTask)."""
+    from mmjax.data import shapes
+
+    groups = (shapes.COLOURS, shapes.SHAPES, shapes.NUMBERS, ("yes", "no"))
+    return dict(prior_from=None, prior_weight=1.0, prior_groups=tuple(" ".join(g) for g in groups))
 
 
 def vlm_eval(tiny):

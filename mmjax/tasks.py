@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mmjax import losses, models
 from mmjax.config import ConfigError
@@ -196,7 +197,11 @@ class VlmTask:
     al. 2019, "Don't take the easy way out"). What the question's words alone predict ("red objects are
     never circles", learned from the held-out pairs' absence) is then already explained, so the model is
     not rewarded for learning it and learns what the image adds; evaluation and generation use the model
-    alone.
+    alone. ``loss.prior_groups`` (e.g. ``("red green blue", "circle square")``: groups of one-token
+    answer words) keeps the prior to the choice *within* a group: a grouped word's prior is its
+    probability among its group's words, every other token gets none. The blind LM then no longer
+    explains what kind of answer a question takes, or where it ends, which the model must learn itself
+    (with the whole vocabulary as the prior it never does: docs/learning.md).
     """
 
     def __init__(self, config):
@@ -227,6 +232,25 @@ class VlmTask:
         self.prior = (
             self._load_prior(loss_cfg.get("prior_from"), config) if loss_cfg.get("prior_from") else None
         )
+        self.prior_groups = self._group_matrix(loss_cfg.get("prior_groups", ()), config.model.lm.vocab_size)
+
+    def _group_matrix(self, groups, vocab_size: int):
+        """``[vocab, groups]`` one-hot membership of ``loss.prior_groups``'s words (None: no groups)."""
+        if not groups:
+            return None
+        member = np.zeros((vocab_size, len(groups)), np.float32)
+        for g, group in enumerate(groups):
+            for word in group.split():
+                ids = self.tokenizer.encode(word)
+                if len(ids) != 1 or ids[0] == getattr(self.tokenizer, "unk_id", None):
+                    raise ConfigError(
+                        f"loss.prior_groups: {word!r} is not one token of {self.config.data.tokenizer!r} "
+                        f"(ids {ids}); list one-token answer words only"
+                    )
+                if member[ids[0]].any():
+                    raise ConfigError(f"loss.prior_groups: {word!r} is in more than one group; keep one")
+                member[ids[0], g] = 1.0
+        return member
 
     def _load_prior(self, workdir: str, config):
         """``(blind LM module, its parameters)`` from ``workdir``: the LM of ``config.model`` alone."""
@@ -257,6 +281,11 @@ class VlmTask:
         text = jnp.where(text == tok.image_id, tok.pad_id, text)
         logits, _ = blind.apply({"params": params}, None, text)
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+        if self.prior_groups is not None:  # log p(word | its group); no prior outside the groups
+            member = jnp.asarray(self.prior_groups)
+            group_mass = jnp.log(jnp.maximum(jnp.exp(logp) @ member, 1e-30))  # [B, S, groups]
+            grouped = member.sum(axis=1) > 0
+            logp = jnp.where(grouped, logp - group_mass @ member.T, 0.0)
         rows = jnp.arange(tokens.shape[0])[:, None]
         return jax.lax.stop_gradient(jnp.zeros_like(logp).at[rows, order].set(logp))
 

@@ -289,11 +289,9 @@ def test_prior_from_adds_the_blind_lms_log_probs_of_the_text_without_image_token
     model's parameters) and get no gradient; the model's gradient changes."""
     lm_dir, lm_cfg = blind_lm
     plain_cfg = load(spec, data_dir)
-    plain, task = (
-        tasks.get_task(plain_cfg),
-        tasks.get_task(load(spec, data_dir, **{"loss.prior_from": lm_dir})),
-    )
-    off = tasks.get_task(load(spec, data_dir, **{"loss.prior_from": lm_dir, "loss.prior_weight": 0.0}))
+    whole = {"loss.prior_from": lm_dir, "loss.prior_groups": ()}  # the whole vocabulary, no groups
+    plain, task = tasks.get_task(plain_cfg), tasks.get_task(load(spec, data_dir, **whole))
+    off = tasks.get_task(load(spec, data_dir, **whole, **{"loss.prior_weight": 0.0}))
     batch = jax.tree.map(np.asarray, next(iter(plain.train_loader(4, 0))))
     params = initial_params(plain_cfg)
     assert (
@@ -323,3 +321,28 @@ def test_prior_from_adds_the_blind_lms_log_probs_of_the_text_without_image_token
         if np.abs(np.asarray(v) - np.asarray(flat(g_plain)[k])).max() > 1e-6
     ]
     assert moved  # the prior changes what the model learns
+
+
+def test_prior_groups_keep_the_prior_to_the_choice_within_a_group(blind_lm, data_dir):
+    """loss.prior_groups: a grouped word's prior is the blind LM's log-probability of it among its group
+    (so each group's prior probabilities sum to 1), every other token's prior is 0; bad groups are one
+    clear error."""
+    lm_dir, _ = blind_lm
+    spec = "llava_shapes.py:stage=2,tiny"
+    groups = ("red green blue yellow purple orange white black", "yes no")
+    full = tasks.get_task(load(spec, data_dir, **{"loss.prior_from": lm_dir, "loss.prior_groups": ()}))
+    task = tasks.get_task(load(spec, data_dir, **{"loss.prior_from": lm_dir, "loss.prior_groups": groups}))
+    tokens = np.asarray(next(iter(full.train_loader(2, 0)))["tokens"])
+    logp, grouped = np.asarray(full.prior_logits(tokens)), np.asarray(task.prior_logits(tokens))
+    text = tokens != task.tokenizer.image_id
+    for group in groups:
+        ids = [task.tokenizer.encode(w)[0] for w in group.split()]
+        expected = logp[..., ids] - np.log(np.exp(logp[..., ids]).sum(-1, keepdims=True))
+        np.testing.assert_allclose(grouped[text][:, ids], expected[text], atol=1e-5)
+        np.testing.assert_allclose(np.exp(grouped[text][:, ids]).sum(-1), 1.0, atol=1e-5)
+    others = np.setdiff1d(np.arange(grouped.shape[-1]), np.nonzero(task.prior_groups.sum(1))[0])
+    assert np.abs(grouped[..., others]).max() == 0 and np.abs(logp[text][:, others]).max() > 0.1
+    with pytest.raises(ConfigError, match="'blue' is in more than one group; keep one"):
+        tasks.get_task(load(spec, data_dir, **{"loss.prior_groups": ("red blue", "blue")}))
+    with pytest.raises(ConfigError, match="'purplish' is not one token of 'shapes_words'"):
+        tasks.get_task(load(spec, data_dir, **{"loss.prior_groups": ("red purplish",)}))

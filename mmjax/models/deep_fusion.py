@@ -19,7 +19,8 @@ row) or ``[B, T, H, W, 3]`` (``T`` images, the ``t``-th for the ``t``-th ``[IMG]
   locations are arguments of pure functions, not module state (open_flamingo's ``condition_vis_x``).
 * **Resampler** (``PerceiverResampler``): ``num_latents`` learned queries attend to the patch tokens
   and to themselves, ``resampler_depth`` times. ``num_latents=0`` uses a linear adapter on the patch
-  tokens instead.
+  tokens instead. ``grid_pos_embed=True`` first adds a learned embedding per patch to the patch tokens,
+  so that the visual tokens can carry where things are (a CLIP tower's patch tokens mostly do not).
 * **New tokens**: ``[IMG]`` and ``[SEP]`` get their own trainable embeddings (``new_token_embed``), so
   the LM's embedding table can stay frozen.
 
@@ -122,6 +123,10 @@ class DeepFusion(nn.Module, kw_only=True):
     cross_attn_every_n_layers: int = 1
     only_attend_immediate_media: bool = True
     max_images: int = 0  # > 0: a learned embedding per image slot, added to its visual tokens
+    # True: a learned embedding per patch, added to the patch tokens before the resampler, so the visual
+    # tokens can say where things are (as EarlyFusion.grid_pos_embed)
+    grid_pos_embed: bool = False
+    grid_pos_std: float = 0.02
     attn_mask: str = "causal"
     dtype: layers.Dtype = jnp.float32
 
@@ -165,6 +170,8 @@ class DeepFusion(nn.Module, kw_only=True):
                 kernel_init=layers.dense_init((None, "embed")),
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             )
+        if self.grid_pos_embed:
+            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std, dtype=self.dtype)
         n = self.cross_attn_every_n_layers
         self.xattn = [
             GatedCrossAttentionBlock(num_heads=self.lm.num_heads, mlp_dim=self.lm.mlp_dim, dtype=self.dtype)
@@ -189,6 +196,8 @@ class DeepFusion(nn.Module, kw_only=True):
         b, t = images.shape[:2]
         _, extras = self.image(images.reshape(b * t, *images.shape[2:]))
         x = extras["patch_tokens"]
+        if self.grid_pos_embed:
+            x = self.grid_pos(x)
         x = self.resampler(x) if self.num_latents else self.adapter(x)
         x = x.reshape(b, t, *x.shape[1:])
         if self.max_images:

@@ -17,8 +17,13 @@ cache gives the tokens of decoding by full recomputation.
 
 Projectors: ``linear`` or ``mlp{N}x_gelu`` (N linear layers with GELU between; LLaVA-1.5 uses
 ``mlp2x_gelu``). ``vision_tokens``: ``"patches"`` (patch tokens only) or ``"all"`` (with the CLS token
-when the tower has one). ``image_pool=k`` averages k x k neighbouring patches first (k^2 fewer image
-tokens for the LM).
+when the tower has one). ``image_pool=k`` merges k x k neighbouring patches first (k^2 fewer image
+tokens for the LM): ``image_pool_op="mean"`` averages them, ``"concat"`` lays them side by side in one
+k^2-times-wider vector for the projector (space-to-depth, InternVL's "pixel shuffle"), so that a small
+object is not averaged with its neighbours. ``grid_pos_embed=True`` adds a learned embedding per grid
+token to the projected tokens (normal(``grid_pos_std``) at init), so each token says where it is: a CLIP
+tower's patch tokens keep little of their position embedding (a pooled contrastive loss has little use
+for it), and the LM's rotary positions shape attention scores, not what an attended token passes on.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class EarlyFusion(nn.Module, kw_only=True):
     projector: str = "mlp2x_gelu"
     vision_tokens: str = "patches"
     image_pool: int = 1
+    image_pool_op: str = "mean"
+    grid_pos_embed: bool = False
+    grid_pos_std: float = 0.02
     attn_mask: str = "prefix"
     dtype: layers.Dtype = jnp.float32
 
@@ -58,7 +66,11 @@ class EarlyFusion(nn.Module, kw_only=True):
         """How many ``[IMG]`` placeholders a prompt needs for images of ``image_size`` pixels."""
         self.check(image_size)
         grid = image_size // self.image.patch_size // self.image_pool
-        return grid * grid + (self.vision_tokens == "all" and self.image.pool == "cls")
+        return grid * grid + self.keeps_cls()
+
+    def keeps_cls(self) -> bool:
+        """Whether the image tokens start with the tower's CLS token."""
+        return self.vision_tokens == "all" and self.image.pool == "cls"
 
     def check(self, image_size: int) -> None:
         self.image.check((image_size, image_size))
@@ -67,6 +79,15 @@ class EarlyFusion(nn.Module, kw_only=True):
         if self.vision_tokens not in ("patches", "all"):
             raise ValueError(
                 f"EarlyFusion: vision_tokens must be 'patches' or 'all', got {self.vision_tokens!r}"
+            )
+        if self.image_pool_op not in ("mean", "concat"):
+            raise ValueError(
+                f"EarlyFusion: image_pool_op must be 'mean' or 'concat', got {self.image_pool_op!r}"
+            )
+        if self.image_pool_op == "concat" and self.image_pool > 1 and self.keeps_cls():
+            raise ValueError(
+                "EarlyFusion: image_pool_op='concat' makes the grid tokens wider than the CLS token; "
+                "use vision_tokens='patches' or image_pool_op='mean'"
             )
         if self.attn_mask not in ("causal", "prefix"):
             raise ValueError(f"EarlyFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
@@ -87,6 +108,8 @@ class EarlyFusion(nn.Module, kw_only=True):
             )
             for _ in range(self.projector_depth())
         ]
+        if self.grid_pos_embed:
+            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std, dtype=self.dtype)
 
     def image_tokens(self, images):
         """``[B, T * N, lm.width]``: the projected image tokens that fill the placeholders, image after
@@ -101,11 +124,18 @@ class EarlyFusion(nn.Module, kw_only=True):
         if self.image_pool > 1:
             b, n, w = x.shape
             g, k = int(round(n**0.5)), self.image_pool
-            x = x.reshape(b, g // k, k, g // k, k, w).mean(axis=(2, 4)).reshape(b, -1, w)
-        if cls is not None and self.vision_tokens == "all":
+            x = x.reshape(b, g // k, k, g // k, k, w)
+            if self.image_pool_op == "mean":
+                x = x.mean(axis=(2, 4)).reshape(b, -1, w)
+            else:  # "concat": space-to-depth, the k x k patches side by side in one k^2 * w vector
+                x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (g // k) ** 2, k * k * w)
+        n_cls = int(self.keeps_cls())
+        if n_cls:
             x = jnp.concatenate([cls, x], axis=1)
         for i, dense in enumerate(self.proj):
             x = dense(x) if i == 0 else dense(layers.ACTIVATIONS["gelu"](x))
+        if self.grid_pos_embed:  # the grid tokens only (not the CLS token)
+            x = jnp.concatenate([x[:, :n_cls], self.grid_pos(x[:, n_cls:])], axis=1)
         return nn.with_logical_constraint(x, layers.ACT_AXES)
 
     def inputs(self, images, tokens):

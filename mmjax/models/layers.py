@@ -116,6 +116,21 @@ def check_heads(width: int, num_heads: int, what: str) -> None:
         )
 
 
+class AddPositionEmbedding(nn.Module, kw_only=True):
+    """``x [B, N, D] + embedding [N, D]``: one learned vector per token position, its shape taken from the
+    first call; normal(``init_std``) at init (0.02 as a ViT's; about ``x``'s own scale where the
+    embedding must stand out against features that are already large)."""
+
+    init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), (None, "embed"))
+        embedding = self.param("embedding", init, x.shape[1:])
+        return x + embedding.astype(x.dtype)
+
+
 class HeadsDense(nn.Module, kw_only=True):
     """A linear map written as an einsum over a multi-dimensional kernel, e.g. ``embed -> (heads, kv)``.
 

@@ -127,6 +127,22 @@ def test_image_slot_embeddings_tell_two_images_apart(images):
         build(max_images=1).init(jax.random.key(0), images, TOKENS)
 
 
+def test_grid_position_embedding_reaches_the_visual_tokens(images):
+    """``grid_pos_embed=True``: one learned vector per patch (64 at 64 px, the tower's width) is added
+    before the resampler; zeroed, the model is the plain one with the same weights."""
+    model, plain = build(grid_pos_embed=True), build()
+    params = nn.unbox(model.init(jax.random.key(0), images, TOKENS)["params"])
+    assert params["grid_pos"]["embedding"].shape == (64, 32)
+    rest = {k: v for k, v in params.items() if k != "grid_pos"}
+    zeroed = dict(rest, grid_pos={"embedding": jnp.zeros((64, 32))})
+    ref = plain.apply({"params": rest}, images, method=plain.visual_tokens)
+    np.testing.assert_allclose(
+        model.apply({"params": zeroed}, images, method=model.visual_tokens), ref, atol=1e-6
+    )
+    moved = model.apply({"params": params}, images, method=model.visual_tokens)
+    assert np.abs(moved - ref).max() > 1e-3
+
+
 @pytest.mark.parametrize("sampling", [dict(), dict(temperature=1.0, top_k=8)])
 def test_kv_cache_decoding_equals_full_recomputation(setup, images, sampling):
     model, params = setup

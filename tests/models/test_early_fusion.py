@@ -65,6 +65,12 @@ def test_bad_sizes_raise_one_line_errors():
         build(projector="mlp2x_relu")[0].num_image_tokens(64)
     with pytest.raises(ValueError, match="image_pool 3"):
         build(image_pool=3)[0].num_image_tokens(64)
+    with pytest.raises(ValueError, match="image_pool_op must be 'mean' or 'concat', got 'max'"):
+        build(image_pool_op="max")[0].num_image_tokens(64)
+    with pytest.raises(ValueError, match="wider than the CLS token; use vision_tokens='patches'"):
+        build(image_pool_op="concat", vision_tokens="all", image=dict(tiny_config()["image"], pool="cls"))[
+            0
+        ].num_image_tokens(64)
     with pytest.raises(ValueError, match="unknown LM size"):
         lm_lib.variant("lm-huge")
 
@@ -73,6 +79,63 @@ def test_image_token_count():
     assert build(image_pool=1)[1] == 64 and build(image_pool=2)[1] == 16 and build(image_pool=4)[1] == 4
     cls_model, n = build(vision_tokens="all", image=dict(tiny_config()["image"], pool="cls"))
     assert n == 17
+
+
+def test_concat_pooling_keeps_each_patch_and_can_express_the_mean(images):
+    """``image_pool_op="concat"`` (space-to-depth): the projector sees the k x k patches side by side
+    (input 4 x 32 wide), so nothing is averaged away; with the first kernel made of four stacked copies of
+    the mean model's kernel / 4 it computes exactly the mean-pooled tokens."""
+    concat, n = build(image_pool_op="concat")
+    mean, _ = build()
+    tokens = np.stack([sequence(n, [5, 6, 7], [8, 9], 30)] * 3)
+    p_mean = nn.unbox(mean.init(jax.random.key(0), images, tokens)["params"])
+    p_concat = nn.unbox(concat.init(jax.random.key(0), images, tokens)["params"])
+    assert p_concat["proj_0"]["kernel"].shape == (4 * 32, 64) and p_mean["proj_0"]["kernel"].shape == (32, 64)
+    p_concat["proj_0"]["kernel"] = jnp.tile(p_mean["proj_0"]["kernel"] / 4, (4, 1))
+    p_concat = {k: v if k == "proj_0" else p_mean[k] for k, v in p_concat.items()}
+    p_concat["proj_0"]["bias"] = p_mean["proj_0"]["bias"]
+    np.testing.assert_allclose(
+        concat.apply({"params": p_concat}, images, method=concat.image_tokens),
+        mean.apply({"params": p_mean}, images, method=mean.image_tokens),
+        atol=1e-5,
+    )
+    # the blocks are the right patches: a linear projector that copies block (ki, kj) of each token gives
+    # patch (2i + ki, 2j + kj) of the tower's 8 x 8 grid
+    lin, _ = build(image_pool_op="concat", projector="linear")
+    p_lin = nn.unbox(lin.init(jax.random.key(0), images, tokens)["params"])
+    patches = np.asarray(
+        lin.apply({"params": p_lin}, images, method=lambda m, x: m.image(x)[1]["patch_tokens"])
+    ).reshape(3, 8, 8, 32)
+    for ki, kj in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        kernel = np.zeros((4 * 32, 64), np.float32)
+        kernel[(2 * ki + kj) * 32 : (2 * ki + kj + 1) * 32, :32] = np.eye(32)
+        p_lin["proj_0"] = {"kernel": jnp.asarray(kernel), "bias": jnp.zeros(64)}
+        out = np.asarray(lin.apply({"params": p_lin}, images, method=lin.image_tokens)).reshape(3, 4, 4, 64)
+        np.testing.assert_allclose(out[..., :32], patches[:, ki::2, kj::2], atol=1e-6)
+
+
+@pytest.mark.parametrize("with_cls", [False, True], ids=["patches", "cls_and_patches"])
+def test_grid_position_embedding_adds_one_vector_per_grid_token(images, with_cls):
+    """``grid_pos_embed=True``: the image tokens are the plain model's (same weights) plus the learned
+    embedding of their grid cell; a CLS token gets none."""
+    extra = dict(vision_tokens="all", image=dict(tiny_config()["image"], pool="cls")) if with_cls else {}
+    model, n = build(grid_pos_embed=True, **extra)
+    plain, _ = build(**extra)
+    tokens = np.stack([sequence(n, [5, 6, 7], [8, 9], 40)] * 3)
+    params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
+    embedding = params["grid_pos"]["embedding"]
+    assert embedding.shape == (16, 64)  # the 4 x 4 pooled grid, the LM's width
+    rest = {k: v for k, v in params.items() if k != "grid_pos"}
+    assert "grid_pos" not in nn.unbox(plain.init(jax.random.key(0), images, tokens)["params"])
+    with_pos = model.apply({"params": params}, images, method=model.image_tokens)
+    without = plain.apply({"params": rest}, images, method=plain.image_tokens)
+    np.testing.assert_allclose(
+        with_pos[:, int(with_cls) :] - without[:, int(with_cls) :],
+        np.broadcast_to(embedding, (3, 16, 64)),
+        atol=1e-5,
+    )
+    if with_cls:
+        np.testing.assert_array_equal(with_pos[:, 0], without[:, 0])
 
 
 def test_masks_causal_and_prefix():
