@@ -133,6 +133,38 @@ def test_vqa_errors_split_targets_and_tell_a_prior_from_an_even_spread():
     assert out["accuracy_shape_held_out_target"] == 50.0 and out["questions_shape_held_out_target"] == 2
     assert out["accuracy_colour_seen_target"] == 100.0
     assert out["accuracy_position_one_object"] == 0.0 and out["accuracy_position_two_object"] == 100.0
+    assert out["accuracy_shape_biggest"] == 100.0 and out["accuracy_shape_named"] == 0.0
+    assert out["questions_colour_named"] == 1 and "accuracy_colour_biggest" not in out
     assert out["wrong_answers_naming_a_seen_pair"] == 100.0  # "green circle" was seen in training
     # green's wrong shapes besides star: circle, square, triangle, diamond seen; cross held out
     assert out["the_same_if_spread_evenly"] == 80.0
+
+
+def test_vqa_table_puts_validation_beside_test_and_orders_steps():
+    path = os.path.join(ROOT, "experiments", "fusion_comparison", "vqa_table.py")
+    spec = importlib.util.spec_from_file_location("vqa_table", path)
+    vqa_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vqa_table)
+    rows = [
+        {"tag": "a", "split": "test", "vqa_accuracy": 70.0},
+        {"tag": "a", "split": "validation", "vqa_accuracy": 80.0, "accuracy_count": 99.0},
+        {"tag": "a", "split": "validation", "step": 400, "vqa_accuracy": 60.0},
+        {"tag": "b", "split": "validation", "vqa_accuracy": 50.0},
+    ]
+    lines = vqa_table.table(rows, []).splitlines()
+    assert lines[2].startswith("| a | 400 | 60.0 / – |")
+    assert lines[3].startswith("| a | last | 80.0 / 70.0 | – / – | – / – | 99.0 / – |")
+    assert lines[4].startswith("| b | last | 50.0 / – |") and len(lines) == 5
+    assert vqa_table.table(rows, ["b"]).splitlines()[2].startswith("| b |")
+
+
+def test_probe_ridge_reads_a_linear_code_and_not_noise():
+    path = os.path.join(ROOT, "experiments", "fusion_comparison", "probes.py")
+    spec = importlib.util.spec_from_file_location("probes", path)
+    probes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probes)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 600)
+    coded = np.eye(3)[labels] + 0.1 * rng.normal(size=(600, 3))
+    assert probes.ridge_accuracy(np.concatenate([coded, rng.normal(size=(600, 5))], 1), labels, 3) == 100.0
+    assert probes.ridge_accuracy(rng.normal(size=(600, 8)), labels, 3) < 45.0  # chance is 33 %

@@ -6,7 +6,10 @@ in training (a language prior says "red objects are never circles") against an e
         --workdir=runs/llava_shapes [--split=test] [--images=1000] [--tag=NAME] [--config.KEY=VALUE ...]
 
 Prints one JSON line and appends it to ``results/vqa_errors.jsonl``. Position questions are split into
-one-object ("is the red circle on the left?") and two-object ones ("... to the left of ...", "above").
+one-object ("is the red circle on the left?") and two-object ones ("... to the left of ...", "above");
+colour and shape questions into those about "the biggest object" (the word names no attribute) and
+those naming the object by its other attribute ("what shape is the green object?", where a prior learned
+from the question's words can answer against the image).
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def analyse(rows, predicted, labels) -> dict:
         if t == "position":
             kind = "two" if any(w in q.split() for w in ("of", "above", "below")) else "one"
             by.setdefault(f"position_{kind}_object", []).append(ok)
+        if t in ("colour", "shape"):  # the main object asked for by size, or an object named by the other
+            by.setdefault(f"{t}_{'biggest' if 'biggest' in q.split() else 'named'}", []).append(ok)
         pair = target_pair(q, a, labels[i]) if t in ("colour", "shape") else None
         if pair is None:
             continue

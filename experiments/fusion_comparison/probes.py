@@ -1,0 +1,150 @@
+"""Linear probes behind docs/vqa_learning.md: what a fusion model's inputs and hidden states carry.
+
+    # the vision tower's patch tokens at each object's centre (and the 2 x 2-averaged tokens the LM gets):
+    # the object's colour, shape and column
+    python experiments/fusion_comparison/probes.py tokens --workdir=runs/clip_shapes
+    # the LM's hidden state at the [SEP] position of one-object position questions, after each block:
+    # the object's column, the question's side word (left/right/top/bottom), the yes/no answer
+    python experiments/fusion_comparison/probes.py answer --config=configs/llava_shapes.py:stage=2 \
+        --workdir=runs/llava_shapes [--config.KEY=VALUE ...]
+
+Ridge regression onto one-hot targets (a closed form, no extra dependency), fitted on the first half
+of the examples and scored on the second; prints one JSON line per probe set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mmjax import config as config_lib  # noqa: E402
+from mmjax import tasks  # noqa: E402
+from mmjax.data import shapes  # noqa: E402
+
+SIDES = ("left", "right", "top", "bottom")
+
+
+def ridge_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, l2: float = 1.0) -> float:
+    """Accuracy (%) on the second half of a ridge fit to one-hot ``labels`` on the first half."""
+    n = len(features) // 2
+    x = np.concatenate([features, np.ones((len(features), 1))], axis=1).astype(np.float64)
+    y = np.eye(classes)[labels]
+    w = np.linalg.solve(x[:n].T @ x[:n] + l2 * np.eye(x.shape[1]), x[:n].T @ y[:n])
+    return round(100 * float(np.mean((x[n:] @ w).argmax(1) == labels[n:])), 1)
+
+
+def load(config: str, workdir: str, overrides):
+    import flax.linen as nn
+
+    from mmjax.checkpoint import load_params
+
+    cfg = config_lib.load_file(config)
+    for key, value in overrides:
+        config_lib.override(cfg, key, value)
+    task = tasks.get_task(cfg)
+    abstract = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
+    return cfg, task, load_params(workdir, abstract, (".*",))
+
+
+def pixels(examples) -> jnp.ndarray:
+    return jnp.asarray(np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1)
+
+
+def token_probes(workdir: str, scenes: int) -> dict:
+    cfg, task, params = load("configs/clip_shapes.py", workdir, [])
+    examples = [shapes.generate_example(0, "validation", i) for i in range(scenes)]
+    grab = jax.jit(lambda x: task.model.apply({"params": params}, x, method=lambda m, y: m.image(y)[1]))
+    tokens = np.concatenate(
+        [np.asarray(grab(pixels(examples[i : i + 250]))["patch_tokens"]) for i in range(0, scenes, 250)]
+    )
+    g, w = int(round(tokens.shape[1] ** 0.5)), tokens.shape[-1]
+    patch = cfg.model.image_size // g  # pixels per token side
+    pooled = tokens.reshape(-1, g // 2, 2, g // 2, 2, w).mean((2, 4)).reshape(len(tokens), -1, w)
+    feats = {"patch": [], "pool2": []}
+    colour, shape, column = [], [], []
+    for e, t, p in zip(examples, tokens, pooled):
+        for o in e["scene"].objects:
+            cx, cy = o.x + o.px // 2, o.y + o.px // 2
+            feats["patch"].append(t[(cy // patch) * g + cx // patch])
+            feats["pool2"].append(p[(cy // (2 * patch)) * (g // 2) + cx // (2 * patch)])
+            colour.append(o.colour), shape.append(o.shape), column.append(o.col)
+    targets = {"colour": (colour, 8), "shape": (shape, 6), "column": (column, 3)}
+    return {
+        kind: {name: ridge_accuracy(np.array(f), np.array(y), k) for name, (y, k) in targets.items()}
+        for kind, f in feats.items()
+    }
+
+
+def answer_probes(config: str, workdir: str, overrides, scenes: int) -> dict:
+    from mmjax.data import layout
+
+    cfg, task, params = load(config, workdir, overrides)
+    tok = task.tokenizer
+    examples, questions, column, side, answer = [], [], [], [], []
+    index = 0
+    while len(examples) < scenes:  # one-object scenes, validation then training images
+        split, i = ("validation", index) if index < 1000 else ("train", index)
+        e = shapes.generate_example(0, split, i)
+        index += 1
+        if len(e["scene"].objects) != 1:
+            continue
+        q, a = next(
+            (q, a) for q, a, t in zip(e["questions"], e["answers"], e["question_types"]) if t == "position"
+        )
+        examples.append(e), questions.append(q), answer.append(int(a == "yes"))
+        column.append(e["scene"].objects[0].col)
+        side.append(next(k for k, word in enumerate(SIDES) if word in q.rstrip("?").split()))
+    rows = np.stack(
+        [layout.encode_vlm(tok, task.num_image_tokens, q, None, cfg.data.max_len)[0] for q in questions]
+    )
+    sep = np.array([np.flatnonzero(r == tok.sep_id)[0] for r in rows])
+    hidden: dict[str, list] = {}
+    for s in range(0, scenes, 200):
+        _, state = task.model.apply(
+            {"params": params},
+            pixels(examples[s : s + 200]),
+            jnp.asarray(rows[s : s + 200]),
+            capture_intermediates=True,
+            mutable=["intermediates"],
+        )
+        lm = state["intermediates"]["lm"]
+        for name in sorted(k for k in lm if k.startswith("block_")):
+            h = np.asarray(lm[name]["__call__"][0][0])
+            hidden.setdefault(name, []).append(h[np.arange(len(h)), sep[s : s + 200]])
+    column, side, answer = np.array(column), np.array(side), np.array(answer)
+    return {
+        name: {
+            "column": ridge_accuracy(np.concatenate(h), column, 3),
+            "side_word": ridge_accuracy(np.concatenate(h), side, len(SIDES)),
+            "answer": ridge_accuracy(np.concatenate(h), answer, 2),
+        }
+        for name, h in hidden.items()
+    } | {"yes_share": round(100 * float(answer.mean()), 1)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("probe", choices=("tokens", "answer"))
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--config", default="configs/llava_shapes.py:stage=2", help="for 'answer'")
+    ap.add_argument("--scenes", type=int, default=None, help="default: 1500 (tokens), 1200 (answer)")
+    rest, overrides = config_lib.split_overrides(sys.argv[1:])
+    a = ap.parse_args(rest)
+    if a.probe == "tokens":
+        out = token_probes(a.workdir, a.scenes or 1500)
+    else:
+        out = answer_probes(a.config, a.workdir, overrides, a.scenes or 1200)
+    print(json.dumps({"probe": a.probe, "workdir": a.workdir, **out}))
+
+
+if __name__ == "__main__":
+    main()
