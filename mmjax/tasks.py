@@ -232,7 +232,8 @@ class VlmTask:
         self.prior = (
             self._load_prior(loss_cfg.get("prior_from"), config) if loss_cfg.get("prior_from") else None
         )
-        self.prior_groups = self._group_matrix(loss_cfg.get("prior_groups", ()), config.model.lm.vocab_size)
+        groups = loss_cfg.get("prior_groups", ()) if self.prior is not None else ()  # only a prior uses them
+        self.prior_groups = self._group_matrix(groups, config.model.lm.vocab_size)
 
     def _group_matrix(self, groups, vocab_size: int):
         """``[vocab, groups]`` one-hot membership of ``loss.prior_groups``'s words (None: no groups)."""

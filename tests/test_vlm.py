@@ -342,7 +342,12 @@ def test_prior_groups_keep_the_prior_to_the_choice_within_a_group(blind_lm, data
         np.testing.assert_allclose(np.exp(grouped[text][:, ids]).sum(-1), 1.0, atol=1e-5)
     others = np.setdiff1d(np.arange(grouped.shape[-1]), np.nonzero(task.prior_groups.sum(1))[0])
     assert np.abs(grouped[..., others]).max() == 0 and np.abs(logp[text][:, others]).max() > 0.1
+    with_prior = {"loss.prior_from": lm_dir}
     with pytest.raises(ConfigError, match="'blue' is in more than one group; keep one"):
-        tasks.get_task(load(spec, data_dir, **{"loss.prior_groups": ("red blue", "blue")}))
+        tasks.get_task(load(spec, data_dir, **with_prior, **{"loss.prior_groups": ("red blue", "blue")}))
     with pytest.raises(ConfigError, match="'purplish' is not one token of 'shapes_words'"):
-        tasks.get_task(load(spec, data_dir, **{"loss.prior_groups": ("red purplish",)}))
+        tasks.get_task(load(spec, data_dir, **with_prior, **{"loss.prior_groups": ("red purplish",)}))
+    # without a prior the groups are not read (a config may keep them for another tokenizer)
+    assert (
+        tasks.get_task(load(spec, data_dir, **{"loss.prior_groups": ("red purplish",)})).prior_groups is None
+    )
