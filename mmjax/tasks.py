@@ -201,7 +201,7 @@ class VlmTask:
     answer words) keeps the prior to the choice *within* a group: a grouped word's prior is its
     probability among its group's words, every other token gets none. The blind LM then no longer
     explains what kind of answer a question takes, or where it ends, which the model must learn itself
-    (with the whole vocabulary as the prior it never does: docs/learning.md).
+    (with the whole vocabulary as the prior it never does: docs/vqa_learning.md, section 6).
     """
 
     def __init__(self, config):

@@ -171,7 +171,7 @@ class DeepFusion(nn.Module, kw_only=True):
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             )
         if self.grid_pos_embed:
-            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std, dtype=self.dtype)
+            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std)
         n = self.cross_attn_every_n_layers
         self.xattn = [
             GatedCrossAttentionBlock(num_heads=self.lm.num_heads, mlp_dim=self.lm.mlp_dim, dtype=self.dtype)

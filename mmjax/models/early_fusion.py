@@ -109,7 +109,7 @@ class EarlyFusion(nn.Module, kw_only=True):
             for _ in range(self.projector_depth())
         ]
         if self.grid_pos_embed:
-            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std, dtype=self.dtype)
+            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std)
 
     def image_tokens(self, images):
         """``[B, T * N, lm.width]``: the projected image tokens that fill the placeholders, image after

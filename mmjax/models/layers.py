@@ -122,10 +122,9 @@ class AddPositionEmbedding(nn.Module, kw_only=True):
     embedding must stand out against features that are already large)."""
 
     init_std: float = 0.02
-    dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x):  # in x's dtype
         init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), (None, "embed"))
         embedding = self.param("embedding", init, x.shape[1:])
         return x + embedding.astype(x.dtype)
