@@ -50,9 +50,10 @@ def get_config(arg=None):
         c.model.lm = common.tiny_lm()
     # Start from another run's weights: the parameters whose path matches init_from.regex are read from
     # the latest checkpoint in init_from.workdir (None: start from random weights).
-    c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",))
+    # (``also``: further (workdir, regexes) pairs, e.g. the LM of another run)
+    c.init_from = dict(workdir=None if tiny else "runs/clip_shapes", regex=(r"image/.*",), also=())
     if stage == 2:
-        c.init_from = dict(workdir=None if tiny else "runs/llava_shapes_stage1", regex=(r".*",))
+        c.init_from = dict(workdir=None if tiny else "runs/llava_shapes_stage1", regex=(r".*",), also=())
 
     # The dataset of configs/clip_shapes.py (same sizes and tokenizer), laid out for generation.
     c.data = common.vlm_data(tiny, caption_prob=1.0 if stage == 1 else 0.15)

@@ -205,6 +205,36 @@ def init_sources(init_from) -> list[tuple[str, tuple[str, ...]]]:
     return sources
 
 
+def saved_config(workdir: str, step: int | None = None):
+    """``(config, step)``: the config saved with checkpoint ``step`` (default: the latest) of run
+    ``workdir`` -- the run's config as it trained, command-line overrides included (JSON's lists as
+    tuples again). Raises
+    ``ConfigError`` (one line) when the run has no such checkpoint or its config does not read."""
+    import ml_collections
+
+    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
+    manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
+    step = manager.latest_step() if manager is not None and step is None else step
+    if step is None or not os.path.isdir(os.path.join(directory, str(step), "config")):
+        where = f"checkpoint {step}" if step is not None else "no checkpoint"
+        raise ConfigError(f"{workdir}: {where} with a saved config; train it first (python -m mmjax.train)")
+    try:
+        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+    except Exception as e:  # a damaged checkpoint: one line
+        message = f"checkpoint {directory}/{step}: its config does not read ({_one_line(e)})"
+        raise ConfigError(message) from None
+    return ml_collections.ConfigDict(_tuples(saved)), step
+
+
+def _tuples(tree):
+    """JSON's lists back to the tuples configs are written with (module fields must be hashable)."""
+    if isinstance(tree, dict):
+        return {k: _tuples(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return tuple(_tuples(v) for v in tree)
+    return tree
+
+
 def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     """``params`` with every parameter whose path (``"image/encoder/block_0/attn/query/kernel"``) fully
     matches one of ``patterns`` replaced by its value in checkpoint ``step`` (default: the latest) of

@@ -254,14 +254,22 @@ class VlmTask:
         return member
 
     def _load_prior(self, workdir: str, config):
-        """``(blind LM module, its parameters)`` from ``workdir``: the LM of ``config.model`` alone."""
+        """``(blind LM module, its parameters)`` from run ``workdir``, built as that run was (its saved
+        config's LM, in this run's dtype), so the prior may be smaller or larger than this model's LM; it
+        must share this run's tokenizer."""
         import flax.linen as nn
 
         from mmjax import checkpoint
 
+        saved, step = checkpoint.saved_config(workdir)
+        if saved.data.get("tokenizer") != config.data.tokenizer:
+            raise ConfigError(
+                f"loss.prior_from={workdir}: that run's tokenizer {saved.data.get('tokenizer')!r} is not "
+                f"this run's {config.data.tokenizer!r}; train the blind LM on this run's data"
+            )
         tok = self.tokenizer
         blind = models.build(
-            dict(type="lm", lm=config.model.lm),
+            dict(type="lm", lm=saved.model.lm),
             config.dtype,
             image_id=tok.image_id,
             sep_id=tok.sep_id,
@@ -269,7 +277,7 @@ class VlmTask:
         )
         tokens = jnp.zeros((1, config.data.max_len), jnp.int32)
         shapes = jax.eval_shape(lambda: nn.unbox(blind.init(jax.random.key(0), None, tokens)["params"]))
-        return blind, checkpoint.load_params(workdir, shapes, (".*",))
+        return blind, checkpoint.load_params(workdir, shapes, (".*",), step=step)
 
     def prior_logits(self, tokens):
         """The blind LM's log-probabilities for each position of ``tokens``, as if the ``[IMG]``
@@ -342,3 +350,20 @@ def get_task(config):
         raise
     except ValueError as e:  # impossible model sizes, unknown names: the user's config is at fault
         raise ConfigError(str(e)) from None
+
+
+def from_run(workdir: str, step: int | None = None, *, patterns=(".*",)):
+    """``(config, task, params)`` of a trained run, for analyses of it: the config saved with checkpoint
+    ``step`` (default: the latest; overrides included, so nothing has to be repeated), the task it builds
+    and the parameters matching ``patterns`` loaded from that checkpoint (the others as initialised)."""
+    import flax.linen as nn
+
+    from mmjax import checkpoint
+
+    config, step = checkpoint.saved_config(workdir, step)
+    task = get_task(config)
+    if tuple(patterns) == (".*",):  # all loaded: shapes are enough
+        params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
+    else:
+        params = nn.unbox(task.init(jax.random.key(0)))
+    return config, task, checkpoint.load_params(workdir, params, patterns, step=step)

@@ -101,6 +101,25 @@ def test_stage1_trains_only_the_projector_on_the_clip_vision_tower(stage1, clip_
     assert "examples.png" in open(os.path.join(workdir, "report.md")).read()
 
 
+def test_from_run_reads_the_run_as_it_trained(stage1, tmp_path):
+    """``tasks.from_run``: the config saved with the checkpoint (the command-line overrides included) and
+    its weights; a directory without a checkpoint is one line saying to train it first."""
+    workdir, cfg, _ = stage1
+    config, task, params = tasks.from_run(workdir)
+    assert config.total_steps == 4 and config.eval.num_examples == 8  # the overrides the run had
+    assert config.init_from.workdir == cfg.init_from.workdir
+    assert task.model.lm.width == cfg.model.lm.width
+    assert config.model.image.stem_channels == tuple(cfg.model.image.stem_channels)  # JSON's list undone
+    hash(task.model)  # jit needs hashable module fields
+    saved = flat(saved_params(workdir, cfg))
+    got = flat(jax.device_get(params))
+    assert got.keys() == saved.keys()
+    for key, value in saved.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+    with pytest.raises(ConfigError, match="no checkpoint with a saved config; train it first"):
+        tasks.from_run(str(tmp_path))
+
+
 def test_frozen_parameters_have_no_optimizer_state(data_dir):
     cfg = load("llava_shapes.py:stage=1,tiny", data_dir)
     task = tasks.get_task(cfg)
@@ -351,3 +370,30 @@ def test_prior_groups_keep_the_prior_to_the_choice_within_a_group(blind_lm, data
     assert (
         tasks.get_task(load(spec, data_dir, **{"loss.prior_groups": ("red purplish",)})).prior_groups is None
     )
+
+
+def test_prior_is_built_as_its_own_run_was(data_dir, tmp_path):
+    """loss.prior_from reads the blind LM's architecture from that run's saved config: a one-block prior
+    under a two-block fusion LM gives the one-block LM's log-probabilities; another tokenizer is one line."""
+    lm_dir = str(tmp_path / "lm1")
+    lm_cfg = load(
+        "lm_shapes.py:tiny", data_dir, **{"total_steps": 1, "eval.num_examples": 2, "model.lm.depth": 1}
+    )
+    train.train_and_evaluate(lm_cfg, lm_dir)
+    cfg = load(
+        "llava_shapes.py:stage=2,tiny", data_dir, **{"loss.prior_from": lm_dir, "loss.prior_groups": ()}
+    )
+    task = tasks.get_task(cfg)
+    blind, prior_params = task.prior
+    assert cfg.model.lm.depth == 2 and blind.lm.depth == 1 and "block_1" not in prior_params["lm"]
+    tokens = np.asarray(next(iter(task.train_loader(2, 0)))["tokens"])
+    first = tokens[:1, : np.argmax(tokens[0] == task.tokenizer.image_id)]  # [BOS] before the image tokens
+    expected = jax.nn.log_softmax(blind.apply({"params": prior_params}, None, first)[0], axis=-1)
+    np.testing.assert_allclose(
+        np.asarray(task.prior_logits(tokens))[0, : first.shape[1]], expected[0], atol=1e-5
+    )
+    other = load("llava_shapes.py:stage=2,tiny", data_dir, **{"loss.prior_from": lm_dir})
+    config_lib.override(other, "data.tokenizer", "bytes")
+    config_lib.override(other, "model.lm.vocab_size", "512")
+    with pytest.raises(ConfigError, match="that run's tokenizer 'shapes_words' is not this run's 'bytes'"):
+        tasks.get_task(other)

@@ -5,8 +5,9 @@
     python experiments/fusion_comparison/probes.py tokens --workdir=runs/clip_shapes
     # the LM's hidden state at the [SEP] position of one-object position questions, after each block:
     # the object's column, the question's side word (left/right/top/bottom), the yes/no answer
-    python experiments/fusion_comparison/probes.py answer --config=configs/llava_shapes.py:stage=2 \
-        --workdir=runs/llava_shapes [--config.KEY=VALUE ...]
+    python experiments/fusion_comparison/probes.py answer --workdir=runs/llava_shapes
+
+Each run is read as it trained: its config saved with the checkpoint (``mmjax.tasks.from_run``).
 
 Ridge regression onto one-hot targets (a closed form, no extra dependency), fitted on the first half
 of the examples and scored on the second; prints one JSON line per probe set.
@@ -26,7 +27,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmjax import config as config_lib  # noqa: E402
 from mmjax import tasks  # noqa: E402
 from mmjax.data import shapes  # noqa: E402
 
@@ -42,25 +42,12 @@ def ridge_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, l2: f
     return round(100 * float(np.mean((x[n:] @ w).argmax(1) == labels[n:])), 1)
 
 
-def load(config: str, workdir: str, overrides):
-    import flax.linen as nn
-
-    from mmjax.checkpoint import load_params
-
-    cfg = config_lib.load_file(config)
-    for key, value in overrides:
-        config_lib.override(cfg, key, value)
-    task = tasks.get_task(cfg)
-    abstract = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
-    return cfg, task, load_params(workdir, abstract, (".*",))
-
-
 def pixels(examples) -> jnp.ndarray:
     return jnp.asarray(np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1)
 
 
 def token_probes(workdir: str, scenes: int) -> dict:
-    cfg, task, params = load("configs/clip_shapes.py", workdir, [])
+    cfg, task, params = tasks.from_run(workdir)  # the run as it trained (its saved config)
     examples = [shapes.generate_example(0, "validation", i) for i in range(scenes)]
     grab = jax.jit(lambda x: task.model.apply({"params": params}, x, method=lambda m, y: m.image(y)[1]))
     tokens = np.concatenate(
@@ -84,10 +71,10 @@ def token_probes(workdir: str, scenes: int) -> dict:
     }
 
 
-def answer_probes(config: str, workdir: str, overrides, scenes: int) -> dict:
+def answer_probes(workdir: str, scenes: int) -> dict:
     from mmjax.data import layout
 
-    cfg, task, params = load(config, workdir, overrides)
+    cfg, task, params = tasks.from_run(workdir)
     tok = task.tokenizer
     examples, questions, column, side, answer = [], [], [], [], []
     index = 0
@@ -135,14 +122,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("probe", choices=("tokens", "answer"))
     ap.add_argument("--workdir", required=True)
-    ap.add_argument("--config", default="configs/llava_shapes.py:stage=2", help="for 'answer'")
     ap.add_argument("--scenes", type=int, default=None, help="default: 1500 (tokens), 1200 (answer)")
-    rest, overrides = config_lib.split_overrides(sys.argv[1:])
-    a = ap.parse_args(rest)
+    a = ap.parse_args()
     if a.probe == "tokens":
         out = token_probes(a.workdir, a.scenes or 1500)
     else:
-        out = answer_probes(a.config, a.workdir, overrides, a.scenes or 1200)
+        out = answer_probes(a.workdir, a.scenes or 1200)
     print(json.dumps({"probe": a.probe, "workdir": a.workdir, **out}))
 
 

@@ -2,8 +2,11 @@
 about is a held-out colour-shape pair, and for wrong colour/shape answers how often they name a pair seen
 in training (a language prior says "red objects are never circles") against an even spread.
 
-    python experiments/fusion_comparison/vqa_errors.py --config=configs/llava_shapes.py:stage=2 \
-        --workdir=runs/llava_shapes [--split=test] [--images=1000] [--tag=NAME] [--config.KEY=VALUE ...]
+    python experiments/fusion_comparison/vqa_errors.py --workdir=runs/llava_shapes [--split=test] \
+        [--images=1000] [--tag=NAME] [--step=N]
+
+The run is scored as it trained: its config saved with the checkpoint (``mmjax.tasks.from_run``), the
+command-line overrides it had included.
 
 Prints one JSON line and appends it to ``results/vqa_errors.jsonl``. Position questions are split into
 one-object ("is the red circle on the left?") and two-object ones ("... to the left of ...", "above");
@@ -22,10 +25,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mmjax import config as config_lib  # noqa: E402
 from mmjax import tasks  # noqa: E402
 from mmjax.data import shapes  # noqa: E402
 
@@ -83,33 +84,22 @@ def analyse(rows, predicted, labels) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", required=True, help="e.g. configs/llava_shapes.py:stage=2")
     ap.add_argument("--workdir", required=True, help="the trained run")
     ap.add_argument("--step", type=int, default=None, help="its checkpoint to score (default: the latest)")
     ap.add_argument("--split", default="test")
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--tag", default="")
-    rest, overrides = config_lib.split_overrides(sys.argv[1:])  # --config.KEY=VALUE, as the run had them
-    a = ap.parse_args(rest)
+    a = ap.parse_args()
 
-    import flax.linen as nn
-
-    from mmjax.checkpoint import load_params
     from mmjax.data import loaders
     from mmjax.evaluate import vlm
 
-    cfg = config_lib.load_file(a.config)
-    for key, value in overrides:
-        config_lib.override(cfg, key, value)
-    task = tasks.get_task(cfg)
-    abstract = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))  # shapes only: all are loaded
-    params = load_params(a.workdir, abstract, (".*",), step=a.step)
+    cfg, task, params = tasks.from_run(a.workdir, a.step)
     data = loaders.load_split(cfg.data, a.split, tokenizer=task.tokenizer, max_examples=a.images)
     rows, predicted, metrics = vlm.answer_questions(task, params, data, cfg.eval.batch_size)
     row = {
         "tag": a.tag or a.workdir,
-        "config": a.config,
-        **({"overrides": [f"{k}={v}" for k, v in overrides]} if overrides else {}),
+        "workdir": a.workdir,
         "split": a.split,
         **({"step": a.step} if a.step is not None else {}),
         "images": len(data["caption"]),

@@ -149,22 +149,12 @@ def load_hf_dir(directory: str) -> Encoder:
 
 def run_config(workdir: str):
     """``(config, step)``: the config saved with the latest checkpoint of run ``workdir``."""
-    import orbax.checkpoint as ocp  # lazy: Orbax, only for run directories
+    from mmjax import checkpoint  # lazy: Orbax, only for run directories
 
-    directory = os.path.join(workdir, "checkpoints")
-    manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step()
-    if step is None:
-        raise EvaluateError(
-            f"--model={workdir} holds no checkpoint yet; train it first (python -m mmjax.train)"
-        )
-    if not os.path.isdir(os.path.join(directory, str(step), "config")):
-        raise EvaluateError(f"checkpoint {directory}/{step} holds no saved config")
     try:
-        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-    except Exception as e:  # a damaged checkpoint: one line
-        raise EvaluateError(f"checkpoint {directory}/{step}: its config does not read ({e})") from None
-    return ml_collections.ConfigDict(saved), step
+        return checkpoint.saved_config(workdir)
+    except ConfigError as e:
+        raise EvaluateError(f"--model: {e}") from None
 
 
 def load_run(workdir: str) -> Encoder:

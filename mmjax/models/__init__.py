@@ -6,12 +6,12 @@ Model configs:
 * ``{"type": "two_tower", "image_size", "embed_dim", "image": {ViT fields}, "text": {TextTransformer
   fields}}`` (plus optional ``temperature_init``, ``bias_init``): CLIP / SigLIP;
 * ``{"type": "early_fusion", "image_size", "image": {ViT fields}, "lm": {DecoderLM fields}, "projector",
-  "vision_tokens", "image_pool", "image_pool_op", "grid_pos_embed", "grid_pos_std", "attn_mask"}``:
-  LLaVA-style; the special token ids come from the tokenizer
+  "vision_tokens", "image_pool", "image_pool_op", "grid_pos_embed", "grid_pos_std", "grid_pos_init",
+  "attn_mask"}``: LLaVA-style; the special token ids come from the tokenizer
   (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``);
 * ``{"type": "deep_fusion", ..., "num_latents", "resampler_depth", "resampler_heads",
   "cross_attn_every_n_layers", "only_attend_immediate_media", "max_images", "grid_pos_embed",
-  "grid_pos_std", "attn_mask"}``: Flamingo-style;
+  "grid_pos_std", "grid_pos_init", "attn_mask"}``: Flamingo-style;
 * ``{"type": "lm", "image_size", "lm": {DecoderLM fields}}``: the LM alone, images ignored (a blind
   baseline, and LM pretraining for the fusion models).
 
@@ -97,6 +97,7 @@ _MODELS["llava-shapes"] = dict(
     image_pool_op="mean",
     grid_pos_embed=False,
     grid_pos_std=0.02,
+    grid_pos_init="normal",
     attn_mask="prefix",
 )
 
@@ -114,6 +115,7 @@ _MODELS["flamingo-shapes"] = dict(
     max_images=0,
     grid_pos_embed=False,
     grid_pos_std=0.02,
+    grid_pos_init="normal",
     attn_mask="causal",
 )
 

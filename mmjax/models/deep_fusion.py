@@ -19,8 +19,9 @@ row) or ``[B, T, H, W, 3]`` (``T`` images, the ``t``-th for the ``t``-th ``[IMG]
   locations are arguments of pure functions, not module state (open_flamingo's ``condition_vis_x``).
 * **Resampler** (``PerceiverResampler``): ``num_latents`` learned queries attend to the patch tokens
   and to themselves, ``resampler_depth`` times. ``num_latents=0`` uses a linear adapter on the patch
-  tokens instead. ``grid_pos_embed=True`` first adds a learned embedding per patch to the patch tokens,
-  so that the visual tokens can carry where things are (a CLIP tower's patch tokens mostly do not).
+  tokens instead. ``grid_pos_embed=True`` first adds a learned embedding per patch to the patch tokens
+  (``grid_pos_std``, ``grid_pos_init``: as in early fusion), so that the visual tokens can carry where
+  things are (a CLIP tower's patch tokens mostly do not).
 * **New tokens**: ``[IMG]`` and ``[SEP]`` get their own trainable embeddings (``new_token_embed``), so
   the LM's embedding table can stay frozen.
 
@@ -127,6 +128,7 @@ class DeepFusion(nn.Module, kw_only=True):
     # tokens can say where things are (as EarlyFusion.grid_pos_embed)
     grid_pos_embed: bool = False
     grid_pos_std: float = 0.02
+    grid_pos_init: str = "normal"  # or "sincos": 2-D sine-cosine coordinates (layers.sincos_grid)
     attn_mask: str = "causal"
     dtype: layers.Dtype = jnp.float32
 
@@ -171,7 +173,7 @@ class DeepFusion(nn.Module, kw_only=True):
                 bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
             )
         if self.grid_pos_embed:
-            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std)
+            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std, init=self.grid_pos_init)
         n = self.cross_attn_every_n_layers
         self.xattn = [
             GatedCrossAttentionBlock(num_heads=self.lm.num_heads, mlp_dim=self.lm.mlp_dim, dtype=self.dtype)

@@ -21,7 +21,8 @@ when the tower has one). ``image_pool=k`` merges k x k neighbouring patches firs
 tokens for the LM): ``image_pool_op="mean"`` averages them, ``"concat"`` lays them side by side in one
 k^2-times-wider vector for the projector (space-to-depth, InternVL's "pixel shuffle"), so that a small
 object is not averaged with its neighbours. ``grid_pos_embed=True`` adds a learned embedding per grid
-token to the projected tokens (normal(``grid_pos_std``) at init), so each token says where it is: a CLIP
+token to the projected tokens (normal(``grid_pos_std``) at init, or with ``grid_pos_init="sincos"`` 2-D
+sine-cosine coordinates of that RMS, ``layers.sincos_grid``), so each token says where it is: a CLIP
 tower's patch tokens keep little of their position embedding (a pooled contrastive loss has little use
 for it), and the LM's rotary positions shape attention scores, not what an attended token passes on.
 """
@@ -51,6 +52,7 @@ class EarlyFusion(nn.Module, kw_only=True):
     image_pool_op: str = "mean"
     grid_pos_embed: bool = False
     grid_pos_std: float = 0.02
+    grid_pos_init: str = "normal"  # or "sincos": 2-D sine-cosine coordinates (layers.sincos_grid)
     attn_mask: str = "prefix"
     dtype: layers.Dtype = jnp.float32
 
@@ -109,7 +111,7 @@ class EarlyFusion(nn.Module, kw_only=True):
             for _ in range(self.projector_depth())
         ]
         if self.grid_pos_embed:
-            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std)
+            self.grid_pos = layers.AddPositionEmbedding(init_std=self.grid_pos_std, init=self.grid_pos_init)
 
     def image_tokens(self, images):
         """``[B, T * N, lm.width]``: the projected image tokens that fill the placeholders, image after

@@ -118,16 +118,52 @@ def check_heads(width: int, num_heads: int, what: str) -> None:
 
 class AddPositionEmbedding(nn.Module, kw_only=True):
     """``x [B, N, D] + embedding [N, D]``: one learned vector per token position, its shape taken from the
-    first call; normal(``init_std``) at init (0.02 as a ViT's; about ``x``'s own scale where the
-    embedding must stand out against features that are already large)."""
+    first call. ``init``: ``"normal"`` draws it from normal(``init_std``) (0.02 as a ViT's; about ``x``'s
+    own scale where the embedding must stand out against features that are already large); ``"sincos"``
+    starts it at ``sincos_grid``'s table of a square grid of N tokens, scaled to an RMS of ``init_std``:
+    coordinates with linear structure, so that "left of" is a difference of two positions, not a table."""
 
     init_std: float = 0.02
+    init: str = "normal"
 
     @nn.compact
     def __call__(self, x):  # in x's dtype
-        init = nn.with_logical_partitioning(nn.initializers.normal(self.init_std), (None, "embed"))
+        if self.init == "normal":
+            base = nn.initializers.normal(self.init_std)
+        elif self.init == "sincos":
+
+            def base(key, shape, dtype=jnp.float32):
+                del key  # deterministic
+                return (sincos_grid(shape[0], shape[1]) * (self.init_std * 2**0.5)).astype(dtype)
+
+        else:
+            raise ValueError(f"position embedding init {self.init!r}: use 'normal' or 'sincos'")
+        init = nn.with_logical_partitioning(base, (None, "embed"))
         embedding = self.param("embedding", init, x.shape[1:])
         return x + embedding.astype(x.dtype)
+
+
+def sincos_grid(num_tokens: int, width: int) -> jnp.ndarray:
+    """``[num_tokens, width]`` 2-D sine-cosine coordinates of a square grid of ``num_tokens`` tokens in
+    row-major order (MAE's layout: the first half of the channels the row, the second the column; each half
+    ``[sin, cos]`` of ``width // 4`` frequencies), RMS 1/sqrt(2). The frequencies run from a quarter turn per
+    cell down to a quarter turn over the whole grid, so the low ones are monotonic in the coordinate (nearly
+    linear): a grid of side ``n`` needs ``width`` divisible by 4."""
+    side = int(round(num_tokens**0.5))
+    if side * side != num_tokens or width % 4:
+        raise ValueError(
+            f"sincos position embedding: {num_tokens} tokens of width {width}; it needs a square grid "
+            "and a width divisible by 4 (use init 'normal')"
+        )
+    k = width // 4
+    fastest, slowest = jnp.pi / 2, jnp.pi / (2 * max(side - 1, 1))
+    omega = fastest * (slowest / fastest) ** (jnp.arange(k) / max(k - 1, 1))  # [k]
+    coords = jnp.arange(side, dtype=jnp.float32)
+    angles = coords[:, None] * omega[None, :]  # [side, k]
+    axis = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=1)  # [side, width / 2]
+    rows = jnp.repeat(axis, side, axis=0)  # token t = (t // side, t % side)
+    cols = jnp.tile(axis, (side, 1))
+    return jnp.concatenate([rows, cols], axis=1)
 
 
 class HeadsDense(nn.Module, kw_only=True):

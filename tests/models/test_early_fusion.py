@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mmjax import generate, losses, models
+from mmjax.models import layers
 from mmjax.models import lm as lm_lib
 
 IMG, SEP, PAD, BOS, EOT = 66, 67, 0, 1, 2
@@ -136,6 +137,30 @@ def test_grid_position_embedding_adds_one_vector_per_grid_token(images, with_cls
     )
     if with_cls:
         np.testing.assert_array_equal(with_pos[:, 0], without[:, 0])
+
+
+def test_grid_position_embedding_sincos_init_is_monotonic_coordinates(images):
+    """``grid_pos_init="sincos"``: the embedding starts at the 2-D sine-cosine table of the 4 x 4 grid,
+    RMS ``grid_pos_std``; the row half depends on the row only, the column half on the column only, some
+    channels are monotonic in the coordinate, and the table is the same for every seed (still learned)."""
+    model, n = build(grid_pos_embed=True, grid_pos_init="sincos", grid_pos_std=0.5)
+    tokens = np.stack([sequence(n, [5, 6, 7], [8, 9], 40)] * 3)
+    params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
+    table = np.asarray(params["grid_pos"]["embedding"]).reshape(4, 4, 64)
+    np.testing.assert_allclose(np.sqrt((table**2).mean()), 0.5, rtol=1e-5)
+    rows, cols = table[..., :32], table[..., 32:]
+    np.testing.assert_allclose(rows, np.broadcast_to(rows[:, :1], rows.shape), atol=1e-6)  # row only
+    np.testing.assert_allclose(cols, np.broadcast_to(cols[:1], cols.shape), atol=1e-6)  # column only
+    np.testing.assert_allclose(cols[0, :, :16], rows[:, 0, :16], atol=1e-6)  # the same code per axis
+    # the slowest sine spans a quarter turn over the grid: strictly increasing along the column
+    assert np.all(np.diff(cols[0, :, 15]) > 0) and cols[0, 0, 15] == 0
+    again = nn.unbox(model.init(jax.random.key(1), images, tokens)["params"])["grid_pos"]["embedding"]
+    np.testing.assert_array_equal(again, params["grid_pos"]["embedding"])
+    bad, _ = build(grid_pos_embed=True, grid_pos_init="fourier")
+    with pytest.raises(ValueError, match="use 'normal' or 'sincos'"):
+        bad.init(jax.random.key(0), images, tokens)
+    with pytest.raises(ValueError, match="needs a square grid"):
+        layers.sincos_grid(12, 64)
 
 
 def test_masks_causal_and_prefix():
