@@ -233,7 +233,7 @@ def vlm_adamw(tiny, *, freeze_regex):
     )
 
 
-def vlm_loss():
+def vlm_loss(prior_from=None):
     """The fusion configs' loss options: ``prior_from`` a blind LM's run (``configs/lm_shapes.py``) whose
     log-probabilities are added to the model's in training (a product of experts: the question's own
     prior is explained away, mmjax/tasks.py VlmTask), times ``prior_weight``; None: the plain loss.
@@ -242,11 +242,12 @@ def vlm_loss():
     (docs/vqa_learning.md): over the whole vocabulary (``prior_groups=()``) VQA falls from 70.1 to 4.8 %
     (the prior explains the answers' form, which the model alone then never learns); with yes/no as a
     group too, exists and position questions fall to 50-53 % (the model alone loses the base rates the
-    prior explained)."""
+    prior explained). With the colour and shape groups, test VQA rises from 74.0 to 78.9 % at 800 steps
+    (configs/llava_shapes.py uses it)."""
     from mmjax.data import shapes
 
     groups = (shapes.COLOURS, shapes.SHAPES)
-    return dict(prior_from=None, prior_weight=1.0, prior_groups=tuple(" ".join(g) for g in groups))
+    return dict(prior_from=prior_from, prior_weight=1.0, prior_groups=tuple(" ".join(g) for g in groups))
 
 
 def vlm_eval(tiny):

@@ -224,6 +224,7 @@ def make_config(model: str, levers: frozenset, batch: int):
         config.data.max_len = LLAVA_SEQ[model]
         config.optimizer.freeze_regex = ()  # train everything: the step whose FLOPs are counted
         config.init_from = dict(workdir=None, regex=())
+        config.loss.prior_from = None  # the model's own step (the blind LM's prior needs a trained run)
     else:
         raise SystemExit(
             f"error: --model {model!r} is a {mcfg['type']} model; benchmark a two_tower or early_fusion one"

@@ -6,6 +6,9 @@
     # the LM's hidden state at the [SEP] position of one-object position questions, after each block:
     # the object's column, the question's side word (left/right/top/bottom), the yes/no answer
     python experiments/fusion_comparison/probes.py answer --workdir=runs/llava_shapes
+    # the same for two-object "is the A to the left of the B?": both columns, the relation word, the
+    # comparison, the answer
+    python experiments/fusion_comparison/probes.py relation --workdir=runs/llava_shapes
 
 Each run is read as it trained: its config saved with the checkpoint (``mmjax.tasks.from_run``).
 
@@ -71,34 +74,40 @@ def token_probes(workdir: str, scenes: int) -> dict:
     }
 
 
-def answer_probes(workdir: str, scenes: int) -> dict:
-    from mmjax.data import layout
-
-    cfg, task, params = tasks.from_run(workdir)
-    tok = task.tokenizer
-    examples, questions, column, side, answer = [], [], [], [], []
-    index = 0
-    while len(examples) < scenes:  # one-object scenes, validation then training images
+def position_questions(scenes: int, objects: int):
+    """``scenes`` (example, position question, answer) triples of scenes with ``objects`` objects
+    (validation images, then training ones); with 2+ objects only "to the left/right of" questions."""
+    out, index = [], 0
+    while len(out) < scenes:
         split, i = ("validation", index) if index < 1000 else ("train", index)
         e = shapes.generate_example(0, split, i)
         index += 1
-        if len(e["scene"].objects) != 1:
+        if (len(e["scene"].objects) == 1) != (objects == 1) or len(e["scene"].objects) < objects:
             continue
         q, a = next(
             (q, a) for q, a, t in zip(e["questions"], e["answers"], e["question_types"]) if t == "position"
         )
-        examples.append(e), questions.append(q), answer.append(int(a == "yes"))
-        column.append(e["scene"].objects[0].col)
-        side.append(next(k for k, word in enumerate(SIDES) if word in q.rstrip("?").split()))
+        if objects > 1 and " of the " not in q:
+            continue
+        out.append((e, q, a))
+    return out
+
+
+def sep_states(workdir: str, items) -> dict[str, np.ndarray]:
+    """The LM's hidden state at the ``[SEP]`` of each item's question, after each block."""
+    from mmjax.data import layout
+
+    cfg, task, params = tasks.from_run(workdir)
+    tok = task.tokenizer
     rows = np.stack(
-        [layout.encode_vlm(tok, task.num_image_tokens, q, None, cfg.data.max_len)[0] for q in questions]
+        [layout.encode_vlm(tok, task.num_image_tokens, q, None, cfg.data.max_len)[0] for _, q, _ in items]
     )
     sep = np.array([np.flatnonzero(r == tok.sep_id)[0] for r in rows])
     hidden: dict[str, list] = {}
-    for s in range(0, scenes, 200):
+    for s in range(0, len(items), 200):
         _, state = task.model.apply(
             {"params": params},
-            pixels(examples[s : s + 200]),
+            pixels([e for e, _, _ in items[s : s + 200]]),
             jnp.asarray(rows[s : s + 200]),
             capture_intermediates=True,
             mutable=["intermediates"],
@@ -107,27 +116,63 @@ def answer_probes(workdir: str, scenes: int) -> dict:
         for name in sorted(k for k in lm if k.startswith("block_")):
             h = np.asarray(lm[name]["__call__"][0][0])
             hidden.setdefault(name, []).append(h[np.arange(len(h)), sep[s : s + 200]])
-    column, side, answer = np.array(column), np.array(side), np.array(answer)
+    return {name: np.concatenate(h) for name, h in hidden.items()}
+
+
+def answer_probes(workdir: str, scenes: int) -> dict:
+    """One-object position questions: the object's column, the side word, the answer."""
+    items = position_questions(scenes, 1)
+    column = np.array([e["scene"].objects[0].col for e, _, _ in items])
+    side = np.array([next(k for k, w in enumerate(SIDES) if w in q.rstrip("?").split()) for _, q, _ in items])
+    answer = np.array([int(a == "yes") for _, _, a in items])
+    targets = {"column": (column, 3), "side_word": (side, len(SIDES)), "answer": (answer, 2)}
+    return probe_table(sep_states(workdir, items), targets) | {
+        "yes_share": round(100 * float(answer.mean()), 1)
+    }
+
+
+def relation_probes(workdir: str, scenes: int) -> dict:
+    """Two-object "is the A to the left/right of the B?": A's and B's columns, the relation word, whether A
+    is left of B, the answer."""
+    items = position_questions(scenes, 2)
+    cols, words, left, answer = [], [], [], []
+    for e, q, a in items:
+        names = {o.name: o for o in e["scene"].objects}
+        first, second = (names[n] for n in sorted((n for n in names if f"the {n}" in q), key=q.index))
+        cols.append((first.col, second.col)), words.append(int(" right of " in q))
+        left.append(int(first.col < second.col)), answer.append(int(a == "yes"))
+    cols = np.array(cols)
+    targets = {
+        "first_column": (cols[:, 0], 3),
+        "second_column": (cols[:, 1], 3),
+        "relation_word": (np.array(words), 2),
+        "first_is_left": (np.array(left), 2),
+        "answer": (np.array(answer), 2),
+    }
+    return probe_table(sep_states(workdir, items), targets)
+
+
+def probe_table(hidden: dict[str, np.ndarray], targets: dict) -> dict:
     return {
-        name: {
-            "column": ridge_accuracy(np.concatenate(h), column, 3),
-            "side_word": ridge_accuracy(np.concatenate(h), side, len(SIDES)),
-            "answer": ridge_accuracy(np.concatenate(h), answer, 2),
-        }
+        name: {t: ridge_accuracy(h, np.asarray(y), k) for t, (y, k) in targets.items()}
         for name, h in hidden.items()
-    } | {"yes_share": round(100 * float(answer.mean()), 1)}
+    }
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("probe", choices=("tokens", "answer"))
+    ap.add_argument("probe", choices=("tokens", "answer", "relation"))
     ap.add_argument("--workdir", required=True)
-    ap.add_argument("--scenes", type=int, default=None, help="default: 1500 (tokens), 1200 (answer)")
+    ap.add_argument(
+        "--scenes", type=int, default=None, help="default: 1500 (tokens), 1200 (answer, relation)"
+    )
     a = ap.parse_args()
     if a.probe == "tokens":
         out = token_probes(a.workdir, a.scenes or 1500)
-    else:
+    elif a.probe == "answer":
         out = answer_probes(a.workdir, a.scenes or 1200)
+    else:
+        out = relation_probes(a.workdir, a.scenes or 1200)
     print(json.dumps({"probe": a.probe, "workdir": a.workdir, **out}))
 
 

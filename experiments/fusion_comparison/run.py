@@ -71,6 +71,10 @@ def variant_config(name: str, args):
             also=() if args.tiny else ((LM_RUN, (r"lm/.*",)),),
         )
         c.optimizer.freeze_regex = (r"image/.*",) + ((r"lm/.*",) if name == "early_frozen_lm" else ())
+        # the recipe the committed table was measured with (a prefix mask, no grid positions, no prior): the
+        # shipped config's since 2026-12-02 is measured in docs/vqa_learning.md, section 7
+        c.model.update(attn_mask="prefix", grid_pos_embed=False)
+        c.loss.prior_from = None
     c.total_steps = args.steps
     c.checkpoint_every = args.eval_every
     c.keep_checkpoints = args.steps // args.eval_every + 1
