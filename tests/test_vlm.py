@@ -82,7 +82,8 @@ def test_stage1_trains_only_the_projector_on_the_clip_vision_tower(stage1, clip_
         elif key.startswith("lm/"):  # frozen at its initial value
             np.testing.assert_array_equal(value, initial[key], err_msg=key)
         else:
-            assert key.startswith("proj_") and not np.array_equal(value, initial[key]), key
+            # the projector and the position vector per image token it feeds
+            assert key.startswith(("proj_", "grid_pos/")) and not np.array_equal(value, initial[key]), key
     # results and report
     for key in (
         "vqa_accuracy",
@@ -127,7 +128,8 @@ def test_frozen_parameters_have_no_optimizer_state(data_dir):
     tx = optimizer_lib.make(cfg.optimizer, cfg.total_steps, params)
     opt_state = jax.eval_shape(tx.init, params)
     size = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))  # noqa: E731
-    projector = {k: v for k, v in params.items() if k.startswith("proj_")}
+    projector = {k: v for k, v in params.items() if k.startswith("proj_") or k == "grid_pos"}
+    assert "grid_pos" in projector  # the config's position vector per image token learns with it
     assert size(opt_state) - size(projector) * 2 < 10  # Adam's two moments of the projector (+ counters)
 
 
@@ -286,7 +288,7 @@ def test_vlm_step_sharded_equals_single_device(data_dir, spec):
     assert parts == (
         {"resampler", "new_token_embed", "xattn_0", "xattn_1"}
         if "flamingo" in spec
-        else {"lm", "proj_0", "proj_1"}
+        else {"lm", "proj_0", "proj_1", "grid_pos"}
     ), parts
 
 

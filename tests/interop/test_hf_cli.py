@@ -192,8 +192,10 @@ def test_clip_custom_fine_tunes_an_imported_clip(clip_dir, tmp_path):
     end = jax.device_get(checkpoint.load_params(workdir, run.init(init_from=False).params, (".*",)))
     flat = lambda tree: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}  # noqa: E731
     still = [k for k, v in flat(start).items() if np.array_equal(v, flat(end)[k])]
-    # fine-tuned from the import: all but the key biases (a softmax ignores a constant added to every logit)
-    assert still and all("'key']['bias'" in k for k in still), still
+    # fine-tuned from the import: everything moved but perhaps the key biases (a softmax ignores a constant
+    # added to every logit, so their gradient is zero up to rounding, which Adam may still turn into a step
+    # on some CPUs)
+    assert len(still) < len(flat(start)) and all("'key']['bias'" in k for k in still), still
 
 
 def test_zero_shot_command_rejects_a_non_two_tower_directory(tmp_path, capsys):
