@@ -191,7 +191,8 @@ class VlmTask:
     and its text names the one it asks about); the loss is the token cross-entropy on the answer only.
     Evaluation generates captions and answers (``mmjax.evaluate.vlm``).
 
-    ``loss.prior_from=RUN`` (a blind LM's run, ``configs/lm_shapes.py``): in training only, the frozen
+    ``loss.prior_from=RUN`` (a blind LM's run, ``configs/lm_shapes.py``, built as that run was from its
+    saved config, so it may differ in size from this model's LM): in training only, the frozen
     blind LM's log-probabilities of the same text (``[IMG]`` placeholders left out) are added to the
     model's logits before the cross-entropy, times ``loss.prior_weight`` -- a product of experts (Clark et
     al. 2019, "Don't take the easy way out"). What the question's words alone predict ("red objects are
