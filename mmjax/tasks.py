@@ -262,7 +262,13 @@ class VlmTask:
 
         from mmjax import checkpoint
 
-        saved, step = checkpoint.saved_config(workdir)
+        try:
+            saved, step = checkpoint.saved_config(workdir)
+        except ConfigError as e:  # most often: the blind LM not trained yet
+            raise ConfigError(
+                f"loss.prior_from={workdir}: {str(e).partition('; train it first')[0]}; train the blind LM "
+                f"first: python -m mmjax.train --config=configs/lm_shapes.py --workdir={workdir}"
+            ) from None
         if saved.data.get("tokenizer") != config.data.tokenizer:
             raise ConfigError(
                 f"loss.prior_from={workdir}: that run's tokenizer {saved.data.get('tokenizer')!r} is not "

@@ -399,3 +399,9 @@ def test_prior_is_built_as_its_own_run_was(data_dir, tmp_path):
     config_lib.override(other, "model.lm.vocab_size", "512")
     with pytest.raises(ConfigError, match="that run's tokenizer 'shapes_words' is not this run's 'bytes'"):
         tasks.get_task(other)
+    missing = load("llava_shapes.py:stage=2,tiny", data_dir, **{"loss.prior_from": str(tmp_path / "none")})
+    with pytest.raises(
+        ConfigError,
+        match=r"^loss.prior_from=.*none: .*no checkpoint .*; train the blind LM first: .*lm_shapes.py",
+    ):
+        tasks.get_task(missing)
