@@ -205,25 +205,38 @@ def init_sources(init_from) -> list[tuple[str, tuple[str, ...]]]:
     return sources
 
 
-def saved_config(workdir: str, step: int | None = None):
+def saved_config(
+    workdir: str, step: int | None = None, *, fix: str = "train it first (python -m mmjax.train)"
+):
     """``(config, step)``: the config saved with checkpoint ``step`` (default: the latest) of run
-    ``workdir`` -- the run's config as it trained, command-line overrides included (JSON's lists as
-    tuples again). Raises
-    ``ConfigError`` (one line) when the run has no such checkpoint or its config does not read."""
+    ``workdir`` (or its ``checkpoints`` directory) -- the run's config as it trained, command-line overrides
+    included (JSON's lists as tuples again). Raises ``ConfigError`` (one line) when the run has no such
+    checkpoint (the line ends with ``fix``) or its config does not read."""
     import ml_collections
 
-    directory = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "checkpoints")
-    manager = ocp.CheckpointManager(directory) if os.path.isdir(directory) else None
-    step = manager.latest_step() if manager is not None and step is None else step
+    directory, step = _checkpoint_step(workdir, step)
     if step is None or not os.path.isdir(os.path.join(directory, str(step), "config")):
         where = f"checkpoint {step}" if step is not None else "no checkpoint"
-        raise ConfigError(f"{workdir}: {where} with a saved config; train it first (python -m mmjax.train)")
+        raise ConfigError(f"{workdir}: {where} with a saved config; {fix}")
     try:
-        saved = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+        restored = ocp.CheckpointManager(directory).restore(
+            step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
+        )
     except Exception as e:  # a damaged checkpoint: one line
         message = f"checkpoint {directory}/{step}: its config does not read ({_one_line(e)})"
         raise ConfigError(message) from None
-    return ml_collections.ConfigDict(_tuples(saved)), step
+    return ml_collections.ConfigDict(_tuples(restored["config"])), step
+
+
+def _checkpoint_step(source: str, step: int | None) -> tuple[str, int | None]:
+    """``(checkpoints directory, step)`` of ``source`` (an mmjax workdir, or its ``checkpoints``
+    directory); ``step`` None: the latest there (None when there is none)."""
+    directory = os.path.abspath(os.path.expanduser(source))
+    if os.path.isdir(os.path.join(directory, "checkpoints")):
+        directory = os.path.join(directory, "checkpoints")
+    if step is None and os.path.isdir(directory):
+        step = ocp.CheckpointManager(directory).latest_step()
+    return directory, step
 
 
 def _tuples(tree):
@@ -241,11 +254,7 @@ def load_params(source: str, params, patterns, step: int | None = None) -> dict:
     ``source`` (an mmjax workdir, or its ``checkpoints`` directory). ``params`` may hold arrays or placed
     ``jax.ShapeDtypeStruct`` s; loaded arrays take their shardings. Raises ``ConfigError`` naming the
     key when a selected parameter is missing from the checkpoint or has another shape."""
-    directory = os.path.abspath(os.path.expanduser(source))
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
-        directory = os.path.join(directory, "checkpoints")
-    if step is None:
-        step = ocp.CheckpointManager(directory).latest_step() if os.path.isdir(directory) else None
+    directory, step = _checkpoint_step(source, step)
     if step is None or not os.path.isdir(os.path.join(directory, str(step))):
         raise ConfigError(
             f"init_from: no checkpoint in {source!r}; train that run first or fix init_from.workdir"

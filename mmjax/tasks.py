@@ -262,13 +262,12 @@ class VlmTask:
 
         from mmjax import checkpoint
 
+        train = f"python -m mmjax.train --config=configs/lm_shapes.py --workdir={workdir}"
+        fix = f"train the blind LM first: {train}"
         try:
-            saved, step = checkpoint.saved_config(workdir)
+            saved, step = checkpoint.saved_config(workdir, fix=fix)
         except ConfigError as e:  # most often: the blind LM not trained yet
-            raise ConfigError(
-                f"loss.prior_from={workdir}: {str(e).partition('; train it first')[0]}; train the blind LM "
-                f"first: python -m mmjax.train --config=configs/lm_shapes.py --workdir={workdir}"
-            ) from None
+            raise ConfigError(f"loss.prior_from={workdir}: {e}") from None
         if saved.data.get("tokenizer") != config.data.tokenizer:
             raise ConfigError(
                 f"loss.prior_from={workdir}: that run's tokenizer {saved.data.get('tokenizer')!r} is not "
@@ -359,18 +358,15 @@ def get_task(config):
         raise ConfigError(str(e)) from None
 
 
-def from_run(workdir: str, step: int | None = None, *, patterns=(".*",)):
+def from_run(workdir: str, step: int | None = None):
     """``(config, task, params)`` of a trained run, for analyses of it: the config saved with checkpoint
     ``step`` (default: the latest; overrides included, so nothing has to be repeated), the task it builds
-    and the parameters matching ``patterns`` loaded from that checkpoint (the others as initialised)."""
+    and all its parameters from that checkpoint."""
     import flax.linen as nn
 
     from mmjax import checkpoint
 
     config, step = checkpoint.saved_config(workdir, step)
     task = get_task(config)
-    if tuple(patterns) == (".*",):  # all loaded: shapes are enough
-        params = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))
-    else:
-        params = nn.unbox(task.init(jax.random.key(0)))
-    return config, task, checkpoint.load_params(workdir, params, patterns, step=step)
+    shapes = jax.eval_shape(lambda: nn.unbox(task.init(jax.random.key(0))))  # all are loaded: shapes only
+    return config, task, checkpoint.load_params(workdir, shapes, (".*",), step=step)

@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from mmjax import tasks  # noqa: E402
-from mmjax.data import shapes  # noqa: E402
+from mmjax.data import images, shapes  # noqa: E402
 
 SIDES = ("left", "right", "top", "bottom")
 
@@ -46,7 +46,8 @@ def ridge_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, l2: f
 
 
 def pixels(examples) -> jnp.ndarray:
-    return jnp.asarray(np.stack([e["image"] for e in examples]).astype(np.float32) / 127.5 - 1)
+    """The examples' images as the shapes configs feed them (``images.normalize``'s default)."""
+    return jnp.asarray(images.normalize(np.stack([e["image"] for e in examples])))
 
 
 def token_probes(workdir: str, scenes: int) -> dict:
@@ -68,10 +69,7 @@ def token_probes(workdir: str, scenes: int) -> dict:
             feats["pool2"].append(p[(cy // (2 * patch)) * (g // 2) + cx // (2 * patch)])
             colour.append(o.colour), shape.append(o.shape), column.append(o.col)
     targets = {"colour": (colour, 8), "shape": (shape, 6), "column": (column, 3)}
-    return {
-        kind: {name: ridge_accuracy(np.array(f), np.array(y), k) for name, (y, k) in targets.items()}
-        for kind, f in feats.items()
-    }
+    return probe_table({kind: np.array(f) for kind, f in feats.items()}, targets)
 
 
 def position_questions(scenes: int, objects: int):

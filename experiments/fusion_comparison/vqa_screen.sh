@@ -8,7 +8,8 @@
 #   bash experiments/fusion_comparison/vqa_screen.sh flamingo NAME STEPS [--config.KEY=VALUE ...]
 #
 # llava trains stage 1 (150 steps) into runs/screen_NAME_s1 and stage 2 (STEPS) from it into
-# runs/screen_NAME; the overrides go to both stages (the scoring reads the run's saved config). IMAGES=500 by default.
+# runs/screen_NAME; the overrides go to both stages (the scoring reads the run's saved config).
+# IMAGES=500 by default.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 design=$1 name=$2 steps=$3
