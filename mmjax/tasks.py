@@ -212,7 +212,12 @@ class VlmTask:
         self.config = config
         self.tokenizer = tok = tok_lib.get_tokenizer(config.data.tokenizer)
         self.model = models.build(
-            config.model, config.dtype, image_id=tok.image_id, sep_id=tok.sep_id, pad_id=tok.pad_id
+            config.model,
+            config.dtype,
+            image_id=tok.image_id,
+            sep_id=tok.sep_id,
+            pad_id=tok.pad_id,
+            eot_id=tok.eot_id,
         )
         if tok.vocab_size > config.model.lm.vocab_size:
             raise ConfigError(
@@ -274,12 +279,13 @@ class VlmTask:
                 f"this run's {config.data.tokenizer!r}; train the blind LM on this run's data"
             )
         tok = self.tokenizer
-        blind = models.build(
-            dict(type="lm", lm=saved.model.lm),
+        blind = models.build(  # its turns laid out as this run's model lays them out
+            dict(type="lm", lm=saved.model.lm, turns=config.model.get("turns", "conversation")),
             config.dtype,
             image_id=tok.image_id,
             sep_id=tok.sep_id,
             pad_id=tok.pad_id,
+            eot_id=tok.eot_id,
         )
         tokens = jnp.zeros((1, config.data.max_len), jnp.int32)
         shapes = jax.eval_shape(lambda: nn.unbox(blind.init(jax.random.key(0), None, tokens)["params"]))

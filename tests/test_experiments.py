@@ -139,6 +139,33 @@ def test_vqa_errors_split_targets_and_tell_a_prior_from_an_even_spread():
     # green's wrong shapes besides star: circle, square, triangle, diamond seen; cross held out
     assert out["the_same_if_spread_evenly"] == 80.0
 
+    # with the scenes: named questions by main object / distractor, and wrong answers that name another
+    # object's attribute (here the main green star's, for a question about the red triangle)
+    C, S = shapes.COLOURS.index, shapes.SHAPES.index
+    scene = shapes.Scene(
+        (
+            shapes.Obj(C("green"), S("star"), 2, 0, 0, 0, 0, 20),
+            shapes.Obj(C("red"), S("triangle"), 0, 2, 2, 50, 50, 8),
+        ),
+        0,
+        0,
+        0,
+        64,
+    )
+    rows = [
+        (0, "what shape is the green object?", "star", "shape"),  # the main object, right
+        (0, "what shape is the red object?", "triangle", "shape"),  # the distractor, answered "star"
+        (0, "what colour is the triangle?", "red", "colour"),  # the distractor, answered "blue"
+    ]
+    out = errors.analyse(rows, ["star", "star", "blue"], [green_star], [scene])
+    assert out["accuracy_shape_named_main"] == 100.0 and out["accuracy_shape_named_distractor"] == 0.0
+    assert out["accuracy_colour_named_distractor"] == 0.0 and "accuracy_colour_named_main" not in out
+    assert out["wrong_named_answers_of_another_object"] == 50.0  # "star" is the green star's; blue nobody's
+    # the other objects' attribute among the wrong options: star, 1 of 5 shapes; green, 1 of 7 colours
+    assert out["wrong_named_answers_of_another_object_if_spread_evenly"] == round(
+        100 * (1 / 5 + 1 / 7) / 2, 1
+    )
+
 
 def test_vqa_table_puts_validation_beside_test_and_orders_steps():
     path = os.path.join(ROOT, "experiments", "fusion_comparison", "vqa_table.py")

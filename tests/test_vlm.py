@@ -71,7 +71,7 @@ def stage1(clip_run, data_dir, tmp_path_factory):
     return workdir, cfg, results
 
 
-def test_stage1_trains_only_the_projector_on_the_clip_vision_tower(stage1, clip_run):
+def test_stage1_trains_only_the_projector_and_grid_positions_on_the_clip_vision_tower(stage1, clip_run):
     workdir, cfg, results = stage1
     final = flat(saved_params(workdir, cfg))
     initial = flat(initial_params(cfg))

@@ -12,7 +12,11 @@ Prints one JSON line and appends it to ``results/vqa_errors.jsonl``. Position qu
 one-object ("is the red circle on the left?") and two-object ones ("... to the left of ...", "above");
 colour and shape questions into those about "the biggest object" (the word names no attribute) and
 those naming the object by its other attribute ("what shape is the green object?", where a prior learned
-from the question's words can answer against the image).
+from the question's words can answer against the image), and those again by whether the named object is
+the main one (the biggest) or a smaller distractor (``_named_main``, ``_named_distractor``; on the test
+split the main object is a held-out pair, the distractors mostly seen ones). For wrong answers to named
+questions, ``wrong_named_answers_of_another_object``: how often the answer is the asked attribute of
+*another* object in the scene (the model read the wrong object), against ``..._if_spread_evenly``.
 """
 
 from __future__ import annotations
@@ -49,11 +53,20 @@ def target_pair(question: str, answer: str, label: int) -> tuple[str, str] | Non
     return None
 
 
-def analyse(rows, predicted, labels) -> dict:
-    """Accuracy per type and held-out/seen target, and where wrong colour/shape answers go."""
+def other_objects_attribute(scene, question: str, kind: str) -> set[str]:
+    """The ``kind`` ("colour" or "shape") of every object of ``scene`` but the one ``question`` names."""
+    words = question.rstrip("?").split()
+    named = [o for o in scene.objects if shapes.COLOURS[o.colour] in words or shapes.SHAPES[o.shape] in words]
+    names = shapes.COLOURS if kind == "colour" else shapes.SHAPES
+    return {names[getattr(o, kind)] for o in scene.objects if o not in named[:1]}
+
+
+def analyse(rows, predicted, labels, scenes=None) -> dict:
+    """Accuracy per type and held-out/seen target, and where wrong colour/shape answers go (``scenes``,
+    the rows' scenes by image index, for whether they name another object's attribute)."""
     out: dict = {}
     by: dict[str, list[bool]] = {}
-    wrong_seen, spread_seen = [], []
+    wrong_seen, spread_seen, wrong_other, spread_other = [], [], [], []
     for (i, q, a, t), p in zip(rows, predicted):
         p = p.strip()
         ok = p == a
@@ -68,6 +81,10 @@ def analyse(rows, predicted, labels) -> dict:
             continue
         held = shapes.is_held_out(*pair)
         by.setdefault(f"{t}_{'held_out' if held else 'seen'}_target", []).append(ok)
+        if scenes is not None and "biggest" not in q.split():  # named: the main object or a smaller one
+            main = scenes[i].objects[0]
+            is_main = pair == (shapes.COLOURS[main.colour], shapes.SHAPES[main.shape])
+            by.setdefault(f"{t}_named_{'main' if is_main else 'distractor'}", []).append(ok)
         options = shapes.COLOURS if t == "colour" else shapes.SHAPES
         if ok or p not in options:
             continue
@@ -75,10 +92,17 @@ def analyse(rows, predicted, labels) -> dict:
         wrong_seen.append(not shapes.is_held_out(*as_pair(p)))
         others = [x for x in options if x != a]
         spread_seen.append(np.mean([not shapes.is_held_out(*as_pair(x)) for x in others]))
+        if scenes is not None and "biggest" not in q.split():
+            theirs = other_objects_attribute(scenes[i], q, t) - {a}
+            wrong_other.append(p in theirs)
+            spread_other.append(len(theirs) / len(others))
     out.update({f"accuracy_{k}": _percent(v) for k, v in sorted(by.items())})
     out.update({f"questions_{k}": len(v) for k, v in sorted(by.items())})
     out["wrong_answers_naming_a_seen_pair"] = _percent(wrong_seen)
     out["the_same_if_spread_evenly"] = round(100 * float(np.mean(spread_seen)), 1) if spread_seen else None
+    if wrong_other:
+        out["wrong_named_answers_of_another_object"] = _percent(wrong_other)
+        out["wrong_named_answers_of_another_object_if_spread_evenly"] = _percent(spread_other)
     return out
 
 
@@ -97,6 +121,9 @@ def main():
     cfg, task, params = tasks.from_run(a.workdir, a.step)
     data = loaders.load_split(cfg.data, a.split, tokenizer=task.tokenizer, max_examples=a.images)
     rows, predicted, metrics = vlm.answer_questions(task, params, data, cfg.eval.batch_size)
+    scenes = [  # example i of a split is a pure function of (seed, split, i, image size)
+        shapes.example_scene(cfg.data.seed, a.split, int(i), cfg.data.image_size)[0] for i in data["id"]
+    ]
     row = {
         "tag": a.tag or a.workdir,
         "workdir": a.workdir,
@@ -104,7 +131,7 @@ def main():
         **({"step": a.step} if a.step is not None else {}),
         "images": len(data["caption"]),
         "vqa_accuracy": round(100 * metrics["vqa_accuracy"], 1),
-        **analyse(rows, predicted, data["label"]),
+        **analyse(rows, predicted, data["label"], scenes),
     }
     print(json.dumps(row))
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)

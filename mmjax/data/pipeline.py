@@ -35,7 +35,9 @@ Vision-language models (LLaVA-style) use the same loader with another per-exampl
 caption (probability ``caption_prob``; prompt ``caption_prompt``) or one of the record's questions, flipped
 like the image, and ``encode_vlm`` lays it out as ``[BOS] [IMG]*n prompt [SEP] answer [EOT] PAD...``; with
 ``vqa_turns > 1`` further questions about the same image follow as ``question [SEP] answer [EOT]`` turns
-(as many as fit), so one image's forward pass teaches several answers.
+(as many as fit), so one image's forward pass teaches several answers; ``vqa_questions="all"`` draws
+them from the dataset's further questions too (shapes: every object's colour, shape and pairwise
+relation, ``shapes.object_questions``), not only the record's own.
 Its batches: ``image`` as above, ``tokens`` int32 [B, L], ``kind`` int32 [B] (0 caption, 1 VQA), ``id``
 int32 [B], ``truncated`` bool [B] (answer cut to fit L).
 

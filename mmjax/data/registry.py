@@ -54,7 +54,9 @@ class Dataset:
     ``flip_text(text)``: the text of the left-right mirrored image (shapes: "left" <-> "right"); None: a
     flip leaves texts as they are. ``negative_caption(text, rng)``: a caption that does not describe the
     image, for ``data.hard_negatives``; None: the dataset has none. ``about_image(text, k)``: ``text`` asked
-    about the ``k``-th image of several (two-image examples); None: the dataset has no two-image examples."""
+    about the ``k``-th image of several (two-image examples); None: the dataset has no two-image examples.
+    ``more_questions(record, rng)``: (questions, answers) beyond the record's own, for
+    ``data.vqa_questions="all"``; None: the dataset has none."""
 
     source: Callable[[Any, str], Any]
     class_names: Callable[[Any], list[str]]
@@ -65,6 +67,7 @@ class Dataset:
     flip_text: Callable[[str], str] | None = None
     negative_caption: Callable[[str, np.random.Generator], str] | None = None
     about_image: Callable[[str, int], str] | None = None
+    more_questions: Callable[[Any, np.random.Generator], tuple[list[str], list[str]]] | None = None
 
 
 # data.name -> Dataset, or "package.module:ATTRIBUTE" naming one (imported on first use, then cached).
@@ -154,6 +157,10 @@ def _shapes_prompt_templates(data_cfg) -> list[str]:
     return list(shapes.PROMPT_TEMPLATES)
 
 
+def _shapes_more_questions(record, rng):
+    return shapes.object_questions(record["objects"], rng)
+
+
 register_dataset(
     "shapes",
     Dataset(
@@ -166,6 +173,7 @@ register_dataset(
         flip_text=shapes.flip_text,
         negative_caption=shapes.swap_shape_word,
         about_image=shapes.about_image,
+        more_questions=_shapes_more_questions,
     ),
 )
 

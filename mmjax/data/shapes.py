@@ -376,6 +376,35 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
     return qs, ans, types
 
 
+def object_questions(objects, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """More questions about a scene, from a record's ``objects`` (arrays ``colour``, ``shape``, ``row``,
+    ``col``): every object's colour asked by its shape and its shape by its colour, where that names it
+    uniquely, and for every pair of objects whether one is to the left of / above the other (yes or no
+    at random). ``questions`` asks about one object of each kind; these ask about all of them, the
+    smaller ones too (``data.vqa_questions="all"``). Returns (questions, answers)."""
+    objs = [
+        Obj(int(c), int(s), 0, int(r), int(k), 0, 0, 0)
+        for c, s, r, k in zip(objects["colour"], objects["shape"], objects["row"], objects["col"])
+    ]
+    qs, ans = [], []
+    for o in objs:
+        if sum(p.shape == o.shape for p in objs) == 1:
+            qs.append(f"what colour is the {SHAPES[o.shape]}?"), ans.append(COLOURS[o.colour])
+        if sum(p.colour == o.colour for p in objs) == 1:
+            qs.append(f"what shape is the {COLOURS[o.colour]} object?"), ans.append(SHAPES[o.shape])
+    for i in range(len(objs)):
+        for j in range(i + 1, len(objs)):
+            a, b = (objs[i], objs[j]) if rng.random() < 0.5 else (objs[j], objs[i])
+            yes = bool(rng.random() < 0.5)
+            if a.col != b.col:
+                side = ("left", "right")[(a.col < b.col) != yes]
+                qs.append(f"is the {a.name} to the {side} of the {b.name}?")
+            else:
+                qs.append(f"is the {a.name} {('above', 'below')[(a.row < b.row) != yes]} the {b.name}?")
+            ans.append("yes" if yes else "no")
+    return qs, ans
+
+
 def about_image(text: str, k: int) -> str:
     """``text`` (a question or prompt about one image) asked about the ``k``-th of several images:
     "what is in the image" -> "what is in the second image", "is there a red star?" -> "in the second

@@ -20,7 +20,7 @@ import grain
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mmjax.config import DataError
+from mmjax.config import ConfigError, DataError
 from mmjax.data import images, registry
 from mmjax.data.layout import encode_vlm, images_per_example
 from mmjax.data.tokenizer import Tokenizer
@@ -238,6 +238,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         flip_text: Callable[[str], str] | None = None,
         about_image: Callable[[str, int], str] | None = None,
         view: ImageView | None = None,
+        more_questions: Callable | None = None,
     ):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
@@ -255,6 +256,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         self.vqa_turns = vqa_turns
         self.flip_text, self.about_image = flip_text or _unchanged, about_image
         self.view = view  # None: images as stored
+        self.more_questions = more_questions  # None: the records' own questions only
 
     def random_map(self, record, rng: np.random.Generator):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
@@ -273,6 +275,11 @@ class VlmPreprocess(grain.transforms.RandomMap):
                 [texts(r, "questions") for r in records],
                 [texts(r, "answers") for r in records],
             )
+            if self.more_questions is not None:  # data.vqa_questions="all"; repeats of its own dropped
+                for k, r in enumerate(records):
+                    for q, a in zip(*self.more_questions(r, rng)):
+                        if q not in questions[k]:
+                            questions[k].append(q), answers[k].append(a)
             kind, i = self.VQA, int(pick_u * len(questions[which]))
             prompt, answer = about(questions[which][i], which), answers[which][i]
             # more questions (about any of the images), in random order, as later turns
@@ -323,9 +330,19 @@ def train_preprocess(data_cfg, tokenizer: Tokenizer) -> TrainPreprocess:
 
 def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> VlmPreprocess:
     """``VlmPreprocess`` from ``data_cfg`` (max_len, flip_prob, caption_prompt, caption_prob,
-    caption_sampling, vqa_turns, images_per_example) and the grammar of its dataset (``data.name``); pass
-    it to ``train_loader(preprocess=...)``."""
+    caption_sampling, vqa_turns, vqa_questions, images_per_example) and the grammar of its dataset
+    (``data.name``); pass it to ``train_loader(preprocess=...)``. ``vqa_questions``: "stored" (each
+    record's own questions) or "all" (and the dataset's ``more_questions``: for shapes, every object's
+    colour, shape and pairwise relation)."""
     ds = registry.get_dataset(data_cfg)
+    which = data_cfg.get("vqa_questions", "stored")
+    if which not in ("stored", "all"):
+        raise ConfigError(f"data.vqa_questions must be 'stored' or 'all', got {which!r}")
+    if which == "all" and ds.more_questions is None:
+        raise ConfigError(
+            f"data.vqa_questions='all', but dataset {data_cfg.name!r} has no more questions than its "
+            "records' (Dataset.more_questions); use 'stored'"
+        )
     return VlmPreprocess(
         tokenizer,
         num_image_tokens,
@@ -339,4 +356,5 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
         flip_text=ds.flip_text,
         about_image=ds.about_image,
         view=ImageView.from_config(data_cfg),
+        more_questions=ds.more_questions if which == "all" else None,
     )

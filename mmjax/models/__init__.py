@@ -7,12 +7,12 @@ Model configs:
   fields}}`` (plus optional ``temperature_init``, ``bias_init``): CLIP / SigLIP;
 * ``{"type": "early_fusion", "image_size", "image": {ViT fields}, "lm": {DecoderLM fields}, "projector",
   "vision_tokens", "image_pool", "image_pool_op", "grid_pos_embed", "grid_pos_std", "grid_pos_init",
-  "attn_mask"}``: LLaVA-style; the special token ids come from the tokenizer
-  (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=...)``);
+  "attn_mask", "turns", "fixed_image_tokens"}``: LLaVA-style; the special token ids come from the tokenizer
+  (``build(cfg, dtype, image_id=..., sep_id=..., pad_id=..., eot_id=...)``);
 * ``{"type": "deep_fusion", ..., "num_latents", "resampler_depth", "resampler_heads",
   "cross_attn_every_n_layers", "only_attend_immediate_media", "max_images", "grid_pos_embed",
-  "grid_pos_std", "grid_pos_init", "attn_mask"}``: Flamingo-style;
-* ``{"type": "lm", "image_size", "lm": {DecoderLM fields}}``: the LM alone, images ignored (a blind
+  "grid_pos_std", "grid_pos_init", "attn_mask", "turns"}``: Flamingo-style;
+* ``{"type": "lm", "image_size", "lm": {DecoderLM fields}, "turns"}``: the LM alone, images ignored (a blind
   baseline, and LM pretraining for the fusion models).
 
 A config imported from Hugging Face (``mmjax.interop.hf``) also has an ``hf`` entry (the source's
@@ -99,6 +99,8 @@ _MODELS["llava-shapes"] = dict(
     grid_pos_std=0.02,
     grid_pos_init="normal",
     attn_mask="prefix",
+    turns="conversation",
+    fixed_image_tokens=False,
 )
 
 # The same vision tower and LM with Flamingo-style gated cross-attention (a resampler to 8 tokens).
@@ -117,10 +119,13 @@ _MODELS["flamingo-shapes"] = dict(
     grid_pos_std=0.02,
     grid_pos_init="normal",
     attn_mask="causal",
+    turns="conversation",
 )
 
 # The LM of both fusion models on its own (text-only pretraining, and the blind VQA baseline).
-_MODELS["lm-shapes"] = dict(type="lm", image_size=64, lm=lm_lib.variant("lm-shapes", vocab_size=128))
+_MODELS["lm-shapes"] = dict(
+    type="lm", image_size=64, lm=lm_lib.variant("lm-shapes", vocab_size=128), turns="conversation"
+)
 
 
 def list_models(type: str | None = None) -> list[str]:  # shadows the builtin: named like the config key

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 from mmjax.models import layers
 from mmjax.models import lm as lm_lib
-from mmjax.models.lm import DecoderLM, attention_mask, positions_of
+from mmjax.models.lm import DecoderLM
 from mmjax.models.vit import ViT
 
 
@@ -130,6 +130,8 @@ class DeepFusion(nn.Module, kw_only=True):
     grid_pos_std: float = 0.02
     grid_pos_init: str = "normal"  # or "sincos": 2-D sine-cosine coordinates (layers.sincos_grid)
     attn_mask: str = "causal"
+    eot_id: int | None = None
+    turns: str = "conversation"  # or "independent": rows pack independent questions (lm.text_layout)
     dtype: layers.Dtype = jnp.float32
 
     def num_image_tokens(self, image_size: int) -> int:
@@ -147,6 +149,7 @@ class DeepFusion(nn.Module, kw_only=True):
             )
         if self.attn_mask not in ("causal", "prefix"):
             raise ValueError(f"DeepFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
+        lm_lib.check_turns("DeepFusion", self.turns, self.eot_id, self.attn_mask)
         if self.max_images < 0:
             raise ValueError(f"DeepFusion: max_images must be >= 0, got {self.max_images}")
         if self.lm.scan:
@@ -242,11 +245,11 @@ class DeepFusion(nn.Module, kw_only=True):
 
     def __call__(self, images, tokens):
         x, valid, prefix, visual, media = self.inputs(images, tokens)
+        positions, mask = lm_lib.text_layout(
+            tokens, valid, prefix, turns=self.turns, image_id=self.image_id, eot_id=self.eot_id
+        )
         logits, extras = self.lm(
-            embeddings=x,
-            positions=positions_of(valid),
-            mask=attention_mask(valid, prefix),
-            before_layer=self.fuse(visual, media),
+            embeddings=x, positions=positions, mask=mask, before_layer=self.fuse(visual, media)
         )
         return logits, {"hidden": extras["hidden"], "valid": valid, "prefix": prefix, "media": media}
 

@@ -8,7 +8,11 @@ image after the other (their positions tell the images apart). ``attn_mask="pref
 prompt + the first ``[SEP]`` one bidirectional prefix (prefix-LM, as in PaliGemma); ``"causal"`` keeps
 every token causal (LLaVA). Only answer tokens carry a loss (the task's job, with
 ``losses.answer_weights``). A row may hold more turns after the first answer (``question [SEP] answer
-[EOT]``): they are causal, and each answer carries a loss.
+[EOT]``): they are causal, and each answer carries a loss. With ``turns="conversation"`` a later turn
+sees the earlier ones (a dialogue); with ``turns="independent"`` (causal mask only) it sees the image
+and itself, at the positions it would have alone (``lm.text_layout``): a row packs independent
+questions, as a one-question prompt is asked at generation, and no answer can be read off an earlier
+turn's words.
 
 ``EarlyFusion(...)(images, tokens) -> (logits [B, S, vocab], extras)`` for training and scoring;
 ``prefill(images, prompts, max_new_tokens)`` and ``decode(token, state)`` generate with a KV cache
@@ -36,7 +40,7 @@ import jax.numpy as jnp
 
 from mmjax.models import layers
 from mmjax.models import lm as lm_lib
-from mmjax.models.lm import DecoderLM, attention_mask, positions_of
+from mmjax.models.lm import DecoderLM
 from mmjax.models.vit import ViT
 
 
@@ -54,6 +58,9 @@ class EarlyFusion(nn.Module, kw_only=True):
     grid_pos_std: float = 0.02
     grid_pos_init: str = "normal"  # or "sincos": 2-D sine-cosine coordinates (layers.sincos_grid)
     attn_mask: str = "prefix"
+    eot_id: int | None = None
+    turns: str = "conversation"  # or "independent": rows pack independent questions (lm.text_layout)
+    fixed_image_tokens: bool = False  # every LM block reads the projected image tokens as they came in
     dtype: layers.Dtype = jnp.float32
 
     def projector_depth(self) -> int:
@@ -93,6 +100,12 @@ class EarlyFusion(nn.Module, kw_only=True):
             )
         if self.attn_mask not in ("causal", "prefix"):
             raise ValueError(f"EarlyFusion: attn_mask must be 'causal' or 'prefix', got {self.attn_mask!r}")
+        lm_lib.check_turns("EarlyFusion", self.turns, self.eot_id, self.attn_mask)
+        if self.fixed_image_tokens and self.lm.scan:
+            raise ValueError(
+                "EarlyFusion: fixed_image_tokens=True resets the image tokens between the LM's blocks, "
+                "which a scanned LM (lm.scan=True) runs as one loop; set lm.scan=False"
+            )
         grid = image_size // self.image.patch_size
         if self.image_pool < 1 or grid % self.image_pool:
             raise ValueError(
@@ -154,10 +167,23 @@ class EarlyFusion(nn.Module, kw_only=True):
         )
         return x, valid, prefix
 
+    def keep_image_tokens(self, tokens, x):
+        """``before_layer`` for the LM with ``fixed_image_tokens``: before every block after the first,
+        the image positions get their input ``x`` back, so each block's keys and values there are the
+        projected image tokens themselves (the LM reads the image, it does not rewrite it); None
+        without it."""
+        if not self.fixed_image_tokens:
+            return None
+        is_image = (tokens == self.image_id)[..., None]
+        return lambda i, h: h if i == 0 else jnp.where(is_image, x.astype(h.dtype), h)
+
     def __call__(self, images, tokens):
         x, valid, prefix = self.inputs(images, tokens)
+        positions, mask = lm_lib.text_layout(
+            tokens, valid, prefix, turns=self.turns, image_id=self.image_id, eot_id=self.eot_id
+        )
         logits, extras = self.lm(
-            embeddings=x, positions=positions_of(valid), mask=attention_mask(valid, prefix)
+            embeddings=x, positions=positions, mask=mask, before_layer=self.keep_image_tokens(tokens, x)
         )
         return logits, {"hidden": extras["hidden"], "valid": valid, "prefix": prefix}
 
@@ -165,7 +191,9 @@ class EarlyFusion(nn.Module, kw_only=True):
         """Run the (left-padded) prompts, filling a KV cache with room for ``max_new_tokens`` more;
         returns ``(logits of the last position [B, vocab], state)`` (see ``lm.prefill``)."""
         x, valid, prefix = self.inputs(images, prompts)
-        return lm_lib.prefill(self.lm, x, valid, prefix, max_new_tokens)
+        return lm_lib.prefill(
+            self.lm, x, valid, prefix, max_new_tokens, before_layer=self.keep_image_tokens(prompts, x)
+        )
 
     def decode(self, token, state):
         """One step: ``token [B]`` goes into the next cache slot; returns ``(logits [B, vocab], state)``."""

@@ -55,17 +55,67 @@ def positions_of(valid: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0).astype(jnp.int32)
 
 
-def attention_mask(valid: jax.Array, prefix: jax.Array | None = None) -> jax.Array:
+def attention_mask(
+    valid: jax.Array, prefix: jax.Array | None = None, same_turn: jax.Array | None = None
+) -> jax.Array:
     """bool ``[B, 1, S, S]``: query ``i`` sees key ``j`` if ``j`` is a real token and ``j <= i``
     (causal), or ``j`` is in the ``prefix`` (prefix-LM: the prefix is bidirectional; later tokens stay
-    causal). Every query also sees itself, so padding rows are never empty (no NaN)."""
+    causal); with ``same_turn [B, S, S]`` (``independent_turns``) only where that allows too. Every
+    query also sees itself, so padding rows are never empty (no NaN)."""
     s = valid.shape[-1]
     idx = jnp.arange(s)
     allowed = idx[None, :] <= idx[:, None]  # [S, S]
     if prefix is not None:
         allowed = allowed | prefix[:, None, :]
+    if same_turn is not None:
+        allowed = allowed & same_turn
     allowed = (allowed & valid[:, None, :]) | jnp.eye(s, dtype=bool)
     return allowed[:, None]
+
+
+TURNS = ("conversation", "independent")
+
+
+def check_turns(who: str, turns: str, eot_id: int | None, attn_mask: str = "causal") -> None:
+    if turns not in TURNS:
+        raise ValueError(f"{who}: turns must be one of {', '.join(TURNS)}, got {turns!r}")
+    if turns == "independent" and eot_id is None:
+        raise ValueError(f"{who}: turns='independent' needs eot_id (the token that ends a turn); pass it")
+    if turns == "independent" and attn_mask != "causal":
+        raise ValueError(
+            f"{who}: turns='independent' needs attn_mask='causal' (with a prefix the image tokens see the "
+            "first question, and later turns would read it through them)"
+        )
+
+
+def independent_turns(tokens: jax.Array, valid: jax.Array, image_id: int, eot_id: int):
+    """``(positions [B, S], same_turn [B, S, S])`` for rows that pack several independent turns
+    (``prompt [SEP] answer [EOT]``) after a shared context, the row's leading ``[BOS]`` and ``[IMG]``
+    tokens: a token sees the shared context and its own turn only, and every turn's positions start
+    where the first turn's do, so each turn is laid out as it would be alone in its row (as a
+    one-question prompt is at generation). The first turn is unchanged."""
+    idx = jnp.arange(tokens.shape[1])
+    shared = jnp.cumprod((tokens == image_id) | (idx == 0)[None], axis=1).astype(bool)
+    is_eot = tokens == eot_id
+    turn = jnp.cumsum(is_eot, axis=1) - is_eot  # a turn's [EOT] belongs to it
+    count = jnp.cumsum(valid, axis=1)
+    # real tokens up to and including the [EOT] that ended the previous turn
+    ended = jax.lax.cummax(jnp.where(is_eot, count, 0), axis=1)
+    before = jnp.pad(ended[:, :-1], ((0, 0), (1, 0)))
+    later = shared.sum(axis=1, keepdims=True) + count - before - 1
+    positions = jnp.maximum(jnp.where(turn == 0, count - 1, later), 0).astype(jnp.int32)
+    same_turn = (turn[:, :, None] == turn[:, None, :]) | shared[:, None, :]
+    return positions, same_turn
+
+
+def text_layout(tokens, valid, prefix, *, turns: str, image_id: int, eot_id: int | None):
+    """``(positions, mask)`` of a batch of rows for the LM: every turn after the first sees the turns
+    before it (``turns="conversation"``) or only the shared context (``"independent"``,
+    ``independent_turns``)."""
+    if turns == "conversation":
+        return positions_of(valid), attention_mask(valid, prefix)
+    positions, same_turn = independent_turns(tokens, valid, image_id, eot_id)
+    return positions, attention_mask(valid, prefix, same_turn)
 
 
 def prefix_through_first(is_marker: jax.Array, valid: jax.Array) -> jax.Array:
@@ -312,15 +362,21 @@ class BlindLM(nn.Module, kw_only=True):
     image_id: int
     sep_id: int
     pad_id: int = 0
+    eot_id: int | None = None
+    turns: str = "conversation"  # or "independent" (text_layout)
     dtype: layers.Dtype = jnp.float32
 
     def num_image_tokens(self, image_size: int) -> int:
         self.lm.check()
+        check_turns("BlindLM", self.turns, self.eot_id)
         return 0
 
     def __call__(self, images, tokens):
         valid = tokens != self.pad_id
-        logits, extras = self.lm(tokens, positions=positions_of(valid), mask=attention_mask(valid))
+        positions, mask = text_layout(
+            tokens, valid, None, turns=self.turns, image_id=self.image_id, eot_id=self.eot_id
+        )
+        logits, extras = self.lm(tokens, positions=positions, mask=mask)
         return logits, {"hidden": extras["hidden"], "valid": valid}
 
     def prefill(self, images, prompts, max_new_tokens: int):

@@ -122,6 +122,32 @@ def test_questions_answered_correctly_on_hand_checked_scene():
     )
 
 
+def test_object_questions_ask_about_every_object_and_are_answered_correctly():
+    red_circle = S.Obj(colour=0, shape=0, size=2, row=0, col=0, x=1, y=1, px=20)
+    red_square = S.Obj(colour=0, shape=1, size=0, row=2, col=0, x=1, y=50, px=10)
+    blue_square = S.Obj(colour=2, shape=1, size=0, row=2, col=2, x=50, y=50, px=10)
+    objs = (red_circle, red_square, blue_square)
+    stored = {k: np.array([getattr(o, k) for o in objs]) for k in ("colour", "shape", "size", "row", "col")}
+    truth = {  # the red and the square are not unique: no question names them that way
+        "what colour is the circle?": "red",
+        "what shape is the blue object?": "square",
+        **{f"is the red circle {w} the red square?": a for w, a in (("above", "yes"), ("below", "no"))},
+        **{f"is the red square {w} the red circle?": a for w, a in (("above", "no"), ("below", "yes"))},
+    }
+    for a, b in (("red circle", "blue square"), ("red square", "blue square")):
+        truth |= {f"is the {a} to the left of the {b}?": "yes", f"is the {a} to the right of the {b}?": "no"}
+        truth |= {f"is the {b} to the left of the {a}?": "no", f"is the {b} to the right of the {a}?": "yes"}
+    answers = set()
+    for seed in range(40):
+        qs, ans = S.object_questions(stored, np.random.default_rng(seed))
+        assert qs[:2] == ["what colour is the circle?", "what shape is the blue object?"]
+        assert len(qs) == 2 + 3  # one question per pair of objects
+        for q, a in zip(qs, ans):
+            assert truth[q] == a, q
+        answers |= set(ans[2:])
+    assert answers == {"yes", "no"}
+
+
 def test_exists_balanced_and_position_not_degenerate(train_examples):
     answers = [(t, a) for ex in train_examples for t, a in zip(ex["question_types"], ex["answers"])]
     exists = [a for t, a in answers if t == "exists"]

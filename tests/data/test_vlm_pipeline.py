@@ -209,6 +209,26 @@ def test_vqa_turns_are_distinct_questions_of_the_record(data_dir, tok, full):
         assert sorted(turns) == sorted(pairs)
 
 
+def test_vqa_questions_all_adds_every_objects_questions(data_dir, tok, full):
+    cfg = _cfg(data_dir, caption_prob=0.0, vqa_turns=20, max_len=200, flip_prob=0.0, vqa_questions="all")
+    grew = 0
+    for i, _, tokens, _ in _rows(_batches(cfg, tok, 2)):
+        seps, eots = np.flatnonzero(tokens == tok.sep_id), np.flatnonzero(tokens == tok.eot_id)
+        starts = [1 + N_IMG] + list(eots[:-1] + 1)
+        turns = [
+            (tok.decode(tokens[a:s]), tok.decode(tokens[s + 1 : e])) for a, s, e in zip(starts, seps, eots)
+        ]
+        stored = set(zip(map(WordTokenizer.normalize, full["questions"][i]), full["answers"][i]))
+        assert stored <= set(turns) and len(set(turns)) == len(turns)  # its own, and no repeats
+        n = len(shapes.example_scene(0, "train", int(i))[0].objects)
+        more = {q for q, _ in turns} - {q for q, _ in stored}
+        assert sum(" the " in q and q.startswith("is the ") for q in more) <= n * (n - 1) // 2
+        grew += len(more)
+    assert grew > 0
+    with pytest.raises(ValueError, match="data.vqa_questions must be 'stored' or 'all', got 'every'"):
+        pipeline.vlm_preprocess(_cfg(data_dir, vqa_questions="every"), tok, N_IMG)
+
+
 def test_same_seed_same_batches(data_dir, tok):
     cfg = _cfg(data_dir, caption_prob=0.5, caption_sampling="random")
     a, b, other = (_batches(cfg, tok, 3, seed=s) for s in (7, 7, 8))

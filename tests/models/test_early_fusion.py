@@ -38,9 +38,10 @@ def images():
     return jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (3, 64, 64, 3)), jnp.float32)
 
 
-@pytest.fixture(scope="module", params=["prefix", "causal"])
+@pytest.fixture(scope="module", params=["prefix", "causal", "causal_fixed"])
 def setup(request, images):
-    model, n = build(attn_mask=request.param)
+    mask, _, fixed = request.param.partition("_")  # causal_fixed: fixed_image_tokens=True
+    model, n = build(attn_mask=mask, fixed_image_tokens=bool(fixed))
     tokens = np.stack([sequence(n, [5, 6, 7], [8, 9], 30)] * 3)
     params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
     return model, n, params
@@ -74,6 +75,9 @@ def test_bad_sizes_raise_one_line_errors():
         ].num_image_tokens(64)
     with pytest.raises(ValueError, match="unknown LM size"):
         lm_lib.variant("lm-huge")
+    scanned = dict(lm_lib.variant("lm-tiny", vocab_size=70), scan=True)
+    with pytest.raises(ValueError, match=r"fixed_image_tokens=True .* set lm.scan=False"):
+        build(fixed_image_tokens=True, lm=scanned)[0].num_image_tokens(64)
 
 
 def test_image_token_count():
@@ -211,6 +215,31 @@ def test_changing_a_token_only_changes_what_may_see_it(setup, images):
         assert earlier == 0
     else:
         assert earlier > 1e-4
+
+
+def test_fixed_image_tokens_give_each_block_the_projected_image_tokens(images):
+    """With ``fixed_image_tokens`` every block reads the projected image tokens as its input at the image
+    positions: the same as running the blocks by hand and putting them back in between, and not the same
+    as letting the LM rewrite them (the option changes something)."""
+    model, n = build(attn_mask="causal", fixed_image_tokens=True)
+    plain = build(attn_mask="causal")[0]
+    tokens = jnp.asarray(np.stack([sequence(n, [5, 6, 7], [8, 9], 30)] * 3))
+    params = nn.unbox(model.init(jax.random.key(0), images, tokens)["params"])
+
+    def by_hand(m, images, tokens):
+        x, valid, _ = m.inputs(images, tokens)
+        h, is_image = x, (tokens == IMG)[..., None]
+        for i, block in enumerate(m.lm.block):
+            h = h if i == 0 else jnp.where(is_image, x, h)
+            h, _ = block(h, lm_lib.positions_of(valid), lm_lib.attention_mask(valid), None, 0)
+        return m.lm.lm_head(m.lm.ln_final(h))
+
+    fixed = model.apply({"params": params}, images, tokens)[0]
+    text = np.asarray(tokens[0] != IMG)
+    np.testing.assert_allclose(
+        fixed[:, text], model.apply({"params": params}, images, tokens, method=by_hand)[:, text], atol=1e-5
+    )
+    assert np.abs(fixed[:, text] - plain.apply({"params": params}, images, tokens)[0][:, text]).max() > 1e-3
 
 
 def test_image_tokens_are_spliced_at_the_placeholders(setup, images):
