@@ -217,7 +217,7 @@ def vlm_data(tiny, *, caption_prob, images_per_example=1, max_len=64):
         caption_prob=caption_prob,  # the rest: questions about the image
         caption_sampling="canonical",
         vqa_turns=6,  # up to this many of the image's questions per row, as a conversation (as fit)
-        vqa_questions="stored",  # "all": every object's colour, shape and relations too
+        vqa_questions="stored",  # "all": every object's colour, shape and relations; "balanced": no shortcuts
         images_per_example=images_per_example,  # 2: pairs of scenes; questions name their image
     )
 

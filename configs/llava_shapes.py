@@ -52,8 +52,17 @@ def get_config(arg=None):
     c.model = models.model_config("llava-shapes")
     # what docs/vqa_learning.md measured to help: a causal mask (training turns see the image as generation
     # does), a learned position vector per image token at the tokens' own scale (a CLIP tower's tokens
-    # barely say where they are)
-    c.model.update(attn_mask="causal", grid_pos_embed=True, grid_pos_std=1.0)
+    # barely say where they are), a row's turns independent of each other (no answer read off an earlier
+    # turn's words), 2 x 2 patches side by side into a linear projector (not averaged: a small object
+    # keeps its own features)
+    c.model.update(
+        attn_mask="causal",
+        grid_pos_embed=True,
+        grid_pos_std=1.0,
+        turns="independent",
+        image_pool_op="concat",
+        projector="linear",
+    )
     if tiny:  # the vision tower of configs/clip_shapes.py:tiny, so its checkpoint loads
         c.model.image.update(common.tiny_tower())
         c.model.lm = common.tiny_lm()
@@ -66,6 +75,9 @@ def get_config(arg=None):
 
     # The dataset of configs/clip_shapes.py (same sizes and tokenizer), laid out for generation.
     c.data = common.vlm_data(tiny, caption_prob=1.0 if stage == 1 else 0.15)
+    # every object's questions, less those whose other objects give the answer away by a pair the
+    # training split never shows (shapes.pair_shortcut; docs/vqa_learning.md, section 8)
+    c.data.vqa_questions = "balanced"
     # stage 1: only the projector learns; stage 2: projector + LM (the vision tower stays frozen)
     frozen = (r"image/.*", r"lm/.*") if stage == 1 else (r"image/.*",)
     c.optimizer = common.vlm_adamw(tiny, freeze_regex=frozen)

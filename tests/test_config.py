@@ -332,7 +332,14 @@ def test_the_fusion_configs_share_data_schedule_optimizer_and_evaluation():
                 assert other[key] == llava[key], key
             # the same optimizer; what it freezes differs
             assert {**other["optimizer"], "freeze_regex": ()} == {**llava["optimizer"], "freeze_regex": ()}
-        assert flamingo["data"] == llava["data"]  # steps differ: each design's own 10-minute budget
-        assert {**lm["data"], "caption_prob": 0} == {**llava["data"], "caption_prob": 0}
+        # steps differ: each design's own 10-minute budget; early fusion asks balanced questions
+        # (docs/vqa_learning.md, section 8), deep fusion and the blind LM the stored ones
+        assert llava["data"]["vqa_questions"] == "balanced" and flamingo["data"]["vqa_questions"] == "stored"
+        assert flamingo["data"] == {**llava["data"], "vqa_questions": "stored"}
+        assert {**lm["data"], "caption_prob": 0} == {
+            **llava["data"],
+            "caption_prob": 0,
+            "vqa_questions": "stored",
+        }
         assert flamingo["model"]["image"] == llava["model"]["image"]
         assert flamingo["model"]["lm"] == llava["model"]["lm"] == lm["model"]["lm"]

@@ -195,6 +195,11 @@ def test_probe_ridge_reads_a_linear_code_and_not_noise():
     coded = np.eye(3)[labels] + 0.1 * rng.normal(size=(600, 3))
     assert probes.ridge_accuracy(np.concatenate([coded, rng.normal(size=(600, 5))], 1), labels, 3) == 100.0
     assert probes.ridge_accuracy(rng.normal(size=(600, 8)), labels, 3) < 45.0  # chance is 33 %
+    # scored on a subset: half the examples carry the code, the other half noise
+    even = np.arange(600) % 2 == 0
+    mixed = np.where(even[:, None], coded, rng.normal(size=(600, 3)))
+    assert probes.ridge_accuracy(mixed, labels, 3, scored=even) > 90.0
+    assert probes.ridge_accuracy(mixed, labels, 3, scored=~even) < 50.0
     # the probes' questions: one-object scenes, or two-or-more-object "to the left/right of" questions
     one, two = probes.position_questions(6, 1), probes.position_questions(6, 2)
     assert all(len(e["scene"].objects) == 1 and " of the " not in q for e, q, _ in one)

@@ -1,7 +1,7 @@
 """Linear probes behind docs/vqa_learning.md: what a fusion model's inputs and hidden states carry.
 
     # the vision tower's patch tokens at each object's centre (and the 2 x 2-averaged tokens the LM gets):
-    # the object's colour, shape and column
+    # the object's colour, shape and column; colour and shape scored on the smaller objects alone too
     python experiments/fusion_comparison/probes.py tokens --workdir=runs/clip_shapes
     # the LM's hidden state at the [SEP] position of one-object position questions, after each block:
     # the object's column, the question's side word (left/right/top/bottom), the yes/no answer
@@ -36,13 +36,17 @@ from mmjax.data import images, shapes  # noqa: E402
 SIDES = ("left", "right", "top", "bottom")
 
 
-def ridge_accuracy(features: np.ndarray, labels: np.ndarray, classes: int, l2: float = 1.0) -> float:
-    """Accuracy (%) on the second half of a ridge fit to one-hot ``labels`` on the first half."""
+def ridge_accuracy(
+    features: np.ndarray, labels: np.ndarray, classes: int, l2: float = 1.0, scored: np.ndarray | None = None
+) -> float:
+    """Accuracy (%) on the second half of a ridge fit to one-hot ``labels`` on the first half (only the
+    examples of the second half where ``scored`` is True, if given)."""
     n = len(features) // 2
     x = np.concatenate([features, np.ones((len(features), 1))], axis=1).astype(np.float64)
     y = np.eye(classes)[labels]
     w = np.linalg.solve(x[:n].T @ x[:n] + l2 * np.eye(x.shape[1]), x[:n].T @ y[:n])
-    return round(100 * float(np.mean((x[n:] @ w).argmax(1) == labels[n:])), 1)
+    hits = (x[n:] @ w).argmax(1) == labels[n:]
+    return round(100 * float(np.mean(hits if scored is None else hits[np.asarray(scored)[n:]])), 1)
 
 
 def pixels(examples) -> jnp.ndarray:
@@ -61,14 +65,16 @@ def token_probes(workdir: str, scenes: int) -> dict:
     patch = cfg.model.image_size // g  # pixels per token side
     pooled = tokens.reshape(-1, g // 2, 2, g // 2, 2, w).mean((2, 4)).reshape(len(tokens), -1, w)
     feats = {"patch": [], "pool2": []}
-    colour, shape, column = [], [], []
+    colour, shape, column, distractor = [], [], [], []
     for e, t, p in zip(examples, tokens, pooled):
-        for o in e["scene"].objects:
+        for k, o in enumerate(e["scene"].objects):
             cx, cy = o.x + o.px // 2, o.y + o.px // 2
             feats["patch"].append(t[(cy // patch) * g + cx // patch])
             feats["pool2"].append(p[(cy // (2 * patch)) * (g // 2) + cx // (2 * patch)])
-            colour.append(o.colour), shape.append(o.shape), column.append(o.col)
+            colour.append(o.colour), shape.append(o.shape), column.append(o.col), distractor.append(k > 0)
     targets = {"colour": (colour, 8), "shape": (shape, 6), "column": (column, 3)}
+    # the same probes scored on the smaller objects alone (not the scene's main object)
+    targets |= {f"{t}, distractors": (y, k, distractor) for t, (y, k) in list(targets.items())[:2]}
     return probe_table({kind: np.array(f) for kind, f in feats.items()}, targets)
 
 
@@ -152,7 +158,10 @@ def relation_probes(workdir: str, scenes: int) -> dict:
 
 def probe_table(hidden: dict[str, np.ndarray], targets: dict) -> dict:
     return {
-        name: {t: ridge_accuracy(h, np.asarray(y), k) for t, (y, k) in targets.items()}
+        name: {
+            t: ridge_accuracy(h, np.asarray(y), k, scored=(rest or [None])[0])
+            for t, (y, k, *rest) in targets.items()
+        }
         for name, h in hidden.items()
     }
 

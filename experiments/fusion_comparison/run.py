@@ -71,9 +71,17 @@ def variant_config(name: str, args):
             also=() if args.tiny else ((LM_RUN, (r"lm/.*",)),),
         )
         c.optimizer.freeze_regex = (r"image/.*",) + ((r"lm/.*",) if name == "early_frozen_lm" else ())
-        # the recipe the committed table was measured with (a prefix mask, no grid positions, no prior): the
-        # shipped config's since 2026-12-02 is measured in docs/vqa_learning.md, section 7
-        c.model.update(attn_mask="prefix", grid_pos_embed=False)
+        # the recipe the committed table was measured with (a prefix mask, no grid positions, no prior,
+        # conversation turns, averaged patches into the MLP projector, the stored questions): the shipped
+        # config's is measured in docs/vqa_learning.md, sections 7 and 8
+        c.model.update(
+            attn_mask="prefix",
+            grid_pos_embed=False,
+            turns="conversation",
+            image_pool_op="mean",
+            projector="mlp2x_gelu",
+        )
+        c.data.vqa_questions = "stored"
         c.loss.prior_from = None
     c.total_steps = args.steps
     c.checkpoint_every = args.eval_every

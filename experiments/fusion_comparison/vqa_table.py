@@ -20,6 +20,10 @@ COLUMNS = (
     ("position", "accuracy_position"),
     ("position, 1 object", "accuracy_position_one_object"),
     ("position, 2 objects", "accuracy_position_two_object"),
+    ("colour, named main", "accuracy_colour_named_main"),
+    ("colour, named distractor", "accuracy_colour_named_distractor"),
+    ("shape, named main", "accuracy_shape_named_main"),
+    ("shape, named distractor", "accuracy_shape_named_distractor"),
 )
 
 

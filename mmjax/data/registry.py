@@ -56,7 +56,9 @@ class Dataset:
     image, for ``data.hard_negatives``; None: the dataset has none. ``about_image(text, k)``: ``text`` asked
     about the ``k``-th image of several (two-image examples); None: the dataset has no two-image examples.
     ``more_questions(record, rng)``: (questions, answers) beyond the record's own, for
-    ``data.vqa_questions="all"``; None: the dataset has none."""
+    ``data.vqa_questions="all"``; None: the dataset has none. ``shortcut(record, question)``: whether the
+    question teaches a shortcut of the training split's co-occurrences (left out with
+    ``data.vqa_questions="balanced"``); None: no question does."""
 
     source: Callable[[Any, str], Any]
     class_names: Callable[[Any], list[str]]
@@ -68,6 +70,7 @@ class Dataset:
     negative_caption: Callable[[str, np.random.Generator], str] | None = None
     about_image: Callable[[str, int], str] | None = None
     more_questions: Callable[[Any, np.random.Generator], tuple[list[str], list[str]]] | None = None
+    shortcut: Callable[[Any, str], bool] | None = None
 
 
 # data.name -> Dataset, or "package.module:ATTRIBUTE" naming one (imported on first use, then cached).
@@ -161,6 +164,10 @@ def _shapes_more_questions(record, rng):
     return shapes.object_questions(record["objects"], rng)
 
 
+def _shapes_shortcut(record, question):
+    return shapes.pair_shortcut(record["objects"], question)
+
+
 register_dataset(
     "shapes",
     Dataset(
@@ -174,6 +181,7 @@ register_dataset(
         negative_caption=shapes.swap_shape_word,
         about_image=shapes.about_image,
         more_questions=_shapes_more_questions,
+        shortcut=_shapes_shortcut,
     ),
 )
 

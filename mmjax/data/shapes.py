@@ -405,6 +405,22 @@ def object_questions(objects, rng: np.random.Generator) -> tuple[list[str], list
     return qs, ans
 
 
+def pair_shortcut(objects, question: str) -> bool:
+    """Whether the other objects of a scene (a record's ``objects``) give away which one a colour or shape
+    question is not about, by a pair the training split never shows: "what colour is the star?" with a
+    green object among them, where green stars are held out, teaches "a green object is never the star"
+    (an LM that learned it will not find a green star in the test split). False for other questions.
+    ``data.vqa_questions="balanced"`` leaves such questions out of training."""
+    words = question.rstrip("?").split()
+    if words[:2] == ["what", "colour"] and words[-1] in SHAPES:  # "what colour is the star?"
+        shape = words[-1]
+        return any(is_held_out(COLOURS[int(c)], shape) for c in objects["colour"])
+    if words[:2] == ["what", "shape"] and words[-2] in COLOURS:  # "what shape is the green object?"
+        colour = words[-2]
+        return any(is_held_out(colour, SHAPES[int(s)]) for s in objects["shape"])
+    return False
+
+
 def about_image(text: str, k: int) -> str:
     """``text`` (a question or prompt about one image) asked about the ``k``-th of several images:
     "what is in the image" -> "what is in the second image", "is there a red star?" -> "in the second

@@ -239,6 +239,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         about_image: Callable[[str, int], str] | None = None,
         view: ImageView | None = None,
         more_questions: Callable | None = None,
+        shortcut: Callable | None = None,
     ):
         if caption_sampling not in ("random", "canonical"):
             raise ValueError(f"caption_sampling must be 'random' or 'canonical', got {caption_sampling!r}")
@@ -257,6 +258,7 @@ class VlmPreprocess(grain.transforms.RandomMap):
         self.flip_text, self.about_image = flip_text or _unchanged, about_image
         self.view = view  # None: images as stored
         self.more_questions = more_questions  # None: the records' own questions only
+        self.shortcut = shortcut  # None: every question is asked
 
     def random_map(self, record, rng: np.random.Generator):
         kind_u, pick_u, flip_u = rng.random(3)  # always the same draws, in the same order
@@ -280,6 +282,10 @@ class VlmPreprocess(grain.transforms.RandomMap):
                     for q, a in zip(*self.more_questions(r, rng)):
                         if q not in questions[k]:
                             questions[k].append(q), answers[k].append(a)
+            if self.shortcut is not None:  # data.vqa_questions="balanced" (a count question always stays)
+                for k, r in enumerate(records):
+                    kept = [j for j, q in enumerate(questions[k]) if not self.shortcut(r, q)]
+                    questions[k], answers[k] = [questions[k][j] for j in kept], [answers[k][j] for j in kept]
             kind, i = self.VQA, int(pick_u * len(questions[which]))
             prompt, answer = about(questions[which][i], which), answers[which][i]
             # more questions (about any of the images), in random order, as later turns
@@ -332,16 +338,18 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
     """``VlmPreprocess`` from ``data_cfg`` (max_len, flip_prob, caption_prompt, caption_prob,
     caption_sampling, vqa_turns, vqa_questions, images_per_example) and the grammar of its dataset
     (``data.name``); pass it to ``train_loader(preprocess=...)``. ``vqa_questions``: "stored" (each
-    record's own questions) or "all" (and the dataset's ``more_questions``: for shapes, every object's
-    colour, shape and pairwise relation)."""
+    record's own questions), "all" (and the dataset's ``more_questions``: for shapes, every object's
+    colour, shape and pairwise relation) or "balanced" (all, less those that teach a shortcut of the
+    training split's co-occurrences, ``Dataset.shortcut``: for shapes, ``shapes.pair_shortcut``)."""
     ds = registry.get_dataset(data_cfg)
     which = data_cfg.get("vqa_questions", "stored")
-    if which not in ("stored", "all"):
-        raise ConfigError(f"data.vqa_questions must be 'stored' or 'all', got {which!r}")
-    if which == "all" and ds.more_questions is None:
+    if which not in ("stored", "all", "balanced"):
+        raise ConfigError(f"data.vqa_questions must be 'stored', 'all' or 'balanced', got {which!r}")
+    if which != "stored" and (ds.more_questions is None or (which == "balanced" and ds.shortcut is None)):
         raise ConfigError(
-            f"data.vqa_questions='all', but dataset {data_cfg.name!r} has no more questions than its "
-            "records' (Dataset.more_questions); use 'stored'"
+            f"data.vqa_questions={which!r}, but dataset {data_cfg.name!r} has no "
+            f"{'more questions than its records' if ds.more_questions is None else 'shortcut test'} "
+            "(Dataset.more_questions, Dataset.shortcut); use 'stored'"
         )
     return VlmPreprocess(
         tokenizer,
@@ -356,5 +364,6 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
         flip_text=ds.flip_text,
         about_image=ds.about_image,
         view=ImageView.from_config(data_cfg),
-        more_questions=ds.more_questions if which == "all" else None,
+        more_questions=ds.more_questions if which != "stored" else None,
+        shortcut=ds.shortcut if which == "balanced" else None,
     )

@@ -148,6 +148,42 @@ def test_object_questions_ask_about_every_object_and_are_answered_correctly():
     assert answers == {"yes", "no"}
 
 
+def test_pair_shortcut_flags_questions_whose_distractors_cannot_be_the_answer():
+    """A question about "the star" in a scene with a green object teaches "green objects are never stars"
+    (green star is held out); the same question without one, and questions of other kinds, do not."""
+    assert S.is_held_out("green", "star") and not S.is_held_out("blue", "star")
+    assert not S.is_held_out("green", "circle") and not S.is_held_out("blue", "circle")
+    C, H = S.COLOURS.index, S.SHAPES.index
+
+    def objects(*pairs):
+        return {"colour": np.array([C(c) for c, _ in pairs]), "shape": np.array([H(h) for _, h in pairs])}
+
+    with_green = objects(("blue", "star"), ("green", "circle"))
+    assert S.pair_shortcut(with_green, "what colour is the star?")
+    assert not S.pair_shortcut(with_green, "what colour is the circle?")  # blue and green circles are seen
+    assert not S.pair_shortcut(objects(("blue", "star"), ("blue", "circle")), "what colour is the star?")
+    # a shape question names a colour: the shortcut is a shape that colour never has
+    assert S.pair_shortcut(objects(("green", "circle"), ("blue", "star")), "what shape is the green object?")
+    assert not S.pair_shortcut(with_green, "what shape is the blue object?")  # blue has no held-out shape
+    for q in (
+        "how many objects are there?",
+        "is there a green circle?",
+        "what colour is the biggest object?",
+    ):
+        assert not S.pair_shortcut(with_green, q)
+    # in the training split, about a third of the colour/shape questions of object_questions are such
+    rng, flagged = np.random.default_rng(0), []
+    for i in range(300):
+        scene = S.example_scene(0, "train", i, 64)[0]
+        stored = {
+            k: np.array([getattr(o, k) for o in scene.objects]) for k in ("colour", "shape", "row", "col")
+        }
+        flagged += [
+            S.pair_shortcut(stored, q) for q in S.object_questions(stored, rng)[0] if q.startswith("what")
+        ]
+    assert 0.2 < np.mean(flagged) < 0.45
+
+
 def test_exists_balanced_and_position_not_degenerate(train_examples):
     answers = [(t, a) for ex in train_examples for t, a in zip(ex["question_types"], ex["answers"])]
     exists = [a for t, a in answers if t == "exists"]

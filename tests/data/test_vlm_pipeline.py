@@ -209,6 +209,13 @@ def test_vqa_turns_are_distinct_questions_of_the_record(data_dir, tok, full):
         assert sorted(turns) == sorted(pairs)
 
 
+def _questions(tok, tokens):
+    """The questions of one row's turns."""
+    seps, eots = np.flatnonzero(tokens == tok.sep_id), np.flatnonzero(tokens == tok.eot_id)
+    starts = [1 + N_IMG] + list(eots[:-1] + 1)
+    return [tok.decode(tokens[a:s]) for a, s in zip(starts, seps)]
+
+
 def test_vqa_questions_all_adds_every_objects_questions(data_dir, tok, full):
     cfg = _cfg(data_dir, caption_prob=0.0, vqa_turns=20, max_len=200, flip_prob=0.0, vqa_questions="all")
     grew = 0
@@ -225,8 +232,27 @@ def test_vqa_questions_all_adds_every_objects_questions(data_dir, tok, full):
         assert sum(" the " in q and q.startswith("is the ") for q in more) <= n * (n - 1) // 2
         grew += len(more)
     assert grew > 0
-    with pytest.raises(ValueError, match="data.vqa_questions must be 'stored' or 'all', got 'every'"):
+    with pytest.raises(
+        ValueError, match="data.vqa_questions must be 'stored', 'all' or 'balanced', got 'every'"
+    ):
         pipeline.vlm_preprocess(_cfg(data_dir, vqa_questions="every"), tok, N_IMG)
+
+
+def test_vqa_questions_balanced_leaves_out_shortcut_questions(data_dir, tok):
+    """ "balanced" asks what "all" asks, less the questions ``shapes.pair_shortcut`` flags."""
+    kw = dict(caption_prob=0.0, vqa_turns=20, max_len=200, flip_prob=0.0)
+    every = _cfg(data_dir, vqa_questions="all", **kw)
+    balanced = _cfg(data_dir, vqa_questions="balanced", **kw)
+    dropped = 0
+    for (i, _, a, _), (j, _, b, _) in zip(_rows(_batches(every, tok, 2)), _rows(_batches(balanced, tok, 2))):
+        assert i == j
+        scene = shapes.example_scene(0, "train", int(i))[0]
+        objects = {k: np.array([getattr(o, k) for o in scene.objects]) for k in ("colour", "shape")}
+        asked_all, asked = set(_questions(tok, a)), set(_questions(tok, b))
+        assert not any(shapes.pair_shortcut(objects, q) for q in asked)
+        assert asked <= asked_all and all(shapes.pair_shortcut(objects, q) for q in asked_all - asked)
+        dropped += len(asked_all - asked)
+    assert dropped > 0
 
 
 def test_same_seed_same_batches(data_dir, tok):
