@@ -7,6 +7,9 @@ on the same captioning/VQA data, metrics and LM size as ``configs/llava_shapes.p
     # two images per example, questions about one of them ("in the second image what colour is ..."),
     # starting from the one-image run's resampler and blocks
     python -m mmjax.train --config=configs/flamingo_shapes.py:pairs --workdir=runs/flamingo_shapes_pairs
+    # not Flamingo's frozen LM: the LM trained from random weights with the rest, the blind LM's prior
+    # explained away, grid positions, independent turns, balanced questions (docs/vqa_learning.md, section 8)
+    python -m mmjax.train --config=configs/flamingo_shapes.py:trained_lm --workdir=runs/flamingo_shapes_lm
 
 As in Flamingo, the vision tower and the LM are frozen (``optimizer.freeze_regex``); the resampler, the
 gated cross-attention blocks and the new tokens' embeddings learn. The gates start at 0, so training
@@ -25,8 +28,10 @@ common = config_lib.import_beside(__file__, "common.py")
 
 
 def get_config(arg=None):
-    opts = common.parse_arg(arg, allowed=dict(tiny=False, pairs=False), config_file=__file__)
-    tiny, pairs = opts.tiny, opts.pairs
+    opts = common.parse_arg(
+        arg, allowed=dict(tiny=False, pairs=False, trained_lm=False), config_file=__file__
+    )
+    tiny, pairs, trained_lm = opts.tiny, opts.pairs, opts.trained_lm
     c = ml_collections.ConfigDict()
     c.task = "vlm"
     c.seed = 0
@@ -54,12 +59,22 @@ def get_config(arg=None):
     c.data = common.vlm_data(tiny, caption_prob=0.15)
     c.optimizer = common.vlm_adamw(tiny, freeze_regex=(r"image/.*", r"lm/.*"))
     c.loss = common.vlm_loss()
+    if trained_lm:  # early fusion's recipe for deep fusion: the LM learns too, from random weights
+        c.model.update(grid_pos_embed=True, grid_pos_std=1.0, turns="independent")
+        c.init_from.also = ()
+        c.optimizer.freeze_regex = (r"image/.*",)
+        c.loss = common.vlm_loss(prior_from=None if tiny else "runs/lm_shapes")
+        c.data.vqa_questions = "balanced"
     if pairs:  # two images per row; the text names the one it asks about, so it must see both
         c.data.images_per_example = 2
         c.model.update(only_attend_immediate_media=False, max_images=2)
         if not tiny:  # and the resampler, blocks and new tokens of the one-image run
             parts = (r"resampler/.*", r"xattn_\d+/.*", r"new_token_embed")
-            c.init_from.also += (("runs/flamingo_shapes", parts),)
+            if trained_lm:  # the one-image run of the same variant, its LM and grid positions too
+                parts += (r"lm/.*", r"grid_pos/.*")
+            c.init_from.also += (
+                ("runs/flamingo_shapes_lm" if trained_lm else "runs/flamingo_shapes", parts),
+            )
     c.mesh, c.sharding, c.distributed = common.mesh(), common.sharding(), common.distributed()
     c.eval = common.vlm_eval(tiny)
     return c

@@ -216,7 +216,15 @@ ACCEPTED = {
         "stage=2,pairs,tiny",
         "pairs,tiny,stage=2",
     ],
-    "flamingo_shapes.py": [None, "tiny", "pairs", "pairs,tiny", "tiny,pairs"],
+    "flamingo_shapes.py": [
+        None,
+        "tiny",
+        "pairs",
+        "pairs,tiny",
+        "tiny,pairs",
+        "trained_lm",
+        "trained_lm,pairs,tiny",
+    ],
     "lm_shapes.py": [None, "tiny"],
     # hf=ID reads the model when the config loads: here a Hub id not in the cache, a one-line error (below)
     "clip_custom.py": [None, "tiny", "hf=openai/clip-vit-base-patch32"],
@@ -293,7 +301,7 @@ def test_argument_order_does_not_matter():
         (
             "flamingo_shapes.py:stage=2",
             "configs/flamingo_shapes.py: unknown argument 'stage=2'; use no argument "
-            "or a comma-separated list of 'tiny', 'pairs'",
+            "or a comma-separated list of 'tiny', 'pairs', 'trained_lm'",
         ),
     ],
 )
