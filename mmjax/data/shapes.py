@@ -324,6 +324,26 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     ]
 
 
+# (asked attribute, its words, the attribute that names the object, how the question names it)
+_NAMED = (
+    ("colour", COLOURS, "shape", lambda o: f"the {SHAPES[o.shape]}"),
+    ("shape", SHAPES, "colour", lambda o: f"the {COLOURS[o.colour]} object"),
+)
+
+
+def _names_uniquely(o: Obj, by: str, objs) -> bool:
+    """Whether ``o``'s ``by`` attribute ("colour" or "shape") is no other object's among ``objs``."""
+    return sum(getattr(p, by) == getattr(o, by) for p in objs) == 1
+
+
+def _relation_question(a: Obj, b: Obj, yes: bool) -> str:
+    """Whether ``a`` is to the left of / right of / above / below ``b`` (left/right where their columns
+    differ, else above/below), worded so that the answer is ``yes``."""
+    if a.col != b.col:
+        return f"is the {a.name} to the {('left', 'right')[(a.col < b.col) != yes]} of the {b.name}?"
+    return f"is the {a.name} {('above', 'below')[(a.row < b.row) != yes]} the {b.name}?"
+
+
 def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
     """(questions, answers, question_types): one colour, shape, count and position question and two
     existence questions (one "yes", one "no"). Objects are named only where the name is unique."""
@@ -334,11 +354,8 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
         qs.append(q), ans.append(a), types.append(t)
 
     # Ask for one attribute of an object named by the other, when that names it uniquely.
-    for asked, names, by, describe in (
-        ("colour", COLOURS, "shape", lambda o: f"the {SHAPES[o.shape]}"),
-        ("shape", SHAPES, "colour", lambda o: f"the {COLOURS[o.colour]} object"),
-    ):
-        unique = [o for o in objs if sum(getattr(p, by) == getattr(o, by) for p in objs) == 1]
+    for asked, names, by, describe in _NAMED:
+        unique = [o for o in objs if _names_uniquely(o, by, objs)]
         if unique and rng.random() < 0.8:
             o = unique[rng.integers(len(unique))]
             add(f"what {asked} is {describe(o)}?", names[getattr(o, asked)], asked)
@@ -355,12 +372,7 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
     if len(objs) >= 2:  # the yes/no draw comes first, so the question of a mirrored scene is mirrored
         i, j = rng.permutation(len(objs))[:2]
         a, b, yes = objs[i], objs[j], bool(rng.random() < 0.5)
-        if a.col != b.col:
-            side = ("left", "right")[(a.col < b.col) != yes]
-            add(f"is the {a.name} to the {side} of the {b.name}?", "yes" if yes else "no", "position")
-        else:
-            rel = ("above", "below")[(a.row < b.row) != yes]
-            add(f"is the {a.name} {rel} the {b.name}?", "yes" if yes else "no", "position")
+        add(_relation_question(a, b, yes), "yes" if yes else "no", "position")
     else:
         o = objs[0]
         sides = {
@@ -388,20 +400,14 @@ def object_questions(objects, rng: np.random.Generator) -> tuple[list[str], list
     ]
     qs, ans = [], []
     for o in objs:
-        if sum(p.shape == o.shape for p in objs) == 1:
-            qs.append(f"what colour is the {SHAPES[o.shape]}?"), ans.append(COLOURS[o.colour])
-        if sum(p.colour == o.colour for p in objs) == 1:
-            qs.append(f"what shape is the {COLOURS[o.colour]} object?"), ans.append(SHAPES[o.shape])
+        for asked, names, by, describe in _NAMED:
+            if _names_uniquely(o, by, objs):
+                qs.append(f"what {asked} is {describe(o)}?"), ans.append(names[getattr(o, asked)])
     for i in range(len(objs)):
         for j in range(i + 1, len(objs)):
             a, b = (objs[i], objs[j]) if rng.random() < 0.5 else (objs[j], objs[i])
             yes = bool(rng.random() < 0.5)
-            if a.col != b.col:
-                side = ("left", "right")[(a.col < b.col) != yes]
-                qs.append(f"is the {a.name} to the {side} of the {b.name}?")
-            else:
-                qs.append(f"is the {a.name} {('above', 'below')[(a.row < b.row) != yes]} the {b.name}?")
-            ans.append("yes" if yes else "no")
+            qs.append(_relation_question(a, b, yes)), ans.append("yes" if yes else "no")
     return qs, ans
 
 
