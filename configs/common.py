@@ -218,6 +218,7 @@ def vlm_data(tiny, *, caption_prob, images_per_example=1, max_len=64):
         caption_sampling="canonical",
         vqa_turns=6,  # up to this many of the image's questions per row, as a conversation (as fit)
         vqa_questions="stored",  # "all": every object's colour, shape and relations; "balanced": no shortcuts
+        vqa_side_questions=False,  # with "all"/"balanced": also every object's side ("on the left?")
         images_per_example=images_per_example,  # 2: pairs of scenes; questions name their image
     )
 

@@ -200,6 +200,8 @@ def test_probe_ridge_reads_a_linear_code_and_not_noise():
     mixed = np.where(even[:, None], coded, rng.normal(size=(600, 3)))
     assert probes.ridge_accuracy(mixed, labels, 3, scored=even) > 90.0
     assert probes.ridge_accuracy(mixed, labels, 3, scored=~even) < 50.0
+    table = probes.probe_table({"mixed": mixed}, {"all": (labels, 3), "even": (labels, 3)}, {"even": even})
+    assert table["mixed"]["even"] > 90.0 > table["mixed"]["all"]
     # the probes' questions: one-object scenes, or two-or-more-object "to the left/right of" questions
     one, two = probes.position_questions(6, 1), probes.position_questions(6, 2)
     assert all(len(e["scene"].objects) == 1 and " of the " not in q for e, q, _ in one)

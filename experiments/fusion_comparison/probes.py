@@ -74,8 +74,9 @@ def token_probes(workdir: str, scenes: int) -> dict:
             colour.append(o.colour), shape.append(o.shape), column.append(o.col), distractor.append(k > 0)
     targets = {"colour": (colour, 8), "shape": (shape, 6), "column": (column, 3)}
     # the same probes scored on the smaller objects alone (not the scene's main object)
-    targets |= {f"{t}, distractors": (y, k, distractor) for t, (y, k) in list(targets.items())[:2]}
-    return probe_table({kind: np.array(f) for kind, f in feats.items()}, targets)
+    only = {f"{t}, distractors": distractor for t in ("colour", "shape")}
+    targets |= {name: targets[name.split(",")[0]] for name in only}
+    return probe_table({kind: np.array(f) for kind, f in feats.items()}, targets, scored=only)
 
 
 def position_questions(scenes: int, objects: int):
@@ -156,12 +157,12 @@ def relation_probes(workdir: str, scenes: int) -> dict:
     return probe_table(sep_states(workdir, items), targets)
 
 
-def probe_table(hidden: dict[str, np.ndarray], targets: dict) -> dict:
+def probe_table(hidden: dict[str, np.ndarray], targets: dict, scored: dict | None = None) -> dict:
+    """{features: {target: accuracy}} for ``targets`` {name: (labels, classes)}; a target named in
+    ``scored`` {name: bool mask} is scored on those examples alone."""
+    scored = scored or {}
     return {
-        name: {
-            t: ridge_accuracy(h, np.asarray(y), k, scored=(rest or [None])[0])
-            for t, (y, k, *rest) in targets.items()
-        }
+        name: {t: ridge_accuracy(h, np.asarray(y), k, scored=scored.get(t)) for t, (y, k) in targets.items()}
         for name, h in hidden.items()
     }
 

@@ -8,8 +8,8 @@
 #   bash experiments/fusion_comparison/vqa_screen.sh flamingo NAME STEPS [--config.KEY=VALUE ...]
 #
 # llava trains stage 1 (150 steps) into runs/screen_NAME_s1 and stage 2 (STEPS) from it into
-# runs/screen_NAME; the overrides go to both stages (the scoring reads the run's saved config).
-# IMAGES=500 by default.
+# runs/screen_NAME; the overrides go to both stages (the scoring reads the run's saved config), and
+# STAGE2_ARGS (a space-separated list) to stage 2 / flamingo alone. IMAGES=500 by default.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 design=$1 name=$2 steps=$3
@@ -29,7 +29,9 @@ else
   exit 2
 fi
 start=$(date +%s)
-python -m mmjax.train --config="$cfg" --workdir="$wd" --config.total_steps="$steps" "${init[@]}" "$@"
+read -r -a stage2 <<< "${STAGE2_ARGS:-}"
+python -m mmjax.train --config="$cfg" --workdir="$wd" --config.total_steps="$steps" "${init[@]}" "$@" \
+  "${stage2[@]}"
 echo "vqa_screen.sh: $name trained in $(( $(date +%s) - start )) s (stage 2 / flamingo)"
 for split in validation test; do
   python experiments/fusion_comparison/vqa_errors.py --workdir="$wd" --split=$split \

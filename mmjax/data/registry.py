@@ -55,8 +55,9 @@ class Dataset:
     flip leaves texts as they are. ``negative_caption(text, rng)``: a caption that does not describe the
     image, for ``data.hard_negatives``; None: the dataset has none. ``about_image(text, k)``: ``text`` asked
     about the ``k``-th image of several (two-image examples); None: the dataset has no two-image examples.
-    ``more_questions(record, rng)``: (questions, answers) beyond the record's own, for
-    ``data.vqa_questions="all"``; None: the dataset has none. ``shortcut(record, question)``: whether the
+    ``more_questions(record, rng, sides=False)``: (questions, answers) beyond the record's own, for
+    ``data.vqa_questions="all"``, with ``sides`` also each object's absolute position
+    (``data.vqa_side_questions``); None: the dataset has none. ``shortcut(record, question)``: whether the
     question teaches a shortcut of the training split's co-occurrences (left out with
     ``data.vqa_questions="balanced"``); None: no question does."""
 
@@ -160,8 +161,8 @@ def _shapes_prompt_templates(data_cfg) -> list[str]:
     return list(shapes.PROMPT_TEMPLATES)
 
 
-def _shapes_more_questions(record, rng):
-    return shapes.object_questions(record["objects"], rng)
+def _shapes_more_questions(record, rng, sides=False):
+    return shapes.object_questions(record["objects"], rng, sides)
 
 
 def _shapes_shortcut(record, question):

@@ -344,6 +344,21 @@ def _relation_question(a: Obj, b: Obj, yes: bool) -> str:
     return f"is the {a.name} {('above', 'below')[(a.row < b.row) != yes]} the {b.name}?"
 
 
+def _side_question(o: Obj, rng: np.random.Generator) -> tuple[str, str]:
+    """(question, answer): whether ``o`` is on the left / right / at the top / bottom, a true side or a
+    false one at even odds."""
+    sides = {
+        "on the left": o.col == 0,
+        "on the right": o.col == 2,
+        "at the top": o.row == 0,
+        "at the bottom": o.row == 2,
+    }
+    true = [s for s, v in sides.items() if v]
+    pool = true if true and rng.random() < 0.5 else [s for s, v in sides.items() if not v]
+    side = pool[rng.integers(len(pool))]
+    return f"is the {o.name} {side}?", "yes" if sides[side] else "no"
+
+
 def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[str], list[str]]:
     """(questions, answers, question_types): one colour, shape, count and position question and two
     existence questions (one "yes", one "no"). Objects are named only where the name is unique."""
@@ -374,26 +389,19 @@ def questions(scene: Scene, rng: np.random.Generator) -> tuple[list[str], list[s
         a, b, yes = objs[i], objs[j], bool(rng.random() < 0.5)
         add(_relation_question(a, b, yes), "yes" if yes else "no", "position")
     else:
-        o = objs[0]
-        sides = {
-            "on the left": o.col == 0,
-            "on the right": o.col == 2,
-            "at the top": o.row == 0,
-            "at the bottom": o.row == 2,
-        }
-        true = [s for s, v in sides.items() if v]
-        pool = true if true and rng.random() < 0.5 else [s for s, v in sides.items() if not v]
-        side = pool[rng.integers(len(pool))]
-        add(f"is the {o.name} {side}?", "yes" if sides[side] else "no", "position")
+        add(*_side_question(objs[0], rng), "position")
     return qs, ans, types
 
 
-def object_questions(objects, rng: np.random.Generator) -> tuple[list[str], list[str]]:
+def object_questions(objects, rng: np.random.Generator, sides: bool = False) -> tuple[list[str], list[str]]:
     """More questions about a scene, from a record's ``objects`` (arrays ``colour``, ``shape``, ``row``,
     ``col``): every object's colour asked by its shape and its shape by its colour, where that names it
     uniquely, and for every pair of objects whether one is to the left of / above the other (yes or no
     at random). ``questions`` asks about one object of each kind; these ask about all of them, the
-    smaller ones too (``data.vqa_questions="all"``). Returns (questions, answers)."""
+    smaller ones too (``data.vqa_questions="all"``). With ``sides`` (``data.vqa_side_questions``), also
+    every object's side ("is the red circle on the left?", which ``questions`` asks only of a lone
+    object): reading a named object's position among several, the half of a relation that a lone object
+    does not teach. Returns (questions, answers)."""
     objs = [
         Obj(int(c), int(s), 0, int(r), int(k), 0, 0, 0)
         for c, s, r, k in zip(objects["colour"], objects["shape"], objects["row"], objects["col"])
@@ -408,6 +416,10 @@ def object_questions(objects, rng: np.random.Generator) -> tuple[list[str], list
             a, b = (objs[i], objs[j]) if rng.random() < 0.5 else (objs[j], objs[i])
             yes = bool(rng.random() < 0.5)
             qs.append(_relation_question(a, b, yes)), ans.append("yes" if yes else "no")
+    if sides:  # after the relations' draws, which stay as they are without it
+        for o in objs:
+            q, a = _side_question(o, rng)
+            qs.append(q), ans.append(a)
     return qs, ans
 
 

@@ -13,6 +13,7 @@ texts with one clear error per damaged record, the crop of a training view (``Im
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 from collections.abc import Callable
 
@@ -282,10 +283,14 @@ class VlmPreprocess(grain.transforms.RandomMap):
                     for q, a in zip(*self.more_questions(r, rng)):
                         if q not in questions[k]:
                             questions[k].append(q), answers[k].append(a)
-            if self.shortcut is not None:  # data.vqa_questions="balanced" (a count question always stays)
+            if self.shortcut is not None:  # data.vqa_questions="balanced"
                 for k, r in enumerate(records):
                     kept = [j for j, q in enumerate(questions[k]) if not self.shortcut(r, q)]
-                    questions[k], answers[k] = [questions[k][j] for j in kept], [answers[k][j] for j in kept]
+                    if kept:  # a record whose every question is a shortcut keeps them (shapes: never)
+                        questions[k], answers[k] = (
+                            [questions[k][j] for j in kept],
+                            [answers[k][j] for j in kept],
+                        )
             kind, i = self.VQA, int(pick_u * len(questions[which]))
             prompt, answer = about(questions[which][i], which), answers[which][i]
             # more questions (about any of the images), in random order, as later turns
@@ -340,7 +345,8 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
     (``data.name``); pass it to ``train_loader(preprocess=...)``. ``vqa_questions``: "stored" (each
     record's own questions), "all" (and the dataset's ``more_questions``: for shapes, every object's
     colour, shape and pairwise relation) or "balanced" (all, less those that teach a shortcut of the
-    training split's co-occurrences, ``Dataset.shortcut``: for shapes, ``shapes.pair_shortcut``)."""
+    training split's co-occurrences, ``Dataset.shortcut``: for shapes, ``shapes.pair_shortcut``);
+    ``vqa_side_questions``: with "all" or "balanced", also every object's absolute position."""
     ds = registry.get_dataset(data_cfg)
     which = data_cfg.get("vqa_questions", "stored")
     if which not in ("stored", "all", "balanced"):
@@ -351,6 +357,13 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
             f"{'more questions than its records' if ds.more_questions is None else 'shortcut test'} "
             "(Dataset.more_questions, Dataset.shortcut); use 'stored'"
         )
+    sides = bool(data_cfg.get("vqa_side_questions", False))
+    if sides and which == "stored":
+        raise ConfigError(
+            "data.vqa_side_questions=True adds to the dataset's more questions, which "
+            "data.vqa_questions='stored' leaves out; use 'all' or 'balanced'"
+        )
+    more = functools.partial(ds.more_questions, sides=True) if sides else ds.more_questions
     return VlmPreprocess(
         tokenizer,
         num_image_tokens,
@@ -364,6 +377,6 @@ def vlm_preprocess(data_cfg, tokenizer: Tokenizer, num_image_tokens: int) -> Vlm
         flip_text=ds.flip_text,
         about_image=ds.about_image,
         view=ImageView.from_config(data_cfg),
-        more_questions=ds.more_questions if which != "stored" else None,
+        more_questions=more if which != "stored" else None,
         shortcut=ds.shortcut if which == "balanced" else None,
     )

@@ -148,6 +148,30 @@ def test_object_questions_ask_about_every_object_and_are_answered_correctly():
     assert answers == {"yes", "no"}
 
 
+def test_object_questions_with_sides_ask_each_objects_side_after_the_same_relations():
+    big = S.Obj(colour=0, shape=0, size=2, row=0, col=0, x=1, y=1, px=20)  # top left
+    small = S.Obj(colour=2, shape=1, size=0, row=1, col=1, x=25, y=25, px=10)  # centre: no true side
+    stored = {k: np.array([getattr(o, k) for o in (big, small)]) for k in ("colour", "shape", "row", "col")}
+    truth = {
+        **{f"is the red circle {w}?": a for w, a in (("on the left", "yes"), ("at the top", "yes"))},
+        **{f"is the red circle {w}?": "no" for w in ("on the right", "at the bottom")},
+        **{
+            f"is the blue square {w}?": "no"
+            for w in ("on the left", "on the right", "at the top", "at the bottom")
+        },
+    }
+    answers = set()
+    for seed in range(40):
+        plain = S.object_questions(stored, np.random.default_rng(seed))
+        qs, ans = S.object_questions(stored, np.random.default_rng(seed), sides=True)
+        assert (qs[: len(plain[0])], ans[: len(plain[1])]) == plain  # the same draws, then the sides
+        (q1, q2), (a1, a2) = qs[len(plain[0]) :], ans[len(plain[1]) :]
+        assert q1.startswith("is the red circle ") and q2.startswith("is the blue square ")
+        assert (truth[q1], truth[q2]) == (a1, a2)
+        answers.add(a1)
+    assert answers == {"yes", "no"}  # the biggest object's true sides are asked too, at even odds
+
+
 def test_pair_shortcut_flags_questions_whose_distractors_cannot_be_the_answer():
     """A question about "the star" in a scene with a green object teaches "green objects are never stars"
     (green star is held out); the same question without one, and questions of other kinds, do not."""

@@ -238,6 +238,21 @@ def test_vqa_questions_all_adds_every_objects_questions(data_dir, tok, full):
         pipeline.vlm_preprocess(_cfg(data_dir, vqa_questions="every"), tok, N_IMG)
 
 
+def test_vqa_side_questions_add_each_objects_side(data_dir, tok):
+    kw = dict(caption_prob=0.0, vqa_turns=20, max_len=200, flip_prob=0.0, vqa_questions="all")
+    plain, sides = _cfg(data_dir, **kw), _cfg(data_dir, vqa_side_questions=True, **kw)
+    added = 0
+    for (i, _, a, _), (j, _, b, _) in zip(_rows(_batches(plain, tok, 2)), _rows(_batches(sides, tok, 2))):
+        assert i == j
+        objs = shapes.example_scene(0, "train", int(i))[0].objects
+        more = set(_questions(tok, b)) - set(_questions(tok, a))
+        assert {q.split(" on ")[0].split(" at ")[0] for q in more} <= {f"is the {o.name}" for o in objs}
+        added += len(more)
+    assert added > 0
+    with pytest.raises(ValueError, match="data.vqa_side_questions=True adds to .* use 'all' or 'balanced'"):
+        pipeline.vlm_preprocess(_cfg(data_dir, vqa_side_questions=True), tok, N_IMG)
+
+
 def test_vqa_questions_balanced_leaves_out_shortcut_questions(data_dir, tok):
     """ "balanced" asks what "all" asks, less the questions ``shapes.pair_shortcut`` flags."""
     kw = dict(caption_prob=0.0, vqa_turns=20, max_len=200, flip_prob=0.0)
@@ -253,6 +268,19 @@ def test_vqa_questions_balanced_leaves_out_shortcut_questions(data_dir, tok):
         assert asked <= asked_all and all(shapes.pair_shortcut(objects, q) for q in asked_all - asked)
         dropped += len(asked_all - asked)
     assert dropped > 0
+
+
+def test_a_record_whose_every_question_is_a_shortcut_keeps_them(data_dir, tok):
+    """Filtering may not leave a record with no question (an IndexError mid-training): it keeps its own."""
+    cfg = _cfg(data_dir, caption_prob=0.0, vqa_turns=20, max_len=200, flip_prob=0.0)
+    source = pipeline.data_source(cfg, "train")
+    every = pipeline.VlmPreprocess(
+        tok, N_IMG, 200, 0.0, "what is in the image", 0.0, "canonical", 20, shortcut=lambda r, q: True
+    )
+    record = source[0]
+    row = every.random_map(record, np.random.default_rng(0))
+    stored = {WordTokenizer.normalize(q) for q in pipeline.texts(record, "questions")}
+    assert set(_questions(tok, row["tokens"])) == stored
 
 
 def test_same_seed_same_batches(data_dir, tok):
