@@ -74,9 +74,10 @@ def token_probes(workdir: str, scenes: int) -> dict:
             colour.append(o.colour), shape.append(o.shape), column.append(o.col), distractor.append(k > 0)
     targets = {"colour": (colour, 8), "shape": (shape, 6), "column": (column, 3)}
     # the same probes scored on the smaller objects alone (not the scene's main object)
-    only = {f"{t}, distractors": distractor for t in ("colour", "shape")}
-    targets |= {name: targets[name.split(",")[0]] for name in only}
-    return probe_table({kind: np.array(f) for kind, f in feats.items()}, targets, scored=only)
+    scored = {}
+    for t in ("colour", "shape"):
+        targets[f"{t}, distractors"], scored[f"{t}, distractors"] = targets[t], distractor
+    return probe_table({kind: np.array(f) for kind, f in feats.items()}, targets, scored=scored)
 
 
 def position_questions(scenes: int, objects: int):
